@@ -1,0 +1,1 @@
+"""The graph front end: canonicalisation, layer discovery, alignment (onnx-graphsurgeon based)."""

@@ -1,0 +1,177 @@
+"""What the front end tells the rest of the tool about a model: its zippable layers.
+
+This module is the contract between the graph front end (canonicalise, discover,
+align, calibrate) and the planner/rewriter. It holds plain, serialisable data and the
+one registry of weight layouts: nothing else in the tool branches on ``op_type`` to
+find a weight's axes.
+
+Canonical weight view: every zippable layer's weight is seen as ``(N_out, N_in, *kernel)``
+("neurons first"): Conv weights are stored that way (OIHW); a Gemm with ``transB=1`` stores
+``(N_out, N_in)``; a Gemm with ``transB=0`` and a MatMul store ``(N_in, N_out)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: How a node between two zippable layers treats the channel (feature) axis.
+#: ``elementwise``: channel-agnostic (Relu, Sigmoid, ...); ``spatial``: acts per channel on the
+#: spatial axes (MaxPool, AveragePool, GlobalAveragePool, spatial Pad); ``flatten``: turns
+#: channel c into the contiguous feature block [c·F, (c+1)·F) with F = ``features_per_channel``;
+#: ``channel_params``: holds per-channel parameters that must be permuted with the channels
+#: (an unfolded BatchNormalization, a per-channel Mul/Add/PRelu).
+PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params")
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One node on the way from a layer's output to the next layer's input.
+
+    Attributes:
+        node: Node name in the canonical graph.
+        op_type: ONNX op type.
+        effect: One of :data:`PATH_EFFECTS`.
+        features_per_channel: For ``flatten``: features each channel becomes (H·W); else 1.
+        channel_params: For ``channel_params``: names of the initializers indexed by channel
+            (each 1-D of length = channels); empty otherwise.
+    """
+
+    node: str
+    op_type: str
+    effect: str
+    features_per_channel: int = 1
+    channel_params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Convolution attributes, explicit (no auto_pad), in ONNX order.
+
+    Attributes:
+        kernel_shape: (KH, KW).
+        strides: (SH, SW).
+        pads: (top, left, bottom, right), ONNX ``pads`` order.
+        dilations: (DH, DW).
+        input_spatial: (H, W) of the layer's input, when known from shape inference.
+        output_spatial: (H', W') of the layer's output, when known.
+    """
+
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    input_spatial: tuple[int, ...] | None = None
+    output_spatial: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A zippable layer (Conv, Gemm or MatMul with a constant weight) of a canonical graph.
+
+    Attributes:
+        index: Position in the chain, 0 for the first layer from the input.
+        node: Node name in the canonical graph.
+        op_type: ``Conv``, ``Gemm`` or ``MatMul``.
+        kind: ``conv`` or ``dense``.
+        weight: Name of the weight initializer.
+        bias: Name of the 1-D bias initializer, or ``None``.
+        neurons: Output channels / units (N_out).
+        inputs: Input channels / features (N_in).
+        input: Name of the activation tensor the layer reads.
+        output: Name of the tensor the layer writes.
+        is_head: True for a task head (its output reaches a graph output with no further
+            zippable layer): never zipped.
+        conv: Geometry for a conv layer, ``None`` for a dense one.
+        trans_b: For Gemm: the ``transB`` attribute (1: weight stored (N_out, N_in)).
+        path: Nodes from ``output`` to the next layer's ``input`` (for a head: to the graph
+            outputs), in order.
+    """
+
+    index: int
+    node: str
+    op_type: str
+    kind: str
+    weight: str
+    bias: str | None
+    neurons: int
+    inputs: int
+    input: str
+    output: str
+    is_head: bool
+    conv: ConvGeometry | None = None
+    trans_b: int = 1
+    path: tuple[PathStep, ...] = ()
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        """(KH, KW) for a conv layer, () for a dense one."""
+        return self.conv.kernel_shape if self.conv is not None else ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerChain:
+    """The ordered zippable layers of one model, from the input to the head(s).
+
+    Attributes:
+        model: Label of the model (for messages).
+        layers: Layers in order; hidden layers first, heads last.
+        input: Name of the graph input the first layer depends on.
+        outputs: Names of the graph outputs.
+        channel_groups: Sets of layer node names whose channels are tied (residual Adds,
+            Concats); empty for a plain chain.
+    """
+
+    model: str
+    layers: tuple[Layer, ...]
+    input: str
+    outputs: tuple[str, ...]
+    channel_groups: tuple[tuple[str, ...], ...] = field(default=())
+
+    @property
+    def hidden(self) -> tuple[Layer, ...]:
+        """The layers that may be zipped (all but the heads)."""
+        return tuple(layer for layer in self.layers if not layer.is_head)
+
+    @property
+    def heads(self) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if layer.is_head)
+
+    def by_node(self, node: str) -> Layer:
+        for layer in self.layers:
+            if layer.node == node:
+                return layer
+        raise KeyError(node)
+
+
+# ---------------------------------------------------------------- the layout registry
+
+
+def neuron_weights(layer: Layer, stored: np.ndarray) -> np.ndarray:
+    """A layer's stored weight as ``(N_out, N_in, *kernel)`` (a view where possible)."""
+    if layer.op_type == "Conv":
+        return stored
+    if layer.op_type == "Gemm" and layer.trans_b:
+        return stored
+    if layer.op_type in ("Gemm", "MatMul"):
+        return stored.T
+    raise ValueError(f"layer {layer.node}: no weight layout for op {layer.op_type}")
+
+
+def stored_weights(layer: Layer, neurons_first: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`neuron_weights`: ``(N_out, N_in, *kernel)`` to the node's layout."""
+    if layer.op_type == "Conv" or (layer.op_type == "Gemm" and layer.trans_b):
+        return np.ascontiguousarray(neurons_first)
+    if layer.op_type in ("Gemm", "MatMul"):
+        return np.ascontiguousarray(neurons_first.T)
+    raise ValueError(f"layer {layer.node}: no weight layout for op {layer.op_type}")
+
+
+#: The axis of a layer's output tensor that indexes its neurons (NCHW channels; dense: last).
+def neuron_axis(layer: Layer) -> int:
+    return 1 if layer.kind == "conv" else -1
