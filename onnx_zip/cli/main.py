@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from onnx_zip import runtime
 from onnx_zip._version import __version__
 from onnx_zip.errors import InputError, OnnxZipError
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"onnx_zip.cli.{module_name}")
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+        sub.set_defaults(handler=module.run, needs_runtime=getattr(module, "NEEDS_RUNTIME", True))
     return parser
 
 
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     try:
+        if args.needs_runtime:
+            runtime.check_installation()
         return int(args.handler(args) or EXIT_OK)
     except InputError as exc:
         if args.verbose:
