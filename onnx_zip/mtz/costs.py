@@ -122,7 +122,7 @@ def pair_operator(
     chol = None
     try:
         c, lower = sla.cho_factor(s, lower=True, check_finite=False)
-        rcond, info = lapack.dpocon(c, np.linalg.norm(s, 1), lower=1)
+        rcond, info = lapack.dpocon(c, np.linalg.norm(s, 1), uplo="L")
         if info != 0 or not rcond >= d * np.finfo(np.float64).eps:
             raise np.linalg.LinAlgError(f"rcond={rcond:.3g}")
         chol = (c, lower)
