@@ -142,3 +142,14 @@ def test_matching_bad_input() -> None:
     with pytest.raises(InputError, match="negative"):
         optimal_matching(-d)
     assert len(greedy_matching(np.zeros((0, 3)))) == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_greedy_blocks_with_ties_thresholds_and_k(seed: int) -> None:
+    rng = np.random.default_rng(50 + seed)
+    d = rng.integers(0, 40, size=(60, 90)).astype(float)  # ties across block cut-offs
+    for k in (None, 1, 37, 60):
+        assert [tuple(p) for p in greedy_matching(d, k).pairs.tolist()] == lit_greedy(d, k)
+    for thr in (0.0, 3.0, 20.0, 39.0):
+        assert [tuple(p) for p in greedy_matching(d, threshold=thr).pairs.tolist()] == lit_greedy(d, thr=thr)
+        assert [tuple(p) for p in greedy_matching(d.T, 25, threshold=thr).pairs.tolist()] == lit_greedy(d.T, 25, thr)

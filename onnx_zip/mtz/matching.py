@@ -1,11 +1,12 @@
 """One-to-one pair selection from a cost matrix, and the share-count policies (mtz-method §4).
 
-* :func:`greedy_matching` — the released code's rule: all ``N_A·N_B`` costs sorted once (stable, so
-  ties are broken by ``(cost, i, j)``), pairs taken cheapest first, skipping used neurons. The scan
-  is vectorised per chunk of the sorted order: within a chunk, an entry that comes first both in its
-  row and in its column among the still-free entries is certainly accepted; rounds of this rule (with a
-  short plain loop as a fallback for long conflict chains) reproduce the sequential scan exactly.
-  Pair order = order of acceptance.
+* :func:`greedy_matching` — the released code's rule: all ``N_A·N_B`` costs in ascending order (stable,
+  so ties are broken by ``(cost, i, j)``), pairs taken cheapest first, skipping used neurons. Only a
+  block of the cheapest entries is sorted at a time (``np.partition``), then the problem shrinks to the
+  free rows × free columns. The scan is vectorised per chunk of the sorted order: within a chunk, an
+  entry that comes first both in its row and in its column among the still-free entries is certainly
+  accepted; rounds of this rule (with a short plain loop as a fallback for long conflict chains)
+  reproduce the sequential scan exactly. Pair order = order of acceptance.
 * :func:`optimal_matching` — a minimum-total-cost one-to-one matching of exactly ``k`` pairs
   (k-cardinality assignment) by ``scipy.optimize.linear_sum_assignment`` on the matrix padded with
   ``N_B − k`` dummy rows and ``N_A − k`` dummy columns (dummy↔real cost 0, dummy↔dummy forbidden):
@@ -108,10 +109,67 @@ def _empty(method: str) -> Matching:
     return Matching(np.zeros((0, 2), np.int64), np.zeros(0), method)
 
 
+def _scan(
+    order: np.ndarray, nb: int, row_used: np.ndarray, col_used: np.ndarray, limit: int
+) -> np.ndarray:
+    """Sequential greedy scan of flat indices ``order`` (already sorted), vectorised per chunk.
+
+    Marks accepted rows/columns in ``row_used``/``col_used`` and returns the accepted flat indices in
+    acceptance order (at most ``limit``).
+    """
+    out: list[np.ndarray] = []
+    taken = 0
+    pos = 0
+    step = max(4 * nb, 4096)
+    while taken < limit and pos < order.size:
+        idx = order[pos : pos + step]
+        rank = np.arange(pos, pos + idx.size)
+        pos += step
+        r, c = np.divmod(idx, nb)
+        alive = ~(row_used[r] | col_used[c])
+        idx, rank, r, c = idx[alive], rank[alive], r[alive], c[alive]
+        got: list[np.ndarray] = []
+        rounds = 0
+        while idx.size:
+            if rounds >= 6:  # long conflict chain: finish the chunk sequentially
+                seq = []
+                for rk, ri, ci in zip(rank.tolist(), r.tolist(), c.tolist()):
+                    if not (row_used[ri] or col_used[ci]):
+                        row_used[ri] = col_used[ci] = True
+                        seq.append(rk)
+                got.append(np.asarray(seq, dtype=np.int64))
+                break
+            rounds += 1
+            # an entry first in its row and first in its column among the free ones is accepted
+            first_r = np.zeros(idx.size, dtype=bool)
+            first_c = np.zeros(idx.size, dtype=bool)
+            first_r[np.unique(r, return_index=True)[1]] = True
+            first_c[np.unique(c, return_index=True)[1]] = True
+            acc = first_r & first_c
+            got.append(rank[acc])
+            row_used[r[acc]] = True
+            col_used[c[acc]] = True
+            alive = ~(row_used[r] | col_used[c])
+            idx, rank, r, c = idx[alive], rank[alive], r[alive], c[alive]
+        if got:
+            ranks = np.sort(np.concatenate(got))  # acceptance order = position in the sorted order
+            out.append(order[ranks])
+            taken += ranks.size
+    if not out:
+        return np.zeros(0, dtype=np.int64)
+    sel = np.concatenate(out)
+    # entries accepted past ``limit`` in the last chunk are dropped; they cannot affect earlier ones
+    return sel[:limit]
+
+
 def greedy_matching(
     costs: np.ndarray, k: int | None = None, *, threshold: float | None = None, layer: str | None = None
 ) -> Matching:
     """Greedy one-to-one matching, cheapest first (the released code's rule).
+
+    Equivalent to sorting all ``N_A·N_B`` costs (stable, ties by ``(cost, i, j)``) and scanning them,
+    but sorts only a block of the cheapest entries at a time (``np.partition``); after each block the
+    problem shrinks to the still-free rows × columns, whose remaining costs all exceed the block's.
 
     Args:
         costs: ``(N_A, N_B)`` non-negative costs.
@@ -120,63 +178,47 @@ def greedy_matching(
         layer: Layer name for messages.
 
     Returns:
-        :class:`Matching` in acceptance order (ties by ``(cost, i, j)``).
+        :class:`Matching` in acceptance order.
     """
     d = _check_costs(costs, layer)
     k = _check_k(k, d, layer)
     _check_threshold(threshold, layer)
-    na, nb = d.shape
     if k == 0:
         return _empty("greedy")
-    flat = d.ravel()
-    if threshold is not None:
-        cand = np.flatnonzero(flat <= threshold)
-        order = cand[np.argsort(flat[cand], kind="stable")]
-    else:
-        order = np.argsort(flat, kind="stable")
-    row_used = np.zeros(na, dtype=bool)
-    col_used = np.zeros(nb, dtype=bool)
-    chunks: list[np.ndarray] = []
+    rows = np.arange(d.shape[0])
+    cols = np.arange(d.shape[1])
+    sub = d
+    block = 8 * max(d.shape)
+    found_r: list[np.ndarray] = []
+    found_c: list[np.ndarray] = []
     taken = 0
-    pos = 0
-    step = max(4 * max(na, nb), 4096)
-    while taken < k and pos < order.size:
-        idx = order[pos : pos + step]
-        pos += step
-        r, c = np.divmod(idx, nb)
-        alive = ~(row_used[r] | col_used[c])
-        idx, r, c = idx[alive], r[alive], c[alive]
-        got: list[np.ndarray] = []
-        rounds = 0
-        while idx.size:
-            if rounds >= 6:  # long conflict chain: finish the chunk sequentially
-                seq = []
-                for e, ri, ci in zip(idx.tolist(), r.tolist(), c.tolist()):
-                    if not (row_used[ri] or col_used[ci]):
-                        row_used[ri] = col_used[ci] = True
-                        seq.append(e)
-                got.append(np.asarray(seq, dtype=np.int64))
-                break
-            rounds += 1
-            first_r = np.zeros(idx.size, dtype=bool)
-            first_c = np.zeros(idx.size, dtype=bool)
-            first_r[np.unique(r, return_index=True)[1]] = True
-            first_c[np.unique(c, return_index=True)[1]] = True
-            acc = first_r & first_c
-            got.append(idx[acc])
-            row_used[r[acc]] = True
-            col_used[c[acc]] = True
-            alive = ~(row_used[r] | col_used[c])
-            idx, r, c = idx[alive], r[alive], c[alive]
-        if got:
-            chunk_acc = np.concatenate(got)
-            # restore acceptance (= sorted) order within the chunk: sort by (cost, flat index)
-            chunk_acc = chunk_acc[np.lexsort((chunk_acc, flat[chunk_acc]))]
-            chunks.append(chunk_acc)
-            taken += chunk_acc.size
-    sel = np.concatenate(chunks)[:k] if chunks else np.zeros(0, np.int64)
-    pairs = np.stack(np.divmod(sel, nb), axis=1).astype(np.int64)
-    return Matching(pairs, flat[sel].copy(), "greedy")
+    while taken < k and sub.size:
+        flat = np.ascontiguousarray(sub).ravel()
+        nb = sub.shape[1]
+        if block < flat.size:
+            cutoff = np.partition(flat, block - 1)[block - 1]
+            if threshold is not None:
+                cutoff = min(cutoff, threshold)
+            cand = np.flatnonzero(flat <= cutoff)
+        else:
+            cutoff = np.inf
+            cand = np.flatnonzero(flat <= threshold) if threshold is not None else np.arange(flat.size)
+        order = cand[np.argsort(flat[cand], kind="stable")]
+        row_used = np.zeros(sub.shape[0], dtype=bool)
+        col_used = np.zeros(nb, dtype=bool)
+        sel = _scan(order, nb, row_used, col_used, k - taken)
+        r, c = np.divmod(sel, nb)
+        found_r.append(rows[r])
+        found_c.append(cols[c])
+        taken += sel.size
+        if cutoff == np.inf or (threshold is not None and cutoff >= threshold):
+            break
+        # every free×free entry ≤ cutoff was scanned (and would have been taken): recurse on the rest
+        rows, cols = rows[~row_used], cols[~col_used]
+        sub = sub[np.ix_(~row_used, ~col_used)]
+        block *= 2
+    pairs = np.stack([np.concatenate(found_r), np.concatenate(found_c)], axis=1).astype(np.int64)
+    return Matching(pairs, d[pairs[:, 0], pairs[:, 1]].copy(), "greedy")
 
 
 def optimal_matching(
