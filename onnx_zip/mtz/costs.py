@@ -24,11 +24,9 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg as sla
-from scipy.linalg import lapack
-
 from onnx_zip.errors import InputError, NumericalError
 from onnx_zip.mtz._checks import as_f64, check_square, where
+from onnx_zip.mtz._linalg import checked_cholesky, chol_solve, lower_solve, pinv_psd
 
 __all__ = ["PairOperator", "damp", "pair_operator", "cost_matrix"]
 
@@ -68,7 +66,7 @@ class PairOperator:
     h_b: np.ndarray
     pinv_used: bool
     layer: str | None = None
-    _chol: tuple[np.ndarray, bool] | None = field(default=None, repr=False)
+    _chol: np.ndarray | None = field(default=None, repr=False)
     _pinv: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -79,16 +77,8 @@ class PairOperator:
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """Apply ``(H_A + H_B)⁻¹`` (or its pseudo-inverse) to ``rhs`` ``(D,)`` or ``(D, k)``."""
         if self._chol is not None:
-            return sla.cho_solve(self._chol, rhs, check_finite=False)
+            return chol_solve(self._chol, rhs)
         return self._pinv @ rhs  # type: ignore[operator]
-
-
-def _pinv_psd(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-basis ``V (D, r)`` and inverse eigenvalues ``(r,)`` of the pseudo-inverse of PSD ``s``."""
-    w, v = np.linalg.eigh(s)
-    tol = max(float(w.max(initial=0.0)), 0.0) * s.shape[0] * np.finfo(np.float64).eps
-    keep = w > tol
-    return v[:, keep], 1.0 / w[keep]
 
 
 def pair_operator(
@@ -119,35 +109,23 @@ def pair_operator(
     h_b = damp(h_b, damping, layer=layer)
     s = h_a + h_b
     d = s.shape[0]
-    chol = None
-    try:
-        c, lower = sla.cho_factor(s, lower=True, check_finite=False)
-        rcond, info = lapack.dpocon(c, np.linalg.norm(s, 1), uplo="L")
-        if info != 0 or not rcond >= d * np.finfo(np.float64).eps:
-            raise np.linalg.LinAlgError(f"rcond={rcond:.3g}")
-        chol = (c, lower)
-        reason = ""
-    except (np.linalg.LinAlgError, sla.LinAlgError) as exc:
-        reason = str(exc)
-    if chol is not None:
+    low, reason = checked_cholesky(s)
+    pinv = None
+    if low is not None:
         # M = (L⁻¹ H_A)ᵀ (L⁻¹ H_B) with S = L Lᵀ: two triangular solves and one product.
-        ya = sla.solve_triangular(c, h_a, lower=True, check_finite=False)
-        yb = sla.solve_triangular(c, h_b, lower=True, check_finite=False)
-        m = ya.T @ yb
-        pinv = None
+        m = lower_solve(low, h_a).T @ lower_solve(low, h_b)
     else:
         logger.warning(
             "%sH_A + H_B (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse",
             where(layer), d, d, reason,
         )
-        v, inv_w = _pinv_psd(s)
-        hav = h_a @ v
-        m = (hav * inv_w) @ (v.T @ h_b)
+        v, inv_w = pinv_psd(s)
+        m = ((h_a @ v) * inv_w) @ (v.T @ h_b)
         pinv = (v * inv_w) @ v.T
     m = 0.5 * (m + m.T)
     if not np.isfinite(m).all():
         raise NumericalError(f"{where(layer)}the merge matrix M is not finite", hint="try damping > 0")
-    return PairOperator(m=m, h_a=h_a, h_b=h_b, pinv_used=chol is None, layer=layer, _chol=chol, _pinv=pinv)
+    return PairOperator(m=m, h_a=h_a, h_b=h_b, pinv_used=low is None, layer=layer, _chol=low, _pinv=pinv)
 
 
 def _as_2d(x: np.ndarray, name: str, layer: str | None, size: int) -> np.ndarray:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import scipy.linalg as sla
 
 from onnx_zip.errors import InputError
 from onnx_zip.mtz._checks import as_f64, check_square, where
+from onnx_zip.mtz._linalg import checked_cholesky, chol_solve, pinv_psd
 from onnx_zip.mtz.costs import PairOperator, cost_matrix, damp, pair_operator
 from onnx_zip.mtz.matching import Matching, greedy_matching, optimal_matching
 from onnx_zip.mtz.merge import merge_pairs
@@ -36,19 +36,13 @@ logger = logging.getLogger(__name__)
 def _inv_psd(h: np.ndarray, what: str, layer: str | None) -> np.ndarray:
     """Inverse of a symmetric PSD matrix; pseudo-inverse (logged) when singular or ill-conditioned."""
     d = h.shape[0]
-    try:
-        c, low = sla.cho_factor(h, lower=True, check_finite=False)
-        rcond, info = sla.lapack.dpocon(c, np.linalg.norm(h, 1), uplo="L")
-        if info == 0 and rcond >= d * np.finfo(np.float64).eps:
-            inv = sla.cho_solve((c, low), np.eye(d), check_finite=False)
-            return 0.5 * (inv + inv.T)
-        reason = f"rcond={rcond:.3g}"
-    except (np.linalg.LinAlgError, sla.LinAlgError) as exc:
-        reason = str(exc)
+    low, reason = checked_cholesky(h)
+    if low is not None:
+        inv = chol_solve(low, np.eye(d))
+        return 0.5 * (inv + inv.T)
     logger.warning("%s%s (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse", where(layer), what, d, d, reason)
-    w, v = np.linalg.eigh(h)
-    keep = w > max(float(w.max(initial=0.0)), 0.0) * d * np.finfo(np.float64).eps
-    inv = (v[:, keep] / w[keep]) @ v[:, keep].T
+    v, inv_w = pinv_psd(h)
+    inv = (v * inv_w) @ v.T
     return 0.5 * (inv + inv.T)
 
 
