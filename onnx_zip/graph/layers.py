@@ -22,8 +22,10 @@ import numpy as np
 #: spatial axes (MaxPool, AveragePool, GlobalAveragePool, spatial Pad); ``flatten``: turns
 #: channel c into the contiguous feature block [c·F, (c+1)·F) with F = ``features_per_channel``;
 #: ``channel_params``: holds per-channel parameters that must be permuted with the channels
-#: (an unfolded BatchNormalization, a per-channel Mul/Add/PRelu).
-PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params")
+#: (an unfolded BatchNormalization, a per-channel Mul/Add/PRelu); ``output``: post-processing
+#: after a head (Softmax, ArgMax, ZipMap, ...) that reads the head's output as a whole (heads are
+#: never zipped, so their output channels are never permuted).
+PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params", "output")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class PathStep:
         effect: One of :data:`PATH_EFFECTS`.
         features_per_channel: For ``flatten``: features each channel becomes (H·W); else 1.
         channel_params: For ``channel_params``: names of the initializers indexed by channel
-            (each 1-D of length = channels); empty otherwise.
+            (each holding one value per channel: 1-D ``(C,)``, or broadcast-shaped such as
+            ``(C, 1, 1)`` / ``(1, C)`` for a per-channel Mul/Add); empty otherwise.
     """
 
     node: str
@@ -88,6 +91,9 @@ class Layer:
         trans_b: For Gemm: the ``transB`` attribute (1: weight stored (N_out, N_in)).
         path: Nodes from ``output`` to the next layer's ``input`` (for a head: to the graph
             outputs), in order.
+        bias_node: For a MatMul whose bias is a separate ``Add`` (rank > 2 input, see
+            ``canonicalize``): that Add node; ``bias`` is then its 1-D ``(N_out,)`` constant and
+            ``output`` the Add's output. ``None`` otherwise.
     """
 
     index: int
@@ -104,6 +110,7 @@ class Layer:
     conv: ConvGeometry | None = None
     trans_b: int = 1
     path: tuple[PathStep, ...] = ()
+    bias_node: str | None = None
 
     @property
     def kernel_shape(self) -> tuple[int, ...]:
@@ -125,6 +132,7 @@ class LayerChain:
         outputs: Names of the graph outputs.
         channel_groups: Sets of layer node names whose channels are tied (residual Adds,
             Concats); empty for a plain chain.
+        group_nodes: For each entry of ``channel_groups``, the Add/Concat nodes that tie it.
     """
 
     model: str
@@ -132,6 +140,7 @@ class LayerChain:
     input: str
     outputs: tuple[str, ...]
     channel_groups: tuple[tuple[str, ...], ...] = field(default=())
+    group_nodes: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def hidden(self) -> tuple[Layer, ...]:
