@@ -1,0 +1,238 @@
+"""Alignment: which layer of each model is zipped with which.
+
+Layers of two or more :class:`~onnx_zip.graph.layers.LayerChain` are paired in order: the
+k-th hidden layer of every model together, then the k-th head of every model. A position
+aligns when all its layers have the same ``kind`` (conv/dense) and the same kernel shape,
+and, for the first layer, the same input size (the models read the same input domain).
+Neuron counts may differ from the second layer on (MTZ zips N_A with N_B neurons).
+
+An explicit ``mapping`` of node names overrides the positional pairing: a dict
+``{"a_node": "b_node"}`` for two models, or a list of lists (one node per model, in model
+order) for any number. It must cover every hidden layer of every model, keep each model's
+layer order, and may leave out the heads (then paired by position). The same checks apply.
+
+When the models do not align, the :class:`ModelError` carries a side-by-side table of the
+layers with a ``<-`` marker on each row that differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from onnx_zip.errors import ModelError
+from onnx_zip.graph.layers import Layer, LayerChain
+
+
+@dataclass(frozen=True)
+class AlignedLayer:
+    """One position of the alignment: the layer of each model zipped together.
+
+    Attributes:
+        index: Position, 0 from the input; hidden positions first, heads last.
+        nodes: Node name of the layer in each model (model order).
+        kind: ``conv`` or ``dense`` (equal in all models).
+        op_types: ONNX op type in each model.
+        neurons: N_out in each model.
+        inputs: N_in in each model.
+        kernel_shape: (KH, KW) for conv, () for dense (equal in all models).
+        is_head: True for task heads (never zipped).
+    """
+
+    index: int
+    nodes: tuple[str, ...]
+    kind: str
+    op_types: tuple[str, ...]
+    neurons: tuple[int, ...]
+    inputs: tuple[int, ...]
+    kernel_shape: tuple[int, ...]
+    is_head: bool
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The layer pairing of several models.
+
+    Attributes:
+        models: Model labels, in the order of the chains.
+        layers: Aligned positions, hidden first, heads last.
+    """
+
+    models: tuple[str, ...]
+    layers: tuple[AlignedLayer, ...]
+
+    @property
+    def hidden(self) -> tuple[AlignedLayer, ...]:
+        return tuple(a for a in self.layers if not a.is_head)
+
+    @property
+    def heads(self) -> tuple[AlignedLayer, ...]:
+        return tuple(a for a in self.layers if a.is_head)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": list(self.models), "layers": [asdict(a) for a in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Alignment:
+        layers = tuple(
+            AlignedLayer(
+                index=int(a["index"]),
+                nodes=tuple(a["nodes"]),
+                kind=str(a["kind"]),
+                op_types=tuple(a["op_types"]),
+                neurons=tuple(int(n) for n in a["neurons"]),
+                inputs=tuple(int(n) for n in a["inputs"]),
+                kernel_shape=tuple(int(k) for k in a["kernel_shape"]),
+                is_head=bool(a["is_head"]),
+            )
+            for a in data["layers"]
+        )
+        return cls(tuple(data["models"]), layers)
+
+
+def describe(layer: Layer | None) -> str:
+    """``node kind N_out<-N_in [KHxKW] [head]`` for tables; ``-`` for a missing layer."""
+    if layer is None:
+        return "-"
+    kernel = f" k{'x'.join(map(str, layer.kernel_shape))}" if layer.kernel_shape else ""
+    head = " head" if layer.is_head else ""
+    return f"{layer.node} {layer.kind} {layer.neurons}<-{layer.inputs}{kernel}{head}"
+
+
+def _problem(row: Sequence[Layer | None], position: int) -> str | None:
+    if any(layer is None for layer in row):
+        return "missing layer"
+    first = row[0]
+    assert first is not None
+    for layer in row[1:]:
+        assert layer is not None
+        if layer.is_head != first.is_head:
+            return "head vs hidden"
+        if layer.kind != first.kind:
+            return "kind differs"
+        if layer.kernel_shape != first.kernel_shape:
+            return "kernel differs"
+    if position == 0 and len({layer.inputs for layer in row if layer is not None}) > 1:
+        return "input size differs"
+    return None
+
+
+def diff_table(chains: Sequence[LayerChain], rows: Sequence[Sequence[Layer | None]]) -> str:
+    """A side-by-side text table of aligned rows with ``<-`` and the reason where they differ."""
+    header = ["#"] + [chain.model for chain in chains] + [""]
+    body = []
+    for position, row in enumerate(rows):
+        problem = _problem(row, position)
+        body.append([str(position)] + [describe(layer) for layer in row] + ([f"<- {problem}"] if problem else [""]))
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + body]
+    return "\n".join(lines)
+
+
+def _positional_rows(chains: Sequence[LayerChain]) -> list[list[Layer | None]]:
+    rows: list[list[Layer | None]] = []
+    for group in ("hidden", "heads"):
+        lists = [getattr(chain, group) for chain in chains]
+        for i in range(max(len(x) for x in lists)):
+            rows.append([x[i] if i < len(x) else None for x in lists])
+    return rows
+
+
+def _normalise_mapping(mapping: Mapping[str, str] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
+    if isinstance(mapping, Mapping):
+        if count != 2:
+            raise ModelError(
+                f"a {{a_node: b_node}} mapping pairs two models, got {count}",
+                hint="give a list of lists, one node name per model",
+            )
+        entries = [(str(a), str(b)) for a, b in mapping.items()]
+    else:
+        entries = [tuple(str(n) for n in entry) for entry in mapping]
+    for entry in entries:
+        if len(entry) != count:
+            raise ModelError(f"mapping entry {list(entry)} names {len(entry)} nodes for {count} models")
+    return entries
+
+
+def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequence[Sequence[str]]) -> list[list[Layer | None]]:
+    entries = _normalise_mapping(mapping, len(chains))
+    rows: list[list[Layer | None]] = []
+    for entry in entries:
+        row: list[Layer | None] = []
+        for chain, node in zip(chains, entry):
+            try:
+                row.append(chain.by_node(node))
+            except KeyError:
+                known = ", ".join(layer.node for layer in chain.layers)
+                raise ModelError(
+                    f"mapping: {chain.model} has no zippable layer named {node!r}", hint=f"its layers are: {known}"
+                ) from None
+        rows.append(row)
+    for m, chain in enumerate(chains):
+        used = [row[m].node for row in rows if row[m] is not None]
+        duplicates = sorted({n for n in used if used.count(n) > 1})
+        if duplicates:
+            raise ModelError(f"mapping: {chain.model} layer(s) {', '.join(duplicates)} mapped more than once")
+        missing = [layer.node for layer in chain.hidden if layer.node not in used]
+        if missing:
+            raise ModelError(
+                f"mapping: hidden layer(s) {', '.join(missing)} of {chain.model} are not mapped",
+                hint="map every hidden layer of every model (heads may be left out)",
+            )
+        indices = [row[m].index for row in rows if row[m] is not None]
+        if indices != sorted(indices):
+            raise ModelError(f"mapping: the layers of {chain.model} are not in model order ({', '.join(used)})")
+    mapped_heads = {row[0].node for row in rows if row[0] is not None and row[0].is_head}
+    if not mapped_heads:
+        heads = [chain.heads for chain in chains]
+        for i in range(max(len(h) for h in heads)):
+            rows.append([h[i] if i < len(h) else None for h in heads])
+    return rows
+
+
+def align_chains(
+    chains: Sequence[LayerChain],
+    *,
+    mapping: Mapping[str, str] | Sequence[Sequence[str]] | None = None,
+) -> Alignment:
+    """Pair the layers of two or more models.
+
+    Args:
+        chains: One :class:`LayerChain` per model (from ``discover_layers``).
+        mapping: Optional explicit pairing by node names (see the module docstring).
+
+    Returns:
+        The :class:`Alignment`.
+
+    Raises:
+        ModelError: fewer than two chains, a bad mapping, or layers that do not align
+            (the message holds the side-by-side diff).
+    """
+    if len(chains) < 2:
+        raise ModelError(f"alignment needs at least two models, got {len(chains)}")
+    rows = _mapped_rows(chains, mapping) if mapping is not None else _positional_rows(chains)
+    problems = [(i, p) for i, row in enumerate(rows) if (p := _problem(row, i)) is not None]
+    if problems:
+        names = ", ".join(chain.model for chain in chains)
+        first = "; ".join(f"position {i}: {p}" for i, p in problems[:3])
+        raise ModelError(
+            f"the layers of {names} do not align ({first}):\n{diff_table(chains, rows)}",
+            hint="zip models of one architecture, or pass an explicit mapping of node names (--map FILE.json)",
+        )
+    aligned = []
+    for index, row in enumerate(rows):
+        layers = [layer for layer in row if layer is not None]
+        aligned.append(
+            AlignedLayer(
+                index=index,
+                nodes=tuple(layer.node for layer in layers),
+                kind=layers[0].kind,
+                op_types=tuple(layer.op_type for layer in layers),
+                neurons=tuple(layer.neurons for layer in layers),
+                inputs=tuple(layer.inputs for layer in layers),
+                kernel_shape=layers[0].kernel_shape,
+                is_head=layers[0].is_head,
+            )
+        )
+    return Alignment(tuple(chain.model for chain in chains), tuple(aligned))
