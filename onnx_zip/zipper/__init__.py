@@ -1,0 +1,1 @@
+"""Zipping: plan (pairs and merged weights), rewrite (one multi-task graph), report, extract."""
