@@ -1,8 +1,8 @@
 """Small symmetric-PSD linear-algebra helpers: checked Cholesky, triangular solves, PSD pseudo-inverse.
 
-The Cholesky factor comes from numpy (``np.linalg.cholesky``): on a loaded 2-core machine scipy's
-``cho_factor`` (OpenBLAS ``potrf`` with 2 threads) was measured 0.9 s for a 577² matrix against 0.015 s.
-Conditioning is judged by LAPACK's ``dpocon`` estimate (O(D²)) on that factor.
+Conditioning is judged by LAPACK's ``dpocon`` estimate (O(D²)) on the Cholesky factor. Note: on a
+2-core machine shared with other processes, OpenBLAS's multi-threaded ``potrf`` was measured very
+slow (0.5–1 s for 577², against 0.006 s single-threaded); limit BLAS threads when the cores are busy.
 """
 
 from __future__ import annotations
