@@ -153,3 +153,17 @@ def test_greedy_blocks_with_ties_thresholds_and_k(seed: int) -> None:
     for thr in (0.0, 3.0, 20.0, 39.0):
         assert [tuple(p) for p in greedy_matching(d, threshold=thr).pairs.tolist()] == lit_greedy(d, thr=thr)
         assert [tuple(p) for p in greedy_matching(d.T, 25, threshold=thr).pairs.tolist()] == lit_greedy(d.T, 25, thr)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 7), st.integers(1, 7)), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.25])))
+def test_greedy_property_equals_literal(d: np.ndarray) -> None:
+    m = greedy_matching(d)
+    assert [tuple(p) for p in m.pairs.tolist()] == lit_greedy(d)
+    o = optimal_matching(d)
+    assert o.total_cost <= m.total_cost + 1e-12

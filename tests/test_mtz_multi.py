@@ -71,3 +71,17 @@ def test_add_model_bad_input() -> None:
         joint_hessian([h, h], mode="max")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="method"):
         add_model(np.ones((2, 3)), [h], np.ones((2, 3)), h, method="best")  # type: ignore[arg-type]
+
+
+def test_inverse_sum_with_singular_task_hessian_warns(caplog) -> None:
+    import logging
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 3))
+    x[:, 0] = 0.0
+    h_sing = x.T @ x / 20
+    with caplog.at_level(logging.WARNING, logger="onnx_zip.mtz.multi"):
+        hj = joint_hessian([h_sing, spd(rng, 3)], layer="l4")
+    assert any("l4" in r.getMessage() and "pseudo-inverse" in r.getMessage() for r in caplog.records)
+    assert np.isfinite(hj).all()
+    np.testing.assert_allclose(hj, hj.T, **TOL)
