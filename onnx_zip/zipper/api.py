@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -90,7 +91,8 @@ def _policy(share: float | None, share_per_layer: Sequence[Any] | None, max_cost
 def prepare_model(source: str | os.PathLike[str] | onnx.ModelProto, task: str, *, fold_batchnorm: bool = True) -> PreparedModel:
     """Load, canonicalise and discover one model (fast: no data)."""
     if isinstance(source, onnx.ModelProto):
-        original, label, digest = source, f"model {task}", ""
+        original, label = source, f"model {task}"
+        digest = hashlib.sha256(source.SerializeToString(deterministic=True)).hexdigest()
     else:
         original = load_model(source)
         label, digest = f"model {task} ({source})", sha256_file(source)
@@ -193,7 +195,9 @@ def zip_models(
     prepared = [prepare_model(m, t, fold_batchnorm=fold_batchnorm) for m, t in zip(models, tasks)]
     opset = _common_opset(prepared)
     alignment = align_chains([p.chain for p in prepared], mapping=mapping)
-    aligned: list[tuple[Layer, ...]] = [tuple(group) for group in alignment.groups]
+    aligned: list[tuple[Layer, ...]] = [
+        tuple(p.chain.by_node(node) for p, node in zip(prepared, row.nodes)) for row in alignment.layers
+    ]
     settings = ZipSettings(policy=policy, match=match, conv_hessian=conv_hessian, damping=float(damping), pairing=pairing, seed=int(seed))
     hidden = [g for g in aligned if not g[0].is_head]
     for i in range(len(hidden)):
@@ -221,7 +225,7 @@ def zip_models(
     if datasets is not None:
         for t, (p, data) in enumerate(zip(prepared, datasets)):
             layers = [g[t] for g in hidden]
-            readings = {layer.node: settings.reading_for(layer) or "dense" for layer in layers}
+            readings = {layer.node: settings.reading_for(layer) for layer in layers if layer.kind == "conv"}
             accumulators = calibrate(
                 p.canonical, layers, data, reading=readings, limit=calibration_limit, batch_size=batch_size,
                 threads=threads, progress=progress,

@@ -384,7 +384,10 @@ def build_zipped_model(
                         f"{task}'s inter weights: its task-specific inputs into the {k} shared neurons of {origin}",
                     )
                     summed = builder.variable(f"{task}/{z.tag}/shared_sum")
-                    builder.node("Add", f"{task}/{z.tag}/shared_Add", [core, inter], [summed])
+                    builder.node(
+                        "Add", f"{task}/{z.tag}/shared_Add", [core, inter], [summed],
+                        doc=f"{task}'s view of the {k} shared neurons: merged weights plus its inter weights",
+                    )
                     core, common = summed, False
                 new_blocks[t].append(_Block(core, k, common))
         for t, task in enumerate(tasks):

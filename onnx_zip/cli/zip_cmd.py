@@ -1,0 +1,97 @@
+"""``onnx-zip zip A.onnx B.onnx --calib A.npz --calib B.npz -o zipped.onnx``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from onnx_zip.errors import InputError
+from onnx_zip.zipper.api import zip_models
+
+NAME = "zip"
+HELP = "zip two models into one multi-output model by Multi-Task Zipping"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs=2, metavar="MODEL", help="the two .onnx models (same input domain)")
+    parser.add_argument("--calib", action="append", metavar="NPZ", help="calibration data, once per model, in order")
+    parser.add_argument("-o", "--output", required=True, help="the zipped .onnx model to write")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--share", type=float, help="fraction of each hidden layer's neurons to share (default 0.5)")
+    policy.add_argument("--share-per-layer", metavar="FILE", help="JSON list, one entry per hidden layer: fraction (float) or count (int)")
+    policy.add_argument("--max-cost", type=float, metavar="EPS", help="share every pair whose merge cost is at most EPS")
+    parser.add_argument("--match", choices=("greedy", "optimal"), default="greedy", help="pair selection (default greedy, the released code's)")
+    parser.add_argument("--conv-hessian", choices=("patch", "channel", "auto"), default="auto",
+                        help="convolution Hessian: patch (paper), channel (released code), auto (patch while C*k*k+1 <= 1024)")
+    parser.add_argument("--pairing", choices=("mtz", "l2", "random"), default="mtz", help="mtz, or a baseline: l2 weight distance / random, with averaging")
+    parser.add_argument("--damping", type=float, default=0.0, help="relative Hessian damping (default 0)")
+    parser.add_argument("--names", help="task names, comma separated (default a,b)")
+    parser.add_argument("--separate-inputs", action="store_true", help="give each task its own graph input")
+    parser.add_argument("--map", metavar="FILE", help="JSON mapping of node names of A to node names of B (explicit alignment)")
+    parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes (not supported on zipped paths yet)")
+    parser.add_argument("--calib-limit", type=int, metavar="N", help="use at most N calibration samples per model")
+    parser.add_argument("--batch-size", type=int, default=256, help="calibration batch size (default 256)")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed (random pairing); same inputs and seed give the same bytes")
+    parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _read_json(path: str, what: str) -> object:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} {path}: not valid JSON ({exc})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    per_layer = None
+    if args.share_per_layer:
+        per_layer = _read_json(args.share_per_layer, "share-per-layer file")
+        if not isinstance(per_layer, list):
+            raise InputError(f"share-per-layer file {args.share_per_layer}: expected a JSON list, one entry per hidden layer")
+    mapping = _read_json(args.map, "mapping file") if args.map else None
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if args.pairing == "mtz" and (not args.calib or len(args.calib) != 2):
+        raise InputError(
+            f"MTZ needs calibration data for each model: got {len(args.calib or [])} --calib for 2 models",
+            hint="pass --calib A.npz --calib B.npz (in model order)",
+        )
+    result = zip_models(
+        args.models,
+        args.calib,
+        args.output,
+        names=names,
+        share=args.share,
+        share_per_layer=per_layer,
+        max_cost=args.max_cost,
+        match=args.match,
+        conv_hessian=args.conv_hessian,
+        damping=args.damping,
+        pairing=args.pairing,
+        separate_inputs=args.separate_inputs,
+        seed=args.seed,
+        calibration_limit=args.calib_limit,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        fold_batchnorm=not args.no_fold_batchnorm,
+        mapping=mapping,
+        report_path=args.report,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    report = result.report
+    print(f"{'layer':<16}{'neurons':>14}{'shared':>8}")
+    for layer in report["layers"]:
+        print(f"{layer['layer']:<16}{' / '.join(map(str, layer['neurons'])):>14}{layer['shared']:>8}")
+    params = report["params"]
+    original = sum(params[t] for t in report["tasks"])
+    print(
+        f"parameters: {original:,} in the originals -> {params['zipped']:,} zipped "
+        f"({params['shared']:,} shared; {100 * (1 - params['zipped'] / original):.1f}% saved)"
+    )
+    print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
