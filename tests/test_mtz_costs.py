@@ -246,4 +246,6 @@ def test_bad_input_errors_name_layer_and_array() -> None:
     with pytest.raises(InputError, match="out of range"):
         merge_pairs(a, a, np.array([[0, 5]]), op)
     with pytest.raises(InputError, match="reading"):
-        merge_conv(np.ones((1, 1, 1, 1)), None, np.ones((1, 1, 1, 1)), None, np.array([[0, 0]]), pair_operator(np.eye(1), np.eye(1)), "rows")  # type: ignore[arg-type]
+        one = np.ones((1, 1, 1, 1))
+        op1 = pair_operator(np.eye(1), np.eye(1))
+        merge_conv(one, None, one, None, np.array([[0, 0]]), op1, "rows")  # type: ignore[arg-type]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -118,7 +117,9 @@ def test_im2col_rows_dot_weight_give_conv_output() -> None:
     cols = im2col(x, (3, 3), (1, 1), (1, 1, 1, 1))
     y = (cols @ w.reshape(4, -1).T).reshape(5, 5, 4)
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    ref = np.array([[[np.sum(xp[0, :, i : i + 3, j : j + 3] * w[m]) for m in range(4)] for j in range(5)] for i in range(5)])
+    ref = np.array(
+        [[[np.sum(xp[0, :, i : i + 3, j : j + 3] * w[m]) for m in range(4)] for j in range(5)] for i in range(5)]
+    )
     np.testing.assert_allclose(y, ref, **TOL)
 
 

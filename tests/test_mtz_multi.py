@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnx_zip.errors import InputError
-from onnx_zip.mtz import add_model, conv_channel_rows, cost_matrix, joint_hessian, pair_operator
+from onnx_zip.mtz import add_model, conv_channel_rows, joint_hessian
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -42,7 +42,8 @@ def test_add_model_operator_matches_literal(mode: str) -> None:
     assert len(res.matching) == 6  # every shared neuron gets a partner
     hj = np.linalg.inv(inv_joint)
     for t, (i, j) in enumerate(res.matching.pairs):
-        np.testing.assert_allclose(res.merged[t], np.linalg.solve(hj + hc, hj @ shared[i] + hc @ new[j]), rtol=1e-9, atol=1e-11)
+        want = np.linalg.solve(hj + hc, hj @ shared[i] + hc @ new[j])
+        np.testing.assert_allclose(res.merged[t], want, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("method", ["greedy", "optimal"])

@@ -46,7 +46,9 @@ def dense_rows(w: np.ndarray, b: np.ndarray | None = None, *, layer: str | None 
     return w.copy() if b is None else np.concatenate([w, b[:, None]], axis=1)
 
 
-def rows_to_dense(rows: np.ndarray, *, bias: bool = True, layer: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def rows_to_dense(
+    rows: np.ndarray, *, bias: bool = True, layer: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Neuron rows ``(N, d[+1])`` → weight ``(N, d)`` and bias ``(N,)`` (``None`` if ``bias=False``)."""
     rows = as_f64(rows, "rows", layer, ndim=2)
     if bias:

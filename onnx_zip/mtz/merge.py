@@ -112,9 +112,11 @@ def merge_conv(
     w_a = np.asarray(w_a)
     kernel = w_a.shape[2:]
     if reading == "patch":
-        rows = merge_pairs(conv_patch_rows(w_a, b_a, layer=layer), conv_patch_rows(w_b, b_b, layer=layer), pairs, op, layer=layer)
+        ra, rb = conv_patch_rows(w_a, b_a, layer=layer), conv_patch_rows(w_b, b_b, layer=layer)
+        rows = merge_pairs(ra, rb, pairs, op, layer=layer)
         return patch_rows_to_conv(rows, w_a.shape[1], kernel, bias=bias, layer=layer)
     if reading == "channel":
-        rows = merge_pairs(conv_channel_rows(w_a, b_a, layer=layer), conv_channel_rows(w_b, b_b, layer=layer), pairs, op, layer=layer)
+        ra, rb = conv_channel_rows(w_a, b_a, layer=layer), conv_channel_rows(w_b, b_b, layer=layer)
+        rows = merge_pairs(ra, rb, pairs, op, layer=layer)
         return channel_rows_to_conv(rows, kernel, bias=bias, layer=layer)
     raise InputError(f"{where(layer)}unknown conv reading {reading!r}", hint="use 'patch' or 'channel'")

@@ -40,7 +40,9 @@ def _inv_psd(h: np.ndarray, what: str, layer: str | None) -> np.ndarray:
     if low is not None:
         inv = chol_solve(low, np.eye(d))
         return 0.5 * (inv + inv.T)
-    logger.warning("%s%s (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse", where(layer), what, d, d, reason)
+    logger.warning(
+        "%s%s (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse", where(layer), what, d, d, reason
+    )
     v, inv_w = pinv_psd(h)
     inv = (v * inv_w) @ v.T
     return 0.5 * (inv + inv.T)
@@ -72,7 +74,9 @@ def joint_hessian(
         h = as_f64(h, f"H of zipped task {t}", layer, ndim=2)
         check_square(h, f"H of zipped task {t}", layer)
         if h.shape != np.shape(hessians[0]):
-            raise InputError(f"{where(layer)}H of zipped task {t} has shape {h.shape}, task 0 has {np.shape(hessians[0])}")
+            raise InputError(
+                f"{where(layer)}H of zipped task {t} has shape {h.shape}, task 0 has {np.shape(hessians[0])}"
+            )
         hs.append(damp(h, damping, layer=layer))
     if mode == "sum":
         return np.sum(hs, axis=0)
