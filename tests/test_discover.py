@@ -188,3 +188,11 @@ def test_zoo_discovery(zoo, name: str) -> None:
         per = flat[0] if flat else 1
         if not after.is_head or not chain.channel_groups:
             assert after.inputs == before.neurons * per, (before.node, after.node)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_residual_with_batchnorm(fold: bool) -> None:
+    chain = chain_of(builders.with_batchnorm(builders.residual()), fold_batchnorm=fold)
+    assert chain.channel_groups == (("stem", "conv_b"),)
+    first = effects(chain.by_node("conv_b"))[0]
+    assert first == (("Add", "elementwise") if fold else ("BatchNormalization", "channel_params"))

@@ -217,7 +217,7 @@ def align_chains(
         names = ", ".join(chain.model for chain in chains)
         first = "; ".join(f"position {i}: {p}" for i, p in problems[:3])
         raise ModelError(
-            f"the layers of {names} do not align ({first}):\n{diff_table(chains, rows)}",
+            f"the layers of {names} do not align ({first}):\n{diff_table(chains, rows)}\n",
             hint="zip models of one architecture, or pass an explicit mapping of node names (--map FILE.json)",
         )
     aligned = []
