@@ -240,3 +240,24 @@ def test_zoo_outputs_unchanged(zoo, name: str) -> None:
             np.testing.assert_allclose(y, x, atol=1e-5, rtol=1e-5)
         else:
             np.testing.assert_array_equal(y, x)
+
+
+def test_sklearn_style_opset15_with_ml_postprocessing() -> None:
+    """skl2onnx-like: MatMul/Add layers, Softmax → ArgMax → ai.onnx.ml ArrayFeatureExtractor → label."""
+    model = builders.mlp([6, 5, 3], use_matmul=True, output_name="logits", opset=15)
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([0, 1, 2], dtype=np.int64), "classes"),
+                                    numpy_helper.from_array(np.array([-1], dtype=np.int64), "shp")])
+    model.graph.node.extend([
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["am"], name="argmax", axis=1),
+        helper.make_node("ArrayFeatureExtractor", ["classes", "am"], ["lab"], name="afe", domain="ai.onnx.ml"),
+        helper.make_node("Reshape", ["lab", "shp"], ["label"], name="reshape"),
+    ])
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])])
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    out = canonicalize(model)
+    assert model_io.default_opset(out) == 17
+    assert ops(out) == ["Gemm", "Relu", "Gemm", "Softmax", "ArgMax", "ArrayFeatureExtractor", "Reshape"]
+    assert_same_outputs(model, out)
