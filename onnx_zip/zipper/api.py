@@ -122,7 +122,36 @@ def _bind_calibration(item: Dataset | str | os.PathLike[str] | Mapping[str, np.n
     return load_dataset(item, prepared.canonical)
 
 
-def zip_models(
+@dataclass
+class ZipJob:
+    """A validated zip request: everything checked before any long work starts."""
+
+    tasks: list[str]
+    prepared: list[PreparedModel]
+    aligned: list[tuple[Layer, ...]]
+    settings: ZipSettings
+    shared_input: bool
+    opset: int
+    calibration: list[Dataset] | None
+    calibration_limit: int | None
+    batch_size: int
+    threads: int | None
+    progress: bool
+    output: str | os.PathLike[str] | None
+    report_path: str | os.PathLike[str] | None
+    record: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hidden(self) -> list[tuple[Layer, ...]]:
+        return [group for group in self.aligned if not group[0].is_head]
+
+    @property
+    def sources(self) -> list[dict[str, str]]:
+        return [{"file": p.source, "sha256": p.sha256} for p in self.prepared]
+
+
+def prepare_job(
     models: Sequence[str | os.PathLike[str] | onnx.ModelProto],
     calibration: Sequence[Dataset | str | os.PathLike[str] | Mapping[str, np.ndarray]] | None,
     output: str | os.PathLike[str] | None = None,
@@ -144,38 +173,8 @@ def zip_models(
     mapping: Mapping[str, str] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     progress: bool = False,
-) -> ZipResult:
-    """Zip two models into one multi-output model by MTZ.
-
-    Args:
-        models: Two ``.onnx`` paths (or ModelProtos) with the same input domain.
-        calibration: One calibration data set per model (``.npz`` path, Dataset or arrays by input name);
-            may be ``None`` only for ``pairing="l2"``/``"random"``.
-        output: Where to write the zipped model (atomically); ``None`` to only return it.
-        names: Task names (default ``a``, ``b``); outputs become ``<task>/<original output name>``.
-        share: Fraction of each hidden layer's neurons to share (default 0.5).
-        share_per_layer: Per hidden layer, a fraction (float) or a count (int).
-        max_cost: Share every pair whose merge cost is at most this (accuracy budget).
-        match: ``greedy`` (released code) or ``optimal``.
-        conv_hessian: ``patch`` (paper), ``channel`` (released code) or ``auto``.
-        damping: Relative Hessian damping λ.
-        pairing: ``mtz``, or the baselines ``l2`` (weight distance, averaging) and ``random``.
-        separate_inputs: Give each task its own graph input.
-        seed: Seed (random pairing); the output is byte-identical for the same inputs and seed.
-        calibration_limit: Use at most this many calibration samples per model.
-        batch_size: Calibration batch size.
-        threads: onnxruntime threads.
-        fold_batchnorm: Fold BatchNormalization into the preceding layer first.
-        mapping: Explicit layer alignment ``{node of A: node of B}``.
-        report_path: Also write the report as JSON here.
-        progress: Show progress bars.
-
-    Returns:
-        A :class:`ZipResult`. The report holds ``tasks``, ``params`` ({task: original count,
-        ``zipped``, ``shared``}), ``layers`` (per hidden layer: ``a``, ``b``, ``neurons``, ``shared``,
-        ``pairs``, ``costs``), ``settings`` and ``timings`` (seconds per stage).
-    """
-    timings: dict[str, float] = {}
+) -> ZipJob:
+    """Validate a zip request (see :func:`zip_models` for the arguments); reads no data but the models'."""
     start = time.perf_counter()
     if len(models) != 2:
         raise InputError(f"zip takes two models, got {len(models)}", hint="zip more models one at a time")
@@ -188,6 +187,8 @@ def zip_models(
         raise InputError(f"unknown conv Hessian reading {conv_hessian!r}", hint="use patch, channel or auto")
     if not np.isfinite(damping) or damping < 0:
         raise InputError(f"damping must be a finite number ≥ 0, got {damping!r}")
+    if calibration_limit is not None and calibration_limit < 1:
+        raise InputError(f"calibration limit must be positive, got {calibration_limit}")
     policy = _policy(share, share_per_layer, max_cost)
     for path in (output, report_path):
         if path is not None:
@@ -198,12 +199,14 @@ def zip_models(
     aligned: list[tuple[Layer, ...]] = [
         tuple(p.chain.by_node(node) for p, node in zip(prepared, row.nodes)) for row in alignment.layers
     ]
-    settings = ZipSettings(policy=policy, match=match, conv_hessian=conv_hessian, damping=float(damping), pairing=pairing, seed=int(seed))
+    settings = ZipSettings(
+        policy=policy, match=match, conv_hessian=conv_hessian, damping=float(damping), pairing=pairing, seed=int(seed)
+    )
     hidden = [g for g in aligned if not g[0].is_head]
-    for i in range(len(hidden)):
+    for i, group in enumerate(hidden):
         p = settings.policy_for(i, len(hidden))
         if not isinstance(p, mtz.ShareThreshold):
-            mtz.share_count(p, hidden[i][0].neurons, hidden[i][1].neurons, layer=f"layer{i + 1} ({hidden[i][0].node})")
+            mtz.share_count(p, group[0].neurons, group[1].neurons, layer=f"layer{i + 1} ({group[0].node})")
     shared_input = not separate_inputs
     if shared_input and not inputs_match([p.canonical for p in prepared]):
         raise InputError(
@@ -213,63 +216,122 @@ def zip_models(
     datasets: list[Dataset] | None = None
     if pairing == "mtz":
         if calibration is None or len(calibration) != len(models):
+            count = 0 if calibration is None else len(calibration)
             raise InputError(
-                f"MTZ needs one calibration data set per model ({len(models)}), got {0 if calibration is None else len(calibration)}",
+                f"MTZ needs one calibration data set per model ({len(models)}), got {count}",
                 hint="pass --calib A.npz --calib B.npz",
             )
         datasets = [_bind_calibration(c, p) for c, p in zip(calibration, prepared)]
-    timings["validate"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    hessians: list[dict[str, np.ndarray]] = [{} for _ in prepared]
-    if datasets is not None:
-        for t, (p, data) in enumerate(zip(prepared, datasets)):
-            layers = [g[t] for g in hidden]
-            readings = {layer.node: settings.reading_for(layer) for layer in layers if layer.kind == "conv"}
-            accumulators = calibrate(
-                p.canonical, layers, data, reading=readings, limit=calibration_limit, batch_size=batch_size,
-                threads=threads, progress=progress,
-            )
-            hessians[t] = {node: acc.hessian() for node, acc in accumulators.items()}
-    timings["calibrate"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    tensors = [_initializers(p.canonical) for p in prepared]
-    zips = plan_layers([p.chain for p in prepared], aligned, tensors, hessians, settings)
-    timings["plan"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    model, docs = build_zipped_model(tasks, [p.canonical for p in prepared], [p.chain for p in prepared], zips, shared_input=shared_input, opset=opset)
-    for node in model.graph.node:
-        if node.name in docs:
-            node.doc_string = docs[node.name]
-    settings_record = {
+    record = {
         "share": share, "share_per_layer": list(share_per_layer) if share_per_layer is not None else None,
         "max_cost": max_cost, "match": match, "conv_hessian": conv_hessian, "damping": float(damping),
         "pairing": pairing, "separate_inputs": bool(separate_inputs), "seed": int(seed),
         "calibration_limit": calibration_limit, "fold_batchnorm": fold_batchnorm,
     }
-    sources = [{"file": p.source, "sha256": p.sha256} for p in prepared]
-    meta = provenance(tasks, sources, settings_record, zips)
+    job = ZipJob(
+        tasks=tasks, prepared=prepared, aligned=aligned, settings=settings, shared_input=shared_input, opset=opset,
+        calibration=datasets, calibration_limit=calibration_limit, batch_size=batch_size, threads=threads,
+        progress=progress, output=output, report_path=report_path, record=record,
+    )
+    job.timings["validate"] = time.perf_counter() - start
+    return job
+
+
+def layer_hessians(
+    job: ZipJob, models: Sequence[onnx.ModelProto], positions: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
+    """Hessians of the aligned hidden layers at ``positions`` of each task's (current) model."""
+    hessians: list[dict[str, np.ndarray]] = [{} for _ in job.prepared]
+    if job.calibration is None:
+        return hessians
+    for t, (model, data) in enumerate(zip(models, job.calibration)):
+        layers = [job.aligned[i][t] for i in positions]
+        readings = {layer.node: job.settings.reading_for(layer) for layer in layers if layer.kind == "conv"}
+        accumulators = calibrate(
+            model, layers, data, reading=readings, limit=job.calibration_limit, batch_size=job.batch_size,
+            threads=job.threads, progress=job.progress, label=f"model {job.tasks[t]}",
+        )
+        hessians[t] = {node: acc.hessian() for node, acc in accumulators.items()}
+    return hessians
+
+
+def build_model(job: ZipJob, models: Sequence[onnx.ModelProto], zips: Sequence[LayerZip]) -> onnx.ModelProto:
+    """The zipped graph of ``zips`` with doc strings, provenance metadata and stamped versions."""
+    chains = [p.chain for p in job.prepared]
+    model, docs = build_zipped_model(job.tasks, models, chains, zips, shared_input=job.shared_input, opset=job.opset)
+    for node in model.graph.node:
+        if node.name in docs:
+            node.doc_string = docs[node.name]
+    meta = provenance(job.tasks, job.sources, job.record, zips)
     write_metadata(model, meta)
     model.producer_name = "onnx-zip"
     model.producer_version = meta["version"]
-    model.doc_string = "Multi-Task Zipping of " + ", ".join(f"{t} ({src['file']})" for t, src in zip(tasks, sources))
-    model = stamp_versions(model, label="zipped model")
-    timings["rewrite"] = time.perf_counter() - start
+    model.doc_string = "Multi-Task Zipping of " + ", ".join(
+        f"{t} ({src['file']})" for t, src in zip(job.tasks, job.sources)
+    )
+    return stamp_versions(model, label="zipped model")
 
+
+def finish(job: ZipJob, model: onnx.ModelProto, zips: Sequence[LayerZip], extra: Mapping[str, Any] | None = None) -> ZipResult:
+    """Save the model (atomically), write the report, return both."""
     start = time.perf_counter()
-    if output is not None:
-        model = save_model(model, output, label=f"zipped model {output}")
-    timings["save"] = time.perf_counter() - start
+    if job.output is not None:
+        model = save_model(model, job.output, label=f"zipped model {job.output}")
+    job.timings["save"] = time.perf_counter() - start
     report = {
-        "tasks": tasks,
-        "sources": {t: s for t, s in zip(tasks, sources)},
-        "params": params_record(tasks, [p.original for p in prepared], model),
-        "layers": layer_records(tasks, zips),
-        "settings": settings_record,
-        "timings": timings,
+        "tasks": job.tasks,
+        "sources": dict(zip(job.tasks, job.sources)),
+        "params": params_record(job.tasks, [p.original for p in job.prepared], model),
+        "layers": layer_records(job.tasks, zips),
+        "settings": job.record,
+        **(extra or {}),
+        "timings": job.timings,
     }
-    if report_path is not None:
-        atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
-    return ZipResult(model=model, report=report, layers=zips)
+    if job.report_path is not None:
+        atomic_write_bytes(job.report_path, (json.dumps(report, indent=2) + "\n").encode())
+    return ZipResult(model=model, report=report, layers=list(zips))
+
+
+def zip_models(
+    models: Sequence[str | os.PathLike[str] | onnx.ModelProto],
+    calibration: Sequence[Dataset | str | os.PathLike[str] | Mapping[str, np.ndarray]] | None,
+    output: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> ZipResult:
+    """Zip two models into one multi-output model by MTZ, with Hessians from one calibration pass.
+
+    Args:
+        models: Two ``.onnx`` paths (or ModelProtos) with the same input domain.
+        calibration: One calibration data set per model (``.npz`` path, Dataset or arrays by input name);
+            may be ``None`` only for ``pairing="l2"``/``"random"``.
+        output: Where to write the zipped model (atomically); ``None`` to only return it.
+        **options: Keyword options of :func:`prepare_job`:
+            ``names`` (task names, default ``a``, ``b``; outputs become ``<task>/<original output name>``),
+            ``share`` (fraction of each hidden layer's neurons to share, default 0.5),
+            ``share_per_layer`` (per hidden layer a fraction (float) or a count (int)),
+            ``max_cost`` (share every pair whose merge cost is at most this),
+            ``match`` (``greedy``, the released code's rule, or ``optimal``),
+            ``conv_hessian`` (``patch``, the paper's; ``channel``, the released code's; or ``auto``),
+            ``damping`` (relative Hessian damping λ), ``pairing`` (``mtz`` or the baselines ``l2`` and
+            ``random``, which average), ``separate_inputs``, ``seed`` (same inputs and seed give the same
+            bytes), ``calibration_limit``, ``batch_size``, ``threads``, ``fold_batchnorm``, ``mapping``
+            (explicit alignment ``{node of A: node of B}``), ``report_path`` and ``progress``.
+
+    Returns:
+        A :class:`ZipResult`. The report holds ``tasks``, ``params`` ({task: original count,
+        ``zipped``, ``shared``}), ``layers`` (per hidden layer: ``a``, ``b``, ``neurons``, ``shared``,
+        ``pairs``, ``costs``), ``settings`` and ``timings`` (seconds per stage).
+    """
+    job = prepare_job(models, calibration, output, **options)
+    canonical = [p.canonical for p in job.prepared]
+    start = time.perf_counter()
+    hessians = layer_hessians(job, canonical, [i for i, g in enumerate(job.aligned) if not g[0].is_head])
+    job.timings["calibrate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tensors = [_initializers(m) for m in canonical]
+    zips = plan_layers([p.chain for p in job.prepared], job.aligned, tensors, hessians, job.settings)
+    job.timings["plan"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = build_model(job, canonical, zips)
+    job.timings["rewrite"] = time.perf_counter() - start
+    return finish(job, model, zips)
