@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -40,6 +40,18 @@ logger = logging.getLogger(__name__)
 PATCH_MAX_SIZE = 1024
 
 Pairing = Literal["mtz", "l2", "random"]
+
+
+@dataclass(frozen=True)
+class FixedPairs:
+    """Share exactly these pairs, already chosen (the layer-wise loop's earlier layers).
+
+    Attributes:
+        pairs: ``(k, T)`` neuron indices, in shared-neuron order. The merge uses identity Hessians
+            (a plain average, exact for neurons already tied by joint fine-tuning).
+    """
+
+    pairs: np.ndarray
 Reading = Literal["patch", "channel"]
 
 
@@ -58,14 +70,14 @@ class ZipSettings:
         seed: Seed of the random pairing.
     """
 
-    policy: mtz.SharePolicy | tuple[mtz.SharePolicy, ...] = mtz.ShareFraction(0.5)
+    policy: mtz.SharePolicy | FixedPairs | tuple[mtz.SharePolicy | FixedPairs, ...] = mtz.ShareFraction(0.5)
     match: Literal["greedy", "optimal"] = "greedy"
     conv_hessian: Literal["patch", "channel", "auto"] = "auto"
     damping: float = 0.0
     pairing: Pairing = "mtz"
     seed: int = 0
 
-    def policy_for(self, hidden_index: int, hidden_count: int) -> mtz.SharePolicy:
+    def policy_for(self, hidden_index: int, hidden_count: int) -> mtz.SharePolicy | FixedPairs:
         if isinstance(self.policy, tuple):
             if len(self.policy) != hidden_count:
                 raise InputError(
@@ -294,7 +306,12 @@ def plan_layers(
             policy = settings.policy_for(hidden_index, hidden_count)
             shared_w = (w_new[0][:, :shared_in], w_new[1][:, :shared_in])
             rows = [_vectors(first, reading, shared_w[t], biases[t]) for t in range(tasks)]
-            if settings.pairing == "random":
+            if isinstance(policy, FixedPairs):
+                eye = np.eye(rows[0].shape[-1])
+                op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
+                pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
+                costs = np.zeros(len(pairs))
+            elif settings.pairing == "random":
                 op = _pair_operator(settings, np.eye(rows[0].shape[-1]), np.eye(rows[0].shape[-1]), tag)
                 cost_matrix = rng.random((rows[0].shape[0], rows[1].shape[0]))
             else:
@@ -309,9 +326,10 @@ def plan_layers(
                     restricted = [np.eye(rows[0].shape[-1])] * 2
                 op = _pair_operator(settings, restricted[0], restricted[1], f"{tag} ({first.node})")
                 cost_matrix = mtz.cost_matrix(rows[0], rows[1], op, layer=tag)
-            matching = mtz.select_pairs(cost_matrix, policy, method=settings.match, layer=f"{tag} ({first.node})")
-            pairs = matching.pairs
-            costs = matching.costs if settings.pairing != "random" else np.zeros(len(pairs))
+            if not isinstance(policy, FixedPairs):
+                matching = mtz.select_pairs(cost_matrix, policy, method=settings.match, layer=f"{tag} ({first.node})")
+                pairs = matching.pairs
+                costs = matching.costs if settings.pairing != "random" else np.zeros(len(pairs))
         k = pairs.shape[0]
         new_orders = []
         inter, specific_w, specific_b = [], [], []

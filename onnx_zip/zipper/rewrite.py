@@ -38,6 +38,14 @@ from onnx_zip.zipper.plan import LayerZip
 SHARED = "shared"
 
 
+def block_names(owner: str, tag: str, part: str) -> tuple[str, str]:
+    """Initializer names (weight, bias) of one block: ``shared/<layer>/weight``, ``<task>/<layer>/weight``
+    (task-specific neurons) or ``<task>/<layer>/inter_weight`` (inter weights; no bias)."""
+    if part in ("specific", "shared"):
+        return f"{owner}/{tag}/weight", f"{owner}/{tag}/bias"
+    return f"{owner}/{tag}/{part}_weight", f"{owner}/{tag}/{part}_bias"
+
+
 @dataclass
 class _Block:
     """A group of consecutive channels of a layer's output for one task."""
@@ -208,12 +216,11 @@ def _apply_layer(
 
     Writes into ``out`` when given (a head writes its original, prefixed output tensor).
     """
+    weight_name, bias_name = block_names(owner, tag, part)
     if weight_const is None:
-        suffix = "weight" if part == "specific" else f"{part}_weight"
-        weight_const = builder.constant(f"{owner}/{tag}/{suffix}", stored_weights(layer, weight))
+        weight_const = builder.constant(weight_name, stored_weights(layer, weight))
     if bias_const is None and bias is not None:
-        suffix = "bias" if part == "specific" else f"{part}_bias"
-        bias_const = builder.constant(f"{owner}/{tag}/{suffix}", bias)
+        bias_const = builder.constant(bias_name, bias)
     if out is None:
         out = builder.variable(f"{owner}/{tag}/{part}", dtype=np.float32)
     if layer.op_type == "MatMul":
@@ -357,8 +364,9 @@ def build_zipped_model(
         new_blocks: list[list[_Block]] = [[] for _ in tasks]
         k = z.shared
         if k:
-            w_const = builder.constant(f"{SHARED}/{z.tag}/weight", stored_weights(z.layers[0], z.shared_weight))
-            b_const = builder.constant(f"{SHARED}/{z.tag}/bias", z.shared_bias) if z.shared_bias is not None else None
+            weight_name, bias_name = block_names(SHARED, z.tag, "shared")
+            w_const = builder.constant(weight_name, stored_weights(z.layers[0], z.shared_weight))
+            b_const = builder.constant(bias_name, z.shared_bias) if z.shared_bias is not None else None
             doc = f"{k} shared neurons merged by MTZ from {origin}; weights from the {z.shared_inputs} shared inputs"
             common_input = all(b[0].common for b in blocks) and z.shared_inputs > 0
             core_common: gs.Variable | None = None

@@ -1,0 +1,100 @@
+"""Task views: each task's single-model equivalent of a zipped model.
+
+Task ``t``'s view of a zipped layer is one weight ``(N_t, C_t, *kernel)`` whose rows are the
+layer's neurons in the zipped order ``[shared ; specific]`` and whose columns are its inputs in
+the previous layer's zipped order:
+
+    W_t = [[ shared/<layer>/weight , <t>/<layer>/inter_weight ],
+           [          <t>/<layer>/weight (specific)           ]]
+
+and the bias ``[shared/<layer>/bias ; <t>/<layer>/bias]``. Writing these into task ``t``'s
+canonical graph gives a plain model that computes exactly what the zipped model computes for
+``t`` (its neurons permuted into the zipped order). The layer-wise loop (Algorithm 1) calibrates
+the next layer's Hessians on these views after each joint fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_zip.errors import ModelError
+from onnx_zip.graph.layers import neuron_weights, stored_weights
+from onnx_zip.zipper.plan import LayerZip
+from onnx_zip.zipper.rewrite import SHARED, block_names
+
+
+def _get(values: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in values:
+        raise ModelError(f"zipped model: initializer {name} is missing", hint="pass the model the zip step wrote")
+    return values[name]
+
+
+def task_layer_weights(
+    values: dict[str, np.ndarray], task: str, t: int, z: LayerZip
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Task ``t``'s full weight ``(N_t, C_t, *kernel)`` and bias ``(N_t,)`` of one zipped layer."""
+    layer = z.layers[t]
+    rows, biases = [], []
+    if z.shared:
+        weight_name, bias_name = block_names(SHARED, z.tag, "shared")
+        shared = neuron_weights(layer, _get(values, weight_name))
+        if z.inter_weight[t] is not None:
+            inter = neuron_weights(layer, _get(values, block_names(task, z.tag, "inter")[0]))
+            shared = np.concatenate([shared, inter], axis=1)
+        rows.append(shared)
+        if z.has_bias:
+            biases.append(_get(values, bias_name))
+    if z.specific_count(t):
+        weight_name, bias_name = block_names(task, z.tag, "specific")
+        rows.append(neuron_weights(layer, _get(values, weight_name)))
+        if z.has_bias:
+            biases.append(_get(values, bias_name))
+    weight = np.concatenate(rows, axis=0)
+    bias = np.concatenate(biases) if biases else None
+    return weight, bias
+
+
+def _set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.name == name:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+            return
+    raise ModelError(f"task model: initializer {name} is missing")
+
+
+def task_views(
+    zipped: onnx.ModelProto, tasks: Sequence[str], models: Sequence[onnx.ModelProto], zips: Sequence[LayerZip]
+) -> list[onnx.ModelProto]:
+    """Each task's canonical model with the zipped model's weights, in the zipped neuron order.
+
+    Args:
+        zipped: A zipped model built from ``zips`` (possibly fine-tuned since).
+        tasks: Task names.
+        models: The canonical models ``zips`` was planned on (their layers are ``zips[i].layers``).
+        zips: The planned layers.
+
+    Returns:
+        One model per task computing what ``zipped`` computes for that task.
+    """
+    values = {t.name: numpy_helper.to_array(t) for t in zipped.graph.initializer}
+    views = []
+    for t, (task, model) in enumerate(zip(tasks, models)):
+        view = onnx.ModelProto()
+        view.CopyFrom(model)
+        for z in zips:
+            layer = z.layers[t]
+            weight, bias = task_layer_weights(values, task, t, z)
+            _set_initializer(view, layer.weight, stored_weights(layer, weight))
+            if bias is not None:
+                if layer.bias is None:
+                    raise ModelError(
+                        f"layer {layer.node} of {task} has no bias but its partner has one",
+                        hint="the layer-wise loop needs aligned layers that agree on having a bias",
+                    )
+                _set_initializer(view, layer.bias, bias)
+        views.append(view)
+    return views
