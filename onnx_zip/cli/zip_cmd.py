@@ -37,6 +37,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (random pairing); same inputs and seed give the same bytes")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    loop = parser.add_argument_group("layer-wise zipping with joint retraining (the paper's Algorithm 1)")
+    loop.add_argument("--train", action="append", metavar="TASK=NPZ", help="training data of a task (enables the loop)")
+    loop.add_argument("--retrain-steps", metavar="K[,K...]", help="joint fine-tuning steps after each hidden layer (default 100)")
+    loop.add_argument("--eval", action="append", metavar="TASK=NPZ", help="test data of a task: accuracy before/after each layer")
+    loop.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the optimizer's)")
+    loop.add_argument("--batch", type=int, default=64, help="fine-tuning batch size per task (default 64)")
+    loop.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="fine-tuning optimizer (default sgd)")
+
+
+def task_files(items: list[str] | None, option: str) -> dict[str, str]:
+    """``["a=x.npz", "b=y.npz"]`` → ``{"a": "x.npz", "b": "y.npz"}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise InputError(f"{option} {item!r}: expected TASK=FILE", hint=f"for example {option} a=a_train.npz")
+        if task in out:
+            raise InputError(f"{option} names task {task!r} twice")
+        out[task] = path
+    return out
 
 
 def _read_json(path: str, what: str) -> object:
@@ -61,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
             f"MTZ needs calibration data for each model: got {len(args.calib or [])} --calib for 2 models",
             hint="pass --calib A.npz --calib B.npz (in model order)",
         )
-    result = zip_models(
-        args.models,
-        args.calib,
-        args.output,
+    options = dict(
         names=names,
         share=args.share,
         share_per_layer=per_layer,
@@ -83,6 +100,29 @@ def run(args: argparse.Namespace) -> int:
         report_path=args.report,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    train = task_files(args.train, "--train")
+    if train:
+        from onnx_zip.zipper.layerwise import zip_layerwise  # noqa: PLC0415 - needs the training runtime
+
+        steps: int | list[int] = 100
+        if args.retrain_steps:
+            try:
+                parts = [int(x) for x in args.retrain_steps.split(",")]
+            except ValueError:
+                raise InputError(f"--retrain-steps {args.retrain_steps!r}: expected whole numbers") from None
+            steps = parts[0] if len(parts) == 1 else parts
+        finetune_options = {"batch_size": args.batch, "optimizer": args.optimizer, "seed": args.seed,
+                            "progress": options["progress"]}
+        if args.lr is not None:
+            finetune_options["lr"] = args.lr
+        result = zip_layerwise(
+            args.models, args.calib, train, args.output, retrain_steps=steps,
+            evaluation=task_files(args.eval, "--eval") or None, finetune_options=finetune_options, **options,
+        )
+    else:
+        if args.retrain_steps or args.eval:
+            raise InputError("--retrain-steps and --eval need --train (the layer-wise loop)")
+        result = zip_models(args.models, args.calib, args.output, **options)
     report = result.report
     print(f"{'layer':<16}{'neurons':>14}{'shared':>8}")
     for layer in report["layers"]:
@@ -93,5 +133,10 @@ def run(args: argparse.Namespace) -> int:
         f"parameters: {original:,} in the originals -> {params['zipped']:,} zipped "
         f"({params['shared']:,} shared; {100 * (1 - params['zipped'] / original):.1f}% saved)"
     )
+    for record in report.get("layerwise", []):
+        before, after = record.get("accuracy_before"), record.get("accuracy_after")
+        if before and after:
+            accuracies = ", ".join(f"{t} {100 * before[t]:.2f}% -> {100 * after[t]:.2f}%" for t in before)
+            print(f"{record['layer']}: {record['steps']} retraining steps, {accuracies}")
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0
