@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from onnx_zip.errors import InputError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.zipper.api import DEFAULT_CALIBRATION_LIMIT, zip_models
 
 NAME = "zip"
 HELP = "zip two models into one multi-output model by Multi-Task Zipping"
@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--separate-inputs", action="store_true", help="give each task its own graph input")
     parser.add_argument("--map", metavar="FILE", help="JSON mapping of node names of A to node names of B (explicit alignment)")
     parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes (not supported on zipped paths yet)")
-    parser.add_argument("--calib-limit", type=int, metavar="N", help="use at most N calibration samples per model")
+    parser.add_argument("--calib-limit", type=int, metavar="N", default=DEFAULT_CALIBRATION_LIMIT,
+                        help=f"use at most N calibration samples per model (default {DEFAULT_CALIBRATION_LIMIT}; 0: all)")
     parser.add_argument("--batch-size", type=int, default=256, help="calibration batch size (default 256)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="seed (random pairing); same inputs and seed give the same bytes")
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         pairing=args.pairing,
         separate_inputs=args.separate_inputs,
         seed=args.seed,
-        calibration_limit=args.calib_limit,
+        calibration_limit=args.calib_limit or None,
         batch_size=args.batch_size,
         threads=args.threads,
         fold_batchnorm=not args.no_fold_batchnorm,

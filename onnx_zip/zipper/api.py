@@ -40,6 +40,12 @@ from onnx_zip.zipper.rewrite import build_zipped_model, check_task_names, inputs
 logger = logging.getLogger(__name__)
 
 
+#: Calibration samples used per model by default. The released VGG code used 6,400 per layer; on
+#: the bundled LeNets the zipped accuracy is the same from about 2,000 samples on (785-wide
+#: Hessians), while the patch Hessians' cost grows linearly with the samples.
+DEFAULT_CALIBRATION_LIMIT = 4096
+
+
 @dataclass
 class ZipResult:
     """What :func:`zip_models` produced.
@@ -166,7 +172,7 @@ def prepare_job(
     pairing: str = "mtz",
     separate_inputs: bool = False,
     seed: int = 0,
-    calibration_limit: int | None = None,
+    calibration_limit: int | None = DEFAULT_CALIBRATION_LIMIT,
     batch_size: int = 256,
     threads: int | None = None,
     fold_batchnorm: bool = True,
