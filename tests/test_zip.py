@@ -394,3 +394,28 @@ def test_task_views_compute_what_the_zipped_model_computes(share):
     zipped = run_model(result.model, x)
     for t, view in enumerate(views):
         np.testing.assert_allclose(run_model(view, x)[0], zipped[t], rtol=0, atol=1e-5)
+
+
+def test_correlation_pairing_recovers_a_permuted_copy():
+    a = builders.cnn(seed=3)
+    b, perms = permuted_cnn(a)
+    calib = builders.random_inputs(a, 200, seed=1)
+    result = zip_models([a, b], [calib, calib], share=1.0, pairing="correlation")
+    for layer in result.report["layers"]:
+        pairs = np.array(layer["pairs"])
+        np.testing.assert_array_equal(perms[layer["nodes"]["a"]][pairs[:, 1]], pairs[:, 0])
+    x = builders.random_inputs(a, 10, seed=2)
+    np.testing.assert_allclose(run_model(result.model, x)[1], run_model(a, x)[0], rtol=0, atol=1e-5)
+
+
+def test_cross_correlation_matches_numpy():
+    from onnx_zip.zipper.correlation import CrossCorrelation
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 4)), rng.standard_normal((300, 3))
+    b[:, 0] = 2 * a[:, 1] + 0.1 * b[:, 0]
+    stat = CrossCorrelation()
+    for part in (slice(0, 100), slice(100, 300)):
+        stat.update(a[part], b[part])
+    expected = np.corrcoef(a.T, b.T)[:4, 4:]
+    np.testing.assert_allclose(stat.correlation(), expected, rtol=1e-10, atol=1e-12)

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--match", choices=("greedy", "optimal"), default="greedy", help="pair selection (default greedy, the released code's)")
     parser.add_argument("--conv-hessian", choices=("patch", "channel", "auto"), default="auto",
                         help="convolution Hessian: patch (paper), channel (released code), auto (patch while C*k*k+1 <= 1024)")
-    parser.add_argument("--pairing", choices=("mtz", "l2", "random"), default="mtz", help="mtz, or a baseline: l2 weight distance / random, with averaging")
+    parser.add_argument("--pairing", choices=("mtz", "l2", "random", "correlation"), default="mtz",
+                        help="mtz, or a baseline with averaging: l2 weight distance, random, activation correlation")
     parser.add_argument("--damping", type=float, default=0.0, help="relative Hessian damping (default 0)")
     parser.add_argument("--names", help="task names, comma separated (default a,b)")
     parser.add_argument("--separate-inputs", action="store_true", help="give each task its own graph input")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"share-per-layer file {args.share_per_layer}: expected a JSON list, one entry per hidden layer")
     mapping = _read_json(args.map, "mapping file") if args.map else None
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    if args.pairing == "mtz" and (not args.calib or len(args.calib) != 2):
+    if args.pairing in ("mtz", "correlation") and (not args.calib or len(args.calib) != 2):
         raise InputError(
             f"MTZ needs calibration data for each model: got {len(args.calib or [])} --calib for 2 models",
             hint="pass --calib A.npz --calib B.npz (in model order)",

@@ -33,6 +33,7 @@ from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers, require_plain_chain
 from onnx_zip.graph.layers import Layer, LayerChain
 from onnx_zip.model_io import atomic_write_bytes, check_writable, convert_opset, default_opset, load_model, save_model, sha256_file, stamp_versions
+from onnx_zip.zipper.correlation import correlation_costs
 from onnx_zip.zipper.plan import LayerZip, ZipSettings, plan_layers
 from onnx_zip.zipper.report import layer_records, params_record, provenance, write_metadata
 from onnx_zip.zipper.rewrite import build_zipped_model, check_task_names, inputs_match
@@ -185,8 +186,8 @@ def prepare_job(
     if len(models) != 2:
         raise InputError(f"zip takes two models, got {len(models)}", hint="zip more models one at a time")
     tasks = check_task_names(names if names is not None else ["a", "b"], len(models))
-    if pairing not in ("mtz", "l2", "random"):
-        raise InputError(f"unknown pairing {pairing!r}", hint="use mtz, l2 or random")
+    if pairing not in ("mtz", "l2", "random", "correlation"):
+        raise InputError(f"unknown pairing {pairing!r}", hint="use mtz, l2, random or correlation")
     if match not in ("greedy", "optimal"):
         raise InputError(f"unknown matching {match!r}", hint="use greedy or optimal")
     if conv_hessian not in ("patch", "channel", "auto"):
@@ -220,11 +221,11 @@ def prepare_job(
             hint="pass --separate-inputs (separate_inputs=True) to give each task its own input",
         )
     datasets: list[Dataset] | None = None
-    if pairing == "mtz":
+    if pairing in ("mtz", "correlation"):
         if calibration is None or len(calibration) != len(models):
             count = 0 if calibration is None else len(calibration)
             raise InputError(
-                f"MTZ needs one calibration data set per model ({len(models)}), got {count}",
+                f"{pairing} pairing needs one calibration data set per model ({len(models)}), got {count}",
                 hint="pass --calib A.npz --calib B.npz",
             )
         datasets = [_bind_calibration(c, p) for c, p in zip(calibration, prepared)]
@@ -248,7 +249,7 @@ def layer_hessians(
 ) -> list[dict[str, np.ndarray]]:
     """Hessians of the aligned hidden layers at ``positions`` of each task's (current) model."""
     hessians: list[dict[str, np.ndarray]] = [{} for _ in job.prepared]
-    if job.calibration is None:
+    if job.calibration is None or job.settings.pairing != "mtz":
         return hessians
     for t, (model, data) in enumerate(zip(models, job.calibration)):
         layers = [job.aligned[i][t] for i in positions]
@@ -331,11 +332,19 @@ def zip_models(
     job = prepare_job(models, calibration, output, **options)
     canonical = [p.canonical for p in job.prepared]
     start = time.perf_counter()
-    hessians = layer_hessians(job, canonical, [i for i, g in enumerate(job.aligned) if not g[0].is_head])
+    positions = [i for i, g in enumerate(job.aligned) if not g[0].is_head]
+    hessians = layer_hessians(job, canonical, positions)
+    pair_costs = None
+    if job.settings.pairing == "correlation":
+        costs = correlation_costs(
+            canonical, [job.aligned[i] for i in positions], job.calibration, limit=job.calibration_limit,
+            batch_size=job.batch_size, threads=job.threads,
+        )
+        pair_costs = dict(zip(positions, costs))
     job.timings["calibrate"] = time.perf_counter() - start
     start = time.perf_counter()
     tensors = [_initializers(m) for m in canonical]
-    zips = plan_layers([p.chain for p in job.prepared], job.aligned, tensors, hessians, job.settings)
+    zips = plan_layers([p.chain for p in job.prepared], job.aligned, tensors, hessians, job.settings, pair_costs)
     job.timings["plan"] = time.perf_counter() - start
     start = time.perf_counter()
     model = build_model(job, canonical, zips)

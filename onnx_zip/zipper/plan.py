@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 #: accumulate and ``O(D³)`` to factor, against ``(C+1)²`` for the per-channel one.
 PATCH_MAX_SIZE = 1024
 
-Pairing = Literal["mtz", "l2", "random"]
+Pairing = Literal["mtz", "l2", "random", "correlation"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class ZipSettings:
         conv_hessian: ``patch`` (paper), ``channel`` (released code) or ``auto`` (patch while
             ``C·KH·KW + 1 ≤`` :data:`PATCH_MAX_SIZE`).
         damping: Relative damping λ added to each Hessian (λ·mean(diag H)·I).
-        pairing: ``mtz`` (Hessian costs and merge), ``l2`` (weight distance, plain average) or
-            ``random`` (random pairs, plain average): the baselines use the same pipeline.
+        pairing: ``mtz`` (Hessian costs and merge), ``l2`` (weight distance, plain average),
+            ``random`` (random pairs, plain average) or ``correlation`` (activation correlation
+            across the models, plain average): the baselines use the same pipeline.
         seed: Seed of the random pairing.
     """
 
@@ -240,6 +241,7 @@ def plan_layers(
     tensors: Sequence[Mapping[str, np.ndarray]],
     hessians: Sequence[Mapping[str, np.ndarray]],
     settings: ZipSettings,
+    pair_costs: Mapping[int, np.ndarray] | None = None,
 ) -> list[LayerZip]:
     """Pair and merge every aligned hidden layer bottom-up; re-order the heads' inputs.
 
@@ -251,6 +253,8 @@ def plan_layers(
         hessians: Each task's finished Hessians by layer node name, in the reading
             :meth:`ZipSettings.reading_for` chooses (not needed for heads or random pairing).
         settings: The pairing settings.
+        pair_costs: For ``pairing="correlation"``: the ``(N_A, N_B)`` cost matrix of each aligned
+            position, in the original neuron indices.
 
     Returns:
         One :class:`LayerZip` per aligned position.
@@ -311,9 +315,14 @@ def plan_layers(
                 op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
                 pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
                 costs = np.zeros(len(pairs))
-            elif settings.pairing == "random":
+            elif settings.pairing in ("random", "correlation"):
                 op = _pair_operator(settings, np.eye(rows[0].shape[-1]), np.eye(rows[0].shape[-1]), tag)
-                cost_matrix = rng.random((rows[0].shape[0], rows[1].shape[0]))
+                if settings.pairing == "random":
+                    cost_matrix = rng.random((rows[0].shape[0], rows[1].shape[0]))
+                else:
+                    if pair_costs is None or position not in pair_costs:
+                        raise InputError(f"layer {tag}: correlation pairing needs its activation correlations")
+                    cost_matrix = np.asarray(pair_costs[position], dtype=np.float64)
             else:
                 if settings.pairing == "mtz":
                     restricted = [
