@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from onnx_zip.errors import InputError
+from onnx_zip.model_io import check_writable
+from onnx_zip.reporting import write_summary
 from onnx_zip.zipper.api import DEFAULT_CALIBRATION_LIMIT, zip_models
 
 NAME = "zip"
@@ -38,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     parser.add_argument("--seed", type=int, default=0, help="seed (random pairing); same inputs and seed give the same bytes")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--summary", metavar="FILE.md", help="write a Markdown summary here (PNG plots beside it with matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     loop = parser.add_argument_group("layer-wise zipping with joint retraining (the paper's Algorithm 1)")
     loop.add_argument("--train", action="append", metavar="TASK=NPZ", help="training data of a task (enables the loop)")
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(per_layer, list):
             raise InputError(f"share-per-layer file {args.share_per_layer}: expected a JSON list, one entry per hidden layer")
     mapping = _read_json(args.map, "mapping file") if args.map else None
+    if args.summary:
+        check_writable(args.summary)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if args.pairing in ("mtz", "correlation") and (not args.calib or len(args.calib) != 2):
         raise InputError(
@@ -140,5 +145,8 @@ def run(args: argparse.Namespace) -> int:
         if before and after:
             accuracies = ", ".join(f"{t} {100 * before[t]:.2f}% -> {100 * after[t]:.2f}%" for t in before)
             print(f"{record['layer']}: {record['steps']} retraining steps, {accuracies}")
+    if args.summary:
+        summary = write_summary(report, args.summary)
+        print(f"wrote {summary.markdown}" + (f" and {len(summary.images)} plots" if summary.images else ""))
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0
