@@ -231,6 +231,15 @@ def _merge(
     return mtz.rows_to_dense(rows, bias=has_bias, layer=layer.node)
 
 
+def _shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer]) -> bool:
+    """True when a count or fraction policy asks for no pair (no costs needed)."""
+    if isinstance(policy, FixedPairs):
+        return len(policy.pairs) == 0
+    if isinstance(policy, mtz.ShareThreshold):
+        return False
+    return mtz.share_count(policy, group[0].neurons, group[1].neurons, layer=group[0].node) == 0
+
+
 def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
     return None if x is None else np.ascontiguousarray(x, dtype=np.float32)
 
@@ -304,6 +313,9 @@ def plan_layers(
             costs = np.zeros(0)
         elif shared_in == 0:
             logger.info("layer %s: no shared inputs (the previous layer shares nothing): sharing nothing", tag)
+            pairs = np.zeros((0, tasks), dtype=np.int64)
+            costs = np.zeros(0)
+        elif _shares_nothing(settings.policy_for(hidden_index, hidden_count), group):
             pairs = np.zeros((0, tasks), dtype=np.int64)
             costs = np.zeros(0)
         else:
