@@ -208,8 +208,11 @@ def training_artifacts(
     rt = runtime.training_modules()
     base = onnx.ModelProto()
     base.CopyFrom(model)
+    ort = runtime.ort()
     with tempfile.TemporaryDirectory(prefix="onnx_zip_finetune_") as folder:
         root = Path(folder)
+        # the gradient builder's sessions log every graph transformer at INFO level otherwise
+        ort.set_default_logger_severity(3)
         try:
             rt.artifacts.generate_artifacts(
                 base,
@@ -224,6 +227,8 @@ def training_artifacts(
                 f"onnxruntime-training cannot build the training graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                 hint="freeze the part of the model that cannot train with --freeze PREFIX",
             ) from exc
+        finally:
+            ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
         for name in ("training_model.onnx", "eval_model.onnx"):
             if (root / name).exists():
                 _restamp(root / name, model.ir_version)
