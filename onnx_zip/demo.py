@@ -3,7 +3,7 @@ and measure what changed — accuracy, parameters, file size and latency.
 
 Defaults (chosen to run in well under 3 minutes on 2 cores): half of every hidden layer shared
 (``share=0.5``: at this level both tasks stay within about one point of their originals before
-fine-tuning), 1,024 calibration samples per model, 100 joint fine-tuning steps of batch 64,
+fine-tuning), 1,024 calibration samples per model, 60 joint fine-tuning steps of batch 64,
 evaluation on the first 2,000 test samples of each task. Latency is the median of repeated runs of
 the zipped model against both originals run one after the other, measured interleaved in the
 same process with the same thread settings, at batch 1 and batch 64.
@@ -40,7 +40,7 @@ PAIR = (
     ("fashion", "lenet5_fashion.onnx", "data/fashion_train.npz", "data/fashion_test.npz"),
 )
 DEFAULT_SHARE = 0.5
-DEFAULT_STEPS = 100
+DEFAULT_STEPS = 60
 DEFAULT_CALIBRATION_LIMIT = 1024
 DEFAULT_EVAL_LIMIT = 2000
 DEFAULT_LATENCY_RUNS = 30

@@ -47,8 +47,8 @@ def small_recipe(zoo, folder: Path, **changes) -> dict:
             for t, e in (("s0", a), ("s1", b))
         ],
         "zip": {"share": 0.5, "calibration_limit": 256},
-        "finetune": {"steps": 4, "batch_size": 32},
-        "evaluation": {"limit": 200},
+        "finetune": {"steps": 2, "batch_size": 32},
+        "evaluation": {"limit": 100},
         "output": {"model": "out/zipped.onnx", "report": "out/zipped.json", "summary": "out/zipped.md"},
     }
     for key, value in changes.items():
@@ -131,10 +131,10 @@ def test_recipe_runs_twice_to_the_same_bytes_and_is_stored(zoo, tmp_path):
     assert meta["recipe"] == normalize(yaml.safe_load(path.read_text()))
     report = json.loads((out / "zipped.json").read_text())
     assert set(report["evaluation"]["s0"]) == {"original", "zipped", "finetuned"}
-    assert report["finetune"]["steps"] == 4
+    assert report["finetune"]["steps"] == 2
     assert "| layer1_dense |" in (out / "zipped.md").read_text()
     inspected = json.loads(cli("inspect", out / "zipped.onnx", "--json").stdout)
-    assert inspected["provenance"]["recipe"]["finetune"]["steps"] == 4
+    assert inspected["provenance"]["recipe"]["finetune"]["steps"] == 2
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
