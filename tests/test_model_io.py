@@ -109,3 +109,10 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert model_io.sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    model_io.save_model(tiny_model(), tmp_path / "m.onnx")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o666 & ~mask
