@@ -32,6 +32,7 @@ __all__ = [
     "ConvPatchHessian",
     "hessian_accumulator",
     "im2col",
+    "im2col_columns",
     "conv_output_size",
     "restrict",
     "dense_keep_index",
@@ -95,6 +96,17 @@ class HessianAccumulator:
         self._xtx += x.T @ x
         self._sum += x.sum(axis=0)
         self._n += x.shape[0]
+
+    def _add_columns(self, xt: np.ndarray) -> None:
+        """Like :meth:`_add` for the transposed rows ``xt (dim, n)`` (one vector per column)."""
+        if self._dim is None:
+            self._dim = xt.shape[0]
+        if self._xtx is None:
+            self._xtx = np.zeros((self._dim, self._dim))
+            self._sum = np.zeros(self._dim)
+        self._xtx += xt @ xt.T
+        self._sum += xt.sum(axis=1)
+        self._n += xt.shape[1]
 
     def update(self, batch: np.ndarray) -> HessianAccumulator:
         """Add one batch of layer inputs (converted to float64; not kept).
@@ -202,10 +214,12 @@ class ConvChannelHessian(HessianAccumulator):
     def __init__(self, channels: int | None = None, *, bias: bool = True, layer: str | None = None) -> None:
         super().__init__(channels, bias=bias, layer=layer)
 
-    def _rows(self, batch: np.ndarray) -> list[np.ndarray]:
+    def update(self, batch: np.ndarray) -> ConvChannelHessian:
+        """Add a batch ``(N, C, H, W)``; every pixel is one vector (channel-major copy, one GEMM)."""
         x = as_f64(batch, "activation batch", self.layer, ndim=4, data=True)
         self._check_dim(x.shape[1], f"activation batch {x.shape}")
-        return [np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, x.shape[1])]
+        self._add_columns(np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1))
+        return self
 
     def _empty_like(self) -> ConvChannelHessian:
         return ConvChannelHessian(self._dim, bias=self.bias, layer=self.layer)
@@ -283,6 +297,40 @@ def im2col(
     return cols.reshape(n * oh * ow, c * kh * kw)
 
 
+def im2col_columns(
+    x: np.ndarray,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+    *,
+    layer: str | None = None,
+) -> np.ndarray:
+    """The transpose of :func:`im2col`, built directly: ``(C·KH·KW, N·OH·OW)``.
+
+    Every ``(c, kh, kw)`` row is a contiguous copy of one strided window, which is several times
+    faster than scattering into :func:`im2col`'s ``(positions, C·KH·KW)`` layout; ``cols @ cols.T``
+    is then one GEMM.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise InputError(f"{where(layer)}conv input must be (N, C, H, W), got shape {x.shape}")
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = _conv_params(kernel_shape, strides, pads, dilations, layer)
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, kh, sh, pt, pb, dh)
+    ow = conv_output_size(w, kw, sw, pl, pr, dw)
+    if oh < 1 or ow < 1:
+        raise InputError(f"{where(layer)}input {x.shape} is smaller than the dilated kernel {kernel_shape}")
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if (pt or pb or pl or pr) else x
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            win = xp[:, :, r0 : r0 + sh * (oh - 1) + 1 : sh, c0 : c0 + sw * (ow - 1) + 1 : sw]
+            cols[:, i, j] = win.transpose(1, 0, 2, 3)
+    return cols.reshape(c * kh * kw, n * oh * ow)
+
+
 class ConvPatchHessian(HessianAccumulator):
     """Patch (paper, im2col) Hessian of a conv input: batches ``(N, C, H, W)``; H ``(C·KH·KW+bias)²``.
 
@@ -320,7 +368,8 @@ class ConvPatchHessian(HessianAccumulator):
     def _config(self) -> tuple:
         return (type(self), self.bias, self.kernel_shape, self.strides, self.pads, self.dilations)
 
-    def _rows(self, batch: np.ndarray):  # type: ignore[override]
+    def update(self, batch: np.ndarray) -> ConvPatchHessian:
+        """Add a batch ``(N, C, H, W)``: transposed im2col chunks (bounded memory), one GEMM each."""
         x = as_f64(batch, "activation batch", self.layer, ndim=4, data=True)
         if self.channels is not None and x.shape[1] != self.channels:
             raise InputError(
@@ -331,7 +380,10 @@ class ConvPatchHessian(HessianAccumulator):
         per_sample = 8 * x.shape[1] * x.shape[2] * x.shape[3] * self.kernel_shape[0] * self.kernel_shape[1]
         step = max(1, _CHUNK_BYTES // max(per_sample, 1))
         for s in range(0, x.shape[0], step):
-            yield im2col(x[s : s + step], self.kernel_shape, self.strides, self.pads, self.dilations, layer=self.layer)
+            self._add_columns(
+                im2col_columns(x[s : s + step], self.kernel_shape, self.strides, self.pads, self.dilations, layer=self.layer)
+            )
+        return self
 
     def _empty_like(self) -> ConvPatchHessian:
         return ConvPatchHessian(
