@@ -127,15 +127,22 @@ def test_cli_json(tmp_path):
 
 
 ZOO = json.loads(MANIFEST.read_text())["models"] if MANIFEST.exists() else []
-FLOORS = {"lenet300": 0.955, "lenet5_mnist": 0.98, "lenet5_fashion_super4": 0.96, "lenet5_fashion": 0.89, "resnet_mnist": 0.985, "resnet_fashion": 0.90}
+FLOORS = {"mlp_mnist_sklearn": 0.955, "lenet300": 0.955, "lenet5_mnist": 0.98, "lenet5_fashion_super4": 0.96, "lenet5_fashion": 0.89, "resnet_mnist": 0.985, "resnet_fashion": 0.90}
 
 
-@pytest.mark.skipif(not ZOO, reason="models/manifest.json is not built yet (tools/train_models.py)")
+def test_the_zoo_is_bundled():
+    assert {m["name"] for m in ZOO} >= {
+        "lenet300_mnist_s0", "lenet300_mnist_s1", "lenet5_mnist_s0", "lenet5_mnist_s1", "lenet5_fashion",
+        "lenet5_fashion_super4", "resnet_mnist", "resnet_fashion", "mlp_mnist_sklearn_s0", "mlp_mnist_sklearn_s1",
+    }
+
+
 @pytest.mark.parametrize("entry", ZOO, ids=[m["name"] for m in ZOO])
 def test_zoo_accuracy_reproduces_the_manifest_and_meets_its_floor(entry):
     models = MANIFEST.parent
     assert model_io.sha256_file(models / entry["file"]) == entry["sha256"]
     result = evaluate(models / entry["file"], models / entry["data"]["test"], output=entry["output"])
+    assert (result.correct, result.count) == (entry["correct"], entry["count"])
     assert result.accuracy == entry["accuracy"]
     floor = next((v for k, v in FLOORS.items() if entry["name"].startswith(k)), None)
     if floor is not None:

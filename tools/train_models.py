@@ -373,7 +373,7 @@ def train_sklearn(spec: dict, x: np.ndarray, y: np.ndarray, xv, yv, path: Path):
 
 
 # ----------------------------------------------------------------------------- checks
-def ort_accuracy(path: Path, test_rel: str, out_name: str, bs: int = 256) -> tuple[float, str, str]:
+def ort_accuracy(path: Path, test_rel: str, out_name: str, bs: int = 256) -> tuple[float, str, str, int, int]:
     import onnxruntime as ort
     d = load_npz(test_rel)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -382,7 +382,7 @@ def ort_accuracy(path: Path, test_rel: str, out_name: str, bs: int = 256) -> tup
     for i in range(0, len(d["label"]), bs):
         out = sess.run([out_name], {in_name: d[in_name][i:i + bs]})[0]
         correct += int((out.argmax(1) == d["label"][i:i + bs]).sum())
-    return correct / len(d["label"]), in_name, ort.__version__
+    return correct / len(d["label"]), in_name, ort.__version__, correct, len(d["label"])
 
 
 def graph_facts(path: Path) -> dict:
@@ -482,10 +482,10 @@ def build(name: str, n_val: int, save: bool) -> dict | None:
                                                   if "legacy" in spec["exporter"] else
                                                   f" (dynamo=True, opset {spec['opset']})"),
                      input="image", output="logits")
-    acc, in_name, ort_v = ort_accuracy(path, test_rel, entry["output"])
+    acc, in_name, ort_v, correct, count = ort_accuracy(path, test_rel, entry["output"])
     assert in_name == entry["input"]
     facts = graph_facts(path)
-    entry.update(seed=spec["seed"], data={"train": train_rel, "test": test_rel}, accuracy=round(acc, 6),
+    entry.update(seed=spec["seed"], data={"train": train_rel, "test": test_rel}, accuracy=acc, correct=correct, count=count,
                  floor=spec["floor"], floor_met=bool(acc >= spec["floor"]),
                  accuracy_measured_with=f"onnxruntime {ort_v}, committed test split, argmax of '{entry['output']}'",
                  trained_on=src + (f" minus {n_val} held out" if n_val else ""),
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_only:
         for e in entries.values():
             p = MODELS / e["file"]
-            acc, _, _ = ort_accuracy(p, e["data"]["test"], e["output"])
+            acc, _, _, _, _ = ort_accuracy(p, e["data"]["test"], e["output"])
             ok = sha256(p) == e["sha256"] and abs(acc - e["accuracy"]) < 1e-6
             log(f"{e['name']}: accuracy {acc:.4f} sha256 {'ok' if ok else 'MISMATCH'}")
         check_newest_ort([MODELS / e["file"] for e in entries.values()])
