@@ -323,15 +323,21 @@ def speed_section(speed) -> list[str]:
         L.append("")
     vgg = speed.get("vgg")
     if vgg:
-        L += ["### VGG-16 pair (synthetic He-init weights, 138 M parameters each, 224×224, synthetic calibration images)", ""]
+        L += [f"### VGG-16 pair (synthetic He-init weights, {vgg.get('params', {}).get('a', 0) / 1e6:.1f} M parameters each, "
+              f"{vgg.get('image_size')}×{vgg.get('image_size')} input, synthetic calibration images)", ""]
         if "stages" in vgg:
             st = vgg["stages"]
             L += [f"Per-channel reading, calibration {vgg['calibration_samples']} images per model, batch {vgg['batch_size']}, share_per_layer "
                   f"{vgg['share_per_layer']} (13 convs, fc6, fc7; fc8 is the head). "
-                  + ("**fc6 was not zipped** (share 0 skips its 25089² Hessian, 5 GB in float64); " if vgg["fc6_share"] == 0 else "")
-                  + f"models {vgg['models_mib']:.0f} MiB on disk together; shared parameters {vgg['params'].get('shared', 0) / 1e6:.1f} M.", "",
+                  + ("**fc6 was not zipped** (share 0; its 25089² Hessian, 5 GB per model in float64, was not computed: the tool calibrates only "
+                     "the layers that can share, see `tools/bench/speed.zip_needed_hessians`), so fc7 has no shared inputs and shares nothing either; " if vgg["fc6_share"] == 0 else "")
+                  + f"Hessians computed for: {vgg.get('hessian_layers')}. "
+                  + f"Models {vgg['models_mib']:.0f} MiB on disk together; shared parameters {vgg['params'].get('shared', 0) / 1e6:.1f} M "
+                  + f"({100 * vgg['params'].get('shared', 0) / max(vgg['params'].get('a', 1), 1):.1f}% of one model); "
+                  + "per layer: " + ", ".join(f"{x['layer']} {x['shared']}/{x['neurons']}" for x in vgg.get('layers', [])) + ".", "",
                   "| stage | seconds | peak RSS MiB |", "|---|---|---|"]
-            for k, v in st.items():
+            for k in ("validate", "calibrate", "plan", "rewrite", "save"):
+                v = st[k]
                 L.append(f"| {k} | {v['seconds']:.1f} | {v['peak_rss_mib']:.0f} |")
             L += [f"| total zip | {vgg['total_seconds']:.1f} | {vgg['rss_peak_mib']:.0f} (baseline before zip {vgg['rss_baseline_mib']:.0f}) |",
                   f"| plain forward of both models (same data) | {vgg['forward_seconds']:.1f} | |", "",
