@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tools.bench.common import PAIR_BY_KEY, PAIRS, manifest, train_steps
-from tools.bench.grid import BUDGETS, METHODS, SHARES, Cell, all_cells
+from tools.bench.grid import BUDGETS, METHODS, SHARES, Cell, all_cells, readings_for
 
 LOSS_TOL = 0.5  # points
 MTZ_ROWS = ("mtz-onepass", "mtz-layerwise")
@@ -128,7 +128,7 @@ def _cell(row) -> str:
     if row is None:
         return "–"
     vals = []
-    for t in row["accuracy"]:
+    for t in row["pair"].split("+"):  # model A first (the cache stores keys sorted)
         s = f"{100 * row['accuracy'][t]:.2f}"
         if row["seeds"] > 1:
             s += f"±{100 * row['accuracy_std'][t]:.2f}"
@@ -198,10 +198,7 @@ def render(results, command, rows, missing, expected) -> str:
         cols = [(s, bud) for bud in BUDGETS for s in SHARES]
         L.append("| method / reading | " + " | ".join(f"share {s:g}, {bud} steps" for s, bud in cols) + " |")
         L.append("|---" * (len(cols) + 1) + "|")
-        tags = []
-        for m in METHODS:
-            for rd in ([None] if m != "no-sharing" and not any(r["conv_hessian"] for r in prs if r["method"] == m) else sorted({r["conv_hessian"] for r in prs if r["method"] == m}, key=str)):
-                tags.append((m, rd))
+        tags = [(m, rd) for m in METHODS for rd in readings_for(pair, m)]
         for m, rd in dict.fromkeys(tags):
             cells = []
             for s, bud in cols:
