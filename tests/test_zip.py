@@ -419,3 +419,19 @@ def test_cross_correlation_matches_numpy():
         stat.update(a[part], b[part])
     expected = np.corrcoef(a.T, b.T)[:4, 4:]
     np.testing.assert_allclose(stat.correlation(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_split_shared_input_computes_the_same_per_task():
+    from onnx_zip.zipper.extract import split_shared_input
+
+    a, b = builders.cnn(seed=1), builders.cnn(seed=2)
+    calib = [builders.random_inputs(a, 100, seed=1), builders.random_inputs(b, 100, seed=2)]
+    zipped = zip_models([a, b], calib, share=0.5).model
+    split = split_shared_input(zipped, ["a", "b"])
+    onnx.checker.check_model(split, full_check=True)
+    assert [i.name for i in split.graph.input] == ["a/x", "b/x"]
+    assert parameter_count(split) == parameter_count(zipped)
+    xa, xb = builders.random_inputs(a, 5, seed=3)["x"], builders.random_inputs(a, 5, seed=4)["x"]
+    got = run_model(split, {"a/x": xa, "b/x": xb})
+    np.testing.assert_allclose(got[0], run_model(zipped, {"x": xa})[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[1], run_model(zipped, {"x": xb})[1], rtol=0, atol=1e-5)

@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from onnx_zip.finetune.tasks import (
 )
 from onnx_zip.finetune.trainer import TrainSettings, train
 from onnx_zip.model_io import check_writable, load_model, save_model
+from onnx_zip.zipper.extract import split_shared_input
 from onnx_zip.zipper.report import read_metadata
 
 __all__ = ["FinetuneResult", "evaluate_tasks", "finetune"]
@@ -200,6 +201,26 @@ def evaluate_tasks(
     return _accuracy(proto, specs, bound, threads)
 
 
+def _training_view(
+    proto: onnx.ModelProto, specs: list[TaskSpec], data: dict[str, TaskBatchData], shared: bool, tasks: list[str]
+) -> tuple[onnx.ModelProto, list[TaskSpec], dict[str, TaskBatchData], bool]:
+    """The graph that trains: with one shared input and several tasks, one input per task.
+
+    Feeding the concatenated batch to a shared input would run every task's rows through every
+    task's own blocks; :func:`~onnx_zip.zipper.extract.split_shared_input` gives each task its own
+    input and copies of the shared nodes (same initializers), so each task's rows only go through
+    its own blocks: the same gradients, less work. Trained values are copied back by name.
+    """
+    if not shared or len(specs) < 2:
+        return proto, specs, data, shared
+    split = split_shared_input(proto, tasks)
+    split_specs = [replace(s, inputs={f"{s.name}/{g}": d for g, d in s.inputs.items()}) for s in specs]
+    split_data = {
+        t: TaskBatchData({f"{t}/{k}": v for k, v in d.inputs.items()}, d.targets, d.source) for t, d in data.items()
+    }
+    return split, split_specs, split_data, False
+
+
 def finetune(
     model: onnx.ModelProto | str | os.PathLike[str],
     train_data: Mapping[str, TaskData],
@@ -306,10 +327,11 @@ def finetune(
                              threads=threads, progress=progress, eval_every=eval_every)
     opt = Optimizer(optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     ranks = [len(shapes[s.name]) for s in specs]
+    train_proto, train_specs, train_data, train_shared = _training_view(proto, specs, data, shared, tasks)
     setup = time.perf_counter()
-    with training_artifacts(proto, specs, ranks, trainable, frozen_list) as arts:
+    with training_artifacts(train_proto, train_specs, ranks, trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
-        values, history = train(arts, specs, data, opt, settings, shared=shared,
+        values, history = train(arts, train_specs, train_data, opt, settings, shared=train_shared,
                                 evaluate=evaluate_now if any(s.name in eval_data for s in specs) else None)
 
     tail = history[-max(1, len(history) // 10):]

@@ -59,3 +59,51 @@ def extract_file(
     """Read a zipped model, extract ``task`` and write it atomically to ``output``."""
     model = load_model(zipped_path)
     return save_model(extract_task(model, task, label=f"model {zipped_path}"), output)
+
+
+def split_shared_input(model: onnx.ModelProto, tasks: list[str]) -> onnx.ModelProto:
+    """The same computation with one input per task: ``<task>/<input>`` feeds only that task.
+
+    Nodes that several tasks use (shared blocks computed once) are copied per task; every
+    initializer keeps its name and is stored once, so the copies share their parameters (a
+    shared weight gets the sum of the tasks' gradients in training). Graph outputs keep their
+    names. This is what joint fine-tuning trains: each task's rows then flow through its own
+    task-specific blocks only, instead of every task's rows through every block.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    merged = onnx.ModelProto()
+    merged.CopyFrom(model)
+    graph = merged.graph
+    del graph.node[:]
+    del graph.input[:]
+    del graph.output[:]
+    del graph.value_info[:]
+    del graph.initializer[:]
+    seen: set[str] = set()
+    for task in tasks:
+        single = extract_task(model, task)
+        outputs = {o.name for o in single.graph.output}
+        inputs = {i.name for i in single.graph.input}
+
+        def rename(name: str, task: str = task, outputs: set[str] = outputs, inputs: set[str] = inputs) -> str:
+            if not name or name in initializers or name in outputs:
+                return name
+            return f"{task}/{name}" if name in inputs else f"{task}//{name}"
+
+        for value in single.graph.input:
+            if value.name not in initializers:
+                renamed = graph.input.add()
+                renamed.CopyFrom(value)
+                renamed.name = rename(value.name)
+        for node in single.graph.node:
+            copy = graph.node.add()
+            copy.CopyFrom(node)
+            copy.name = f"{task}//{node.name}"
+            copy.input[:] = [rename(n) for n in node.input]
+            copy.output[:] = [rename(n) for n in node.output]
+        graph.output.extend(single.graph.output)
+        for tensor in single.graph.initializer:
+            if tensor.name not in seen:
+                seen.add(tensor.name)
+                graph.initializer.append(tensor)
+    return merged
