@@ -21,6 +21,8 @@ artifact written with an IR version above the base model's is re-stamped anyway.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -186,6 +188,28 @@ def _restamp(path: Path, ir_version: int) -> None:
 
 
 @contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while native code runs.
+
+    onnxruntime-training's gradient builder logs every graph transformer at INFO level straight
+    to the process's stderr, whatever the logger severity says. What it wrote is logged at DEBUG.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text:
+                logger.debug("onnxruntime-training wrote while building the gradient graph:\n%s", text[-4000:])
+
+
+@contextmanager
 def training_artifacts(
     model: onnx.ModelProto,
     specs: Sequence[TaskSpec],
@@ -214,14 +238,15 @@ def training_artifacts(
         # the gradient builder's sessions log every graph transformer at INFO level otherwise
         ort.set_default_logger_severity(3)
         try:
-            rt.artifacts.generate_artifacts(
-                base,
-                requires_grad=list(trainable),
-                frozen_params=list(frozen) or None,
-                loss=joint_loss_block(specs, out_ranks),
-                optimizer=None,
-                artifact_directory=root,
-            )
+            with _native_stderr_silenced():
+                rt.artifacts.generate_artifacts(
+                    base,
+                    requires_grad=list(trainable),
+                    frozen_params=list(frozen) or None,
+                    loss=joint_loss_block(specs, out_ranks),
+                    optimizer=None,
+                    artifact_directory=root,
+                )
         except Exception as exc:  # onnxruntime raises RuntimeError, onnx ValidationError, ...
             raise ModelError(
                 f"onnxruntime-training cannot build the training graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",

@@ -142,7 +142,12 @@ def train(
         options.intra_op_num_threads = int(settings.threads)
         options.inter_op_num_threads = 1
     state = rt.api.CheckpointState.load_checkpoint(str(artifacts.training_model.parent / "checkpoint"))
-    module = rt.api.Module(str(artifacts.training_model), state, None, "cpu", options)
+    ort = runtime.ort()
+    ort.set_default_logger_severity(3)  # the training session logs every graph transformer at INFO otherwise
+    try:
+        module = rt.api.Module(str(artifacts.training_model), state, None, "cpu", options)
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
     module.train()
     order = module.input_names()
     out_names = module.output_names()
