@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", action="append", metavar="TASK=NPZ", help="labelled test data of a task (accuracy before/after)")
     parser.add_argument("--steps", type=int, required=True, help="optimiser steps (one batch of every task each)")
     parser.add_argument("-o", "--output", required=True, help="the fine-tuned .onnx model to write")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 0.02 for sgd, 0.001 for adamw)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 0.01 for sgd, 0.001 for adamw)")
     parser.add_argument("--batch", type=int, default=64, help="samples per task and step (default 64)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd (Nesterov momentum 0.9, default) or adamw")
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",

@@ -28,7 +28,7 @@ from onnx_zip.errors import InputError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 #: Default peak learning rates, chosen by measurement on the zoo (see the package docstring).
-DEFAULT_LR = {"sgd": 0.02, "adamw": 1e-3}
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 WARMUP_FRACTION = 0.05
 
 
