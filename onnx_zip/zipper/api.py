@@ -34,7 +34,7 @@ from onnx_zip.graph.discover import discover_layers, require_plain_chain
 from onnx_zip.graph.layers import Layer, LayerChain
 from onnx_zip.model_io import atomic_write_bytes, check_writable, convert_opset, default_opset, load_model, save_model, sha256_file, stamp_versions
 from onnx_zip.zipper.correlation import correlation_costs
-from onnx_zip.zipper.plan import LayerZip, ZipSettings, plan_layers
+from onnx_zip.zipper.plan import LayerZip, ZipSettings, plan_layers, shares_nothing
 from onnx_zip.zipper.report import layer_records, params_record, provenance, write_metadata
 from onnx_zip.zipper.rewrite import build_zipped_model, check_task_names, inputs_match
 
@@ -249,7 +249,7 @@ def layer_hessians(
 ) -> list[dict[str, np.ndarray]]:
     """Hessians of the aligned hidden layers at ``positions`` of each task's (current) model."""
     hessians: list[dict[str, np.ndarray]] = [{} for _ in job.prepared]
-    if job.calibration is None or job.settings.pairing != "mtz":
+    if job.calibration is None or job.settings.pairing != "mtz" or not positions:
         return hessians
     for t, (model, data) in enumerate(zip(models, job.calibration)):
         layers = [job.aligned[i][t] for i in positions]
@@ -332,7 +332,11 @@ def zip_models(
     job = prepare_job(models, calibration, output, **options)
     canonical = [p.canonical for p in job.prepared]
     start = time.perf_counter()
-    positions = [i for i, g in enumerate(job.aligned) if not g[0].is_head]
+    hidden = [i for i, g in enumerate(job.aligned) if not g[0].is_head]
+    # Layers that share nothing need no statistics (a VGG fc6 Hessian alone is 25089² floats).
+    positions = [
+        i for n, i in enumerate(hidden) if not shares_nothing(job.settings.policy_for(n, len(hidden)), job.aligned[i])
+    ]
     hessians = layer_hessians(job, canonical, positions)
     pair_costs = None
     if job.settings.pairing == "correlation":

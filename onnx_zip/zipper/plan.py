@@ -231,7 +231,7 @@ def _merge(
     return mtz.rows_to_dense(rows, bias=has_bias, layer=layer.node)
 
 
-def _shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer]) -> bool:
+def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer]) -> bool:
     """True when a count or fraction policy asks for no pair (no costs needed)."""
     if isinstance(policy, FixedPairs):
         return len(policy.pairs) == 0
@@ -315,7 +315,7 @@ def plan_layers(
             logger.info("layer %s: no shared inputs (the previous layer shares nothing): sharing nothing", tag)
             pairs = np.zeros((0, tasks), dtype=np.int64)
             costs = np.zeros(0)
-        elif _shares_nothing(settings.policy_for(hidden_index, hidden_count), group):
+        elif shares_nothing(settings.policy_for(hidden_index, hidden_count), group):
             pairs = np.zeros((0, tasks), dtype=np.int64)
             costs = np.zeros(0)
         else:
