@@ -182,3 +182,11 @@ def test_bad_input_names_layer_and_array() -> None:
         ConvPatchHessian((5, 5)).update(np.ones((1, 1, 3, 3)))
     with pytest.raises(InputError, match="2-D convolution"):
         ConvPatchHessian((3,))
+
+
+@pytest.mark.parametrize("args", [((3, 3), None, None, None), ((3, 2), (2, 1), (1, 0, 2, 1), (1, 2))])
+def test_im2col_columns_is_the_transpose_of_im2col(args):
+    from onnx_zip.mtz.hessian import im2col_columns
+
+    x = np.random.default_rng(0).random((3, 4, 9, 8))
+    np.testing.assert_array_equal(im2col_columns(x, *args), im2col(x, *args).T)

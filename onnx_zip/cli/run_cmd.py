@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from onnx_zip.cli._output import print_zip_summary
 from onnx_zip.recipes import execute, load_recipe, prepare_run
 
 NAME = "run"
@@ -33,13 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = execute(plan)
     report = result.report
-    print(f"{'layer':<16}{'neurons':>14}{'shared':>8}")
-    for layer in report["layers"]:
-        print(f"{layer['layer']:<16}{' / '.join(map(str, layer['neurons'])):>14}{layer['shared']:>8}")
-    params = report["params"]
-    original = sum(params[t] for t in report["tasks"])
-    print(f"parameters: {original:,} in the originals -> {params['zipped']:,} zipped ({params['shared']:,} shared; "
-          f"{100 * (1 - params['zipped'] / original):.1f}% saved)")
+    print_zip_summary(report)
     evaluation = report.get("evaluation") or {}
     if evaluation:
         print(f"{'task':<16}{'original':>10}{'zipped':>10}{'fine-tuned':>12}")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from onnx_zip.cli._output import print_zip_summary
 from onnx_zip.errors import InputError
 from onnx_zip.model_io import check_writable
 from onnx_zip.reporting import write_summary
@@ -131,15 +132,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--retrain-steps and --eval need --train (the layer-wise loop)")
         result = zip_models(args.models, args.calib, args.output, **options)
     report = result.report
-    print(f"{'layer':<16}{'neurons':>14}{'shared':>8}")
-    for layer in report["layers"]:
-        print(f"{layer['layer']:<16}{' / '.join(map(str, layer['neurons'])):>14}{layer['shared']:>8}")
-    params = report["params"]
-    original = sum(params[t] for t in report["tasks"])
-    print(
-        f"parameters: {original:,} in the originals -> {params['zipped']:,} zipped "
-        f"({params['shared']:,} shared; {100 * (1 - params['zipped'] / original):.1f}% saved)"
-    )
+    print_zip_summary(report)
     for record in report.get("layerwise", []):
         before, after = record.get("accuracy_before"), record.get("accuracy_after")
         if before and after:

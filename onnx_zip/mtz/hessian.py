@@ -17,7 +17,7 @@ Each accumulator keeps only ``Σ x xᵀ``, ``Σ x`` and the count, so batches ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -255,6 +255,36 @@ def _conv_params(
     return ks, st, pd, dl  # type: ignore[return-value]
 
 
+def _windows(
+    x: np.ndarray,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    dilations: Sequence[int] | None,
+    layer: str | None,
+) -> tuple[tuple[int, int, int, int, int, int], Iterator[tuple[int, int, np.ndarray]]]:
+    """Geometry ``(N, C, KH, KW, OH, OW)`` and the strided views ``(i, j, window (N, C, OH, OW))``
+    of the zero-padded input, one per kernel position."""
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise InputError(f"{where(layer)}conv input must be (N, C, H, W), got shape {x.shape}")
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = _conv_params(kernel_shape, strides, pads, dilations, layer)
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, kh, sh, pt, pb, dh)
+    ow = conv_output_size(w, kw, sw, pl, pr, dw)
+    if oh < 1 or ow < 1:
+        raise InputError(f"{where(layer)}input {x.shape} is smaller than the dilated kernel {kernel_shape}")
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if (pt or pb or pl or pr) else x
+
+    def views() -> Iterator[tuple[int, int, np.ndarray]]:
+        for i in range(kh):
+            for j in range(kw):
+                r0, c0 = i * dh, j * dw
+                yield i, j, xp[:, :, r0 : r0 + sh * (oh - 1) + 1 : sh, c0 : c0 + sw * (ow - 1) + 1 : sw]
+
+    return (n, c, kh, kw, oh, ow), views()
+
+
 def im2col(
     x: np.ndarray,
     kernel_shape: Sequence[int],
@@ -278,22 +308,10 @@ def im2col(
         ``(N·OH·OW, C·KH·KW)`` with rows ordered (n, oh, ow) and columns in (c, kh, kw) C-major order,
         i.e. row ``r`` dotted with ``W[m].ravel()`` is the conv output (without bias) at that position.
     """
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise InputError(f"{where(layer)}conv input must be (N, C, H, W), got shape {x.shape}")
-    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = _conv_params(kernel_shape, strides, pads, dilations, layer)
-    n, c, h, w = x.shape
-    oh = conv_output_size(h, kh, sh, pt, pb, dh)
-    ow = conv_output_size(w, kw, sw, pl, pr, dw)
-    if oh < 1 or ow < 1:
-        raise InputError(f"{where(layer)}input {x.shape} is smaller than the dilated kernel {kernel_shape}")
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if (pt or pb or pl or pr) else x
-    cols = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            r0, c0 = i * dh, j * dw
-            win = xp[:, :, r0 : r0 + sh * (oh - 1) + 1 : sh, c0 : c0 + sw * (ow - 1) + 1 : sw]
-            cols[:, :, :, :, i, j] = win.transpose(0, 2, 3, 1)
+    (n, c, kh, kw, oh, ow), views = _windows(x, kernel_shape, strides, pads, dilations, layer)
+    cols = np.empty((n, oh, ow, c, kh, kw), dtype=np.asarray(x).dtype)
+    for i, j, win in views:
+        cols[:, :, :, :, i, j] = win.transpose(0, 2, 3, 1)
     return cols.reshape(n * oh * ow, c * kh * kw)
 
 
@@ -312,22 +330,10 @@ def im2col_columns(
     faster than scattering into :func:`im2col`'s ``(positions, C·KH·KW)`` layout; ``cols @ cols.T``
     is then one GEMM.
     """
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise InputError(f"{where(layer)}conv input must be (N, C, H, W), got shape {x.shape}")
-    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = _conv_params(kernel_shape, strides, pads, dilations, layer)
-    n, c, h, w = x.shape
-    oh = conv_output_size(h, kh, sh, pt, pb, dh)
-    ow = conv_output_size(w, kw, sw, pl, pr, dw)
-    if oh < 1 or ow < 1:
-        raise InputError(f"{where(layer)}input {x.shape} is smaller than the dilated kernel {kernel_shape}")
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if (pt or pb or pl or pr) else x
-    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            r0, c0 = i * dh, j * dw
-            win = xp[:, :, r0 : r0 + sh * (oh - 1) + 1 : sh, c0 : c0 + sw * (ow - 1) + 1 : sw]
-            cols[:, i, j] = win.transpose(1, 0, 2, 3)
+    (n, c, kh, kw, oh, ow), views = _windows(x, kernel_shape, strides, pads, dilations, layer)
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=np.asarray(x).dtype)
+    for i, j, win in views:
+        cols[:, i, j] = win.transpose(1, 0, 2, 3)
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
