@@ -1,9 +1,11 @@
 """The demo: zip the bundled LeNet-5 MNIST and LeNet-5 Fashion-MNIST models, fine-tune briefly,
 and measure what changed — accuracy, parameters, file size and latency.
 
-Defaults (chosen to run in well under 3 minutes on 2 cores): half of every hidden layer shared
-(``share=0.5``: at this level both tasks stay within about one point of their originals before
-fine-tuning), 1,024 calibration samples per model, 60 joint fine-tuning steps of batch 64,
+Defaults (chosen to run in well under 3 minutes on 2 cores): three quarters of every hidden layer
+shared (``share=0.75``: 28% of the two models' parameters saved; measured with 200 steps under load
+on 2 cores: MNIST 98.70 → 98.15 zipped → 98.55% fine-tuned, Fashion 91.60 → 89.00 → 90.80%, 49 s;
+at 0.5 only 12% is saved, at 1.0 49% but Fashion stays 3 points down after 300 steps), 1,024
+calibration samples per model, 200 joint fine-tuning steps of batch 64,
 evaluation on the first 2,000 test samples of each task. Latency is the median of repeated runs of
 the zipped model against both originals run one after the other, measured interleaved in the
 same process with the same thread settings, at batch 1 and batch 64.
@@ -39,8 +41,8 @@ PAIR = (
     ("mnist", "lenet5_mnist_s0.onnx", "data/mnist_train.npz", "data/mnist_test.npz"),
     ("fashion", "lenet5_fashion.onnx", "data/fashion_train.npz", "data/fashion_test.npz"),
 )
-DEFAULT_SHARE = 0.5
-DEFAULT_STEPS = 60
+DEFAULT_SHARE = 0.75
+DEFAULT_STEPS = 200
 DEFAULT_CALIBRATION_LIMIT = 1024
 DEFAULT_EVAL_LIMIT = 2000
 DEFAULT_LATENCY_RUNS = 30
