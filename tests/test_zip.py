@@ -435,3 +435,37 @@ def test_split_shared_input_computes_the_same_per_task():
     got = run_model(split, {"a/x": xa, "b/x": xb})
     np.testing.assert_allclose(got[0], run_model(zipped, {"x": xa})[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got[1], run_model(zipped, {"x": xb})[1], rtol=0, atol=1e-5)
+
+
+def _sequence_mlp(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """x (N, 5, 6) → MatMul → Add → Relu → MatMul → Add → y (N, 5, 3): rank-3 MatMul layers."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["m0"], name="mm0"), helper.make_node("Add", ["m0", "b0"], ["a0"], name="add0"),
+        helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
+        helper.make_node("MatMul", ["r0", "w1"], ["m1"], name="mm1"), helper.make_node("Add", ["m1", "b1"], ["y"], name="add1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_rank3_matmul_layers_with_separate_bias_adds():
+    rng = np.random.default_rng(0)
+    w = {"w0": rng.standard_normal((6, 8)), "b0": rng.standard_normal(8), "w1": rng.standard_normal((8, 3)), "b1": rng.standard_normal(3)}
+    perm = rng.permutation(8)
+    a = _sequence_mlp(w)
+    b = _sequence_mlp({"w0": w["w0"][:, perm], "b0": w["b0"][perm], "w1": w["w1"][perm], "b1": w["b1"]})
+    calib = {"x": rng.standard_normal((60, 5, 6)).astype(np.float32)}
+    x = {"x": calib["x"][:4]}
+    (y,) = run_model(a, x)
+    for share in (0.0, 1.0):
+        result = zip_models([a, b], [calib, calib], share=share)
+        for out in run_model(result.model, x):
+            np.testing.assert_allclose(out, y, rtol=0, atol=1e-4)
+    pairs = np.array(result.report["layers"][0]["pairs"])
+    np.testing.assert_array_equal(perm[pairs[:, 1]], pairs[:, 0])

@@ -324,6 +324,8 @@ def build_zipped_model(
     for z in zips:
         for t, layer in enumerate(z.layers):
             segment_nodes[t].add(layer.node)
+            if layer.bias_node is not None:  # a rank > 2 MatMul's separate bias Add is part of the layer
+                segment_nodes[t].add(layer.bias_node)
             if not layer.is_head:
                 segment_nodes[t].update(step.node for step in layer.path)
     # Pre-processing identical in every task (e.g. a Flatten of the shared input) is built once,
