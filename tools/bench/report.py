@@ -184,7 +184,7 @@ def render(results, command, rows, missing, expected) -> str:
     L += ["## 1. Accuracy against parameters shared", "",
           "Cells are `acc_A / acc_B` in % on the full test splits (mean ± sample std over the fine-tuning seeds; "
           "random pairing also uses the seed for its pairs). Fine-tuning: `onnx_zip.finetune` defaults (SGD Nesterov 0.9, "
-          "peak lr 0.02, warm-up + cosine, batch 64 per task), `threads=1`. mtz-layerwise splits the budget over the hidden "
+          "peak lr 0.01, warm-up + cosine, batch 64 per task), `threads=1`. mtz-layerwise splits the budget over the hidden "
           "layers ∝ 10 + 7·l. no-sharing = both originals side by side (`onnx.compose.merge_models`), fine-tuned with the same budget; "
           "losses are against it. Shared fraction = shared parameters ÷ parameters of model A.", ""]
     for pair in PAIRS:
