@@ -116,7 +116,8 @@ def pair_operator(
         m = lower_solve(low, h_a).T @ lower_solve(low, h_b)
     else:
         logger.warning(
-            "%sH_A + H_B (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse",
+            "%sH_A + H_B (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse "
+            "(usual when some inputs never vary, such as always-black border pixels; damping > 0 regularises it)",
             where(layer), d, d, reason,
         )
         v, inv_w = pinv_psd(s)
