@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import builders
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, zoo_model
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.align import Alignment, align_chains
 from onnx_zip.graph.canonicalize import canonicalize
@@ -116,8 +116,7 @@ def _zoo_pairs(zoo) -> list[tuple[str, str]]:
 
 def test_cli_zoo_pairs(zoo) -> None:
     pairs = _zoo_pairs(zoo)
-    if not pairs:
-        pytest.skip("no two zoo models share an architecture yet")
+    assert len(pairs) >= 4, "the bundled zoo has pairs of LeNet-300, LeNet-5, ResNet and sklearn MLP models"
     for a, b in pairs:
         result = cli("align", zoo[a]["file"], zoo[b]["file"], "--json")
         assert result.returncode == 0, (a, b, result.stderr)
@@ -129,8 +128,7 @@ def test_cli_zoo_pairs(zoo) -> None:
 
 
 def test_cli_zoo_mismatch(zoo) -> None:
-    if "lenet300_mnist_s0" not in zoo or "lenet5_mnist_s0" not in zoo:
-        pytest.skip("needs lenet300_mnist_s0 and lenet5_mnist_s0 in the zoo")
+    zoo_model(zoo, "lenet300_mnist_s0"), zoo_model(zoo, "lenet5_mnist_s0")
     result = cli("align", zoo["lenet300_mnist_s0"]["file"], zoo["lenet5_mnist_s0"]["file"])
     assert result.returncode == 2
     assert "do not align" in result.stderr and "<- kind differs" in result.stderr

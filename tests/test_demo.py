@@ -21,8 +21,7 @@ def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 
 
 def test_demo_with_defaults_prints_the_table(tmp_path):
-    if not all((REPO_ROOT / "models" / f).is_file() for f in PAIR_FILES):
-        pytest.skip("the bundled LeNet-5 models are not in models/ yet")
+    assert all((REPO_ROOT / "models" / f).is_file() for f in PAIR_FILES), "the bundled LeNet-5 models are missing"
     result = cli("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

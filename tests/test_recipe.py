@@ -141,8 +141,7 @@ def test_recipe_runs_twice_to_the_same_bytes_and_is_stored(zoo, tmp_path):
 def test_bundled_recipes_validate(zoo, recipe):
     loaded = load_recipe(recipe)
     for i in range(2):
-        if not loaded.model_file(i, "model").is_file():
-            pytest.skip(f"{loaded.model_file(i, 'model')} is not in the zoo yet")
+        assert loaded.model_file(i, "model").is_file(), f"{loaded.model_file(i, 'model')} is not in the bundled zoo"
     data = dict(loaded.data)
     data["evaluation"] = {"limit": 64}  # check binding and labels on a few samples only
     plan = prepare_run(type(loaded)(path=loaded.path, data=data))
