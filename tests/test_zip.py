@@ -469,3 +469,11 @@ def test_rank3_matmul_layers_with_separate_bias_adds():
             np.testing.assert_allclose(out, y, rtol=0, atol=1e-4)
     pairs = np.array(result.report["layers"][0]["pairs"])
     np.testing.assert_array_equal(perm[pairs[:, 1]], pairs[:, 0])
+
+
+def test_layers_that_cannot_share_are_not_calibrated():
+    a, b = builders.mlp([6, 9, 7, 3], seed=1), builders.mlp([6, 9, 7, 3], seed=2)
+    calib = [builders.random_inputs(a, 50, seed=1)] * 2
+    assert zip_models([a, b], calib, share_per_layer=[1.0, 1.0]).report["calibrated_layers"] == ["fc0", "fc1"]
+    assert zip_models([a, b], calib, share_per_layer=[0.0, 1.0]).report["calibrated_layers"] == []
+    assert zip_models([a, b], calib, share_per_layer=[1.0, 0.0]).report["calibrated_layers"] == ["fc0"]

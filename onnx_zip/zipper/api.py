@@ -333,10 +333,13 @@ def zip_models(
     canonical = [p.canonical for p in job.prepared]
     start = time.perf_counter()
     hidden = [i for i, g in enumerate(job.aligned) if not g[0].is_head]
-    # Layers that share nothing need no statistics (a VGG fc6 Hessian alone is 25089² floats).
-    positions = [
-        i for n, i in enumerate(hidden) if not shares_nothing(job.settings.policy_for(n, len(hidden)), job.aligned[i])
-    ]
+    # Layers that share nothing need no statistics (a VGG fc6 Hessian alone is 25089² floats); nor
+    # does a layer after one that shares nothing (it has no shared inputs, so it shares nothing).
+    positions = []
+    for n, i in enumerate(hidden):
+        if shares_nothing(job.settings.policy_for(n, len(hidden)), job.aligned[i]):
+            break
+        positions.append(i)
     hessians = layer_hessians(job, canonical, positions)
     pair_costs = None
     if job.settings.pairing == "correlation":
@@ -353,4 +356,5 @@ def zip_models(
     start = time.perf_counter()
     model = build_model(job, canonical, zips)
     job.timings["rewrite"] = time.perf_counter() - start
-    return finish(job, model, zips)
+    calibrated = [job.aligned[i][0].node for i in positions] if job.calibration is not None else []
+    return finish(job, model, zips, extra={"calibrated_layers": calibrated})

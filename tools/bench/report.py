@@ -328,7 +328,7 @@ def speed_section(speed) -> list[str]:
             L += [f"Per-channel reading, calibration {vgg['calibration_samples']} images per model, batch {vgg['batch_size']}, share_per_layer "
                   f"{vgg['share_per_layer']} (13 convs, fc6, fc7; fc8 is the head). "
                   + ("**fc6 was not zipped** (share 0; its 25089² Hessian, 5 GB per model in float64, was not computed: the tool calibrates only "
-                     "the layers that can share, see `tools/bench/speed.zip_needed_hessians`), so fc7 has no shared inputs and shares nothing either; " if vgg["fc6_share"] == 0 else "")
+                     "the layers that can share, as `zip_models` does), so fc7 has no shared inputs and shares nothing either; " if vgg["fc6_share"] == 0 else "")
                   + f"Hessians computed for: {vgg.get('hessian_layers')}. "
                   + f"Models {vgg['models_mib']:.0f} MiB on disk together; shared parameters {vgg['params'].get('shared', 0) / 1e6:.1f} M "
                   + f"({100 * vgg['params'].get('shared', 0) / max(vgg['params'].get('a', 1), 1):.1f}% of one model); "

@@ -62,43 +62,8 @@ def loop_extrapolation(layers: list[Any], reading_of: dict[str, str], budget_s: 
     return {"layers": out, "seconds": float(sum(x["seconds"] for x in out))}
 
 
-def zip_needed_hessians(models, calibration, output=None, **options):
-    """``zip_models`` (mtz pairing) calibrating only the hidden layers that can share something.
-
-    Workaround: ``zip_models`` calibrates every hidden layer, even one whose share is 0 (the planner then
-    ignores its Hessian). On VGG-16 that is fc6's 25089² float64 Hessian (5 GB per model) and fc7's.
-    This mirrors ``onnx_zip.zipper.api.zip_models`` stage by stage with the positions filtered: a layer
-    needs its Hessian iff its share is > 0 and the previous hidden layer shares something (else the
-    planner shares nothing there: no shared inputs)."""
-    from onnx_zip.zipper.api import _initializers, build_model, finish, layer_hessians, prepare_job
-    from onnx_zip.zipper.plan import plan_layers
-
-    job = prepare_job(models, calibration, output, **options)
-    canonical = [p.canonical for p in job.prepared]
-    per_layer = list(options.get("share_per_layer") or [])
-    hidden = [i for i, g in enumerate(job.aligned) if not g[0].is_head]
-    positions, previous_shares = [], True
-    for number, pos in enumerate(hidden):
-        share = per_layer[number] if per_layer else options.get("share", 0.5)
-        if share and previous_shares:
-            positions.append(pos)
-        previous_shares = bool(share) and previous_shares
-    start = time.perf_counter()
-    hessians = layer_hessians(job, canonical, positions)
-    job.timings["calibrate"] = time.perf_counter() - start
-    start = time.perf_counter()
-    zips = plan_layers([p.chain for p in job.prepared], job.aligned, [_initializers(m) for m in canonical], hessians, job.settings)
-    job.timings["plan"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model = build_model(job, canonical, zips)
-    job.timings["rewrite"] = time.perf_counter() - start
-    result = finish(job, model, zips)
-    result.report["hessian_layers"] = [job.aligned[p][0].node for p in positions]
-    return result
-
-
 def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threads: int | None, batch: int,
-                loop_budget: float = 0.5, needed_only: bool = False, **zip_options: Any) -> dict[str, Any]:
+                loop_budget: float = 0.5, **zip_options: Any) -> dict[str, Any]:
     """Zip once with an RSS sampler running; per-stage time and RSS high-water; forward pass; loop estimate."""
     import gc
     import os
@@ -113,8 +78,7 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
     baseline = rss_bytes()
     with RssSampler(0.005) as sampler:
         t_start = time.perf_counter()
-        zipper = zip_needed_hessians if needed_only else zip_models
-        result = zipper(models, [{"image": d} for d in datas], names=list(TASKS), threads=threads, batch_size=batch, **zip_options)
+        result = zip_models(models, [{"image": d} for d in datas], names=list(TASKS), threads=threads, batch_size=batch, **zip_options)
         t_end = time.perf_counter()
     timings = result.report["timings"]
     stages, t = {}, t_start
@@ -138,7 +102,7 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
         "params": result.report["params"],
         "per_pair_loop_seconds": loop["seconds"], "per_pair_loop_layers": loop["layers"],
         "loop_over_plan": loop["seconds"] / max(float(timings["plan"]), 1e-9),
-        "hessian_layers": result.report.get("hessian_layers", "all hidden layers"),
+        "hessian_layers": result.report.get("calibrated_layers", "all hidden layers"),
         "layers": [{k: r.get(k) for k in ("layer", "kind", "conv_hessian", "neurons", "shared")} for r in result.report["layers"]],
     }
     return rec
@@ -168,7 +132,7 @@ def vgg_speed(directory: str, *, calibration: int = 256, batch: int = 8, threads
     calib = [synthetic_images(calibration, size, 0), synthetic_images(calibration, size, 1)]
     share_per_layer = [1.0] * 13 + [float(fc6_share), 1.0]
     rec = measure_zip([str(p) for p in paths], calib, label="vgg16-synthetic", threads=threads, batch=batch,
-                      loop_budget=loop_budget, needed_only=True, share_per_layer=share_per_layer, conv_hessian="channel",
+                      loop_budget=loop_budget, share_per_layer=share_per_layer, conv_hessian="channel",
                       calibration_limit=calibration)
     rec.update(pair="vgg16_synthetic_a+vgg16_synthetic_b", build_seconds=build_s, fc6_share=fc6_share,
                share_per_layer=share_per_layer, image_size=size, width=width)
