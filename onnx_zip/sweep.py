@@ -115,7 +115,7 @@ def sweep(
     job = prepare_job(models, calibration, None, share=max(shares), **options)
     for share in shares:  # every level must give a valid count in every layer
         for i, group in enumerate(job.hidden):
-            mtz.share_count(mtz.ShareFraction(float(share)), group[0].neurons, group[1].neurons, layer=f"layer{i + 1}")
+            mtz.share_count(mtz.ShareFraction(float(share)), group[0].neurons, min(g.neurons for g in group[1:]), layer=f"layer{i + 1}")
     test = _bind_all(evaluation, job, "eval", eval_limit)
     train_data = _bind_all(train, job, "train", None) if finetune_steps else None
     from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415 - the zipped models' evaluation

@@ -13,11 +13,11 @@ from onnx_zip.model_io import atomic_write_bytes
 from onnx_zip.zipper.api import DEFAULT_CALIBRATION_LIMIT
 
 NAME = "sweep"
-HELP = "zip one pair at several sharing levels, evaluate each, and draw accuracy against sharing"
+HELP = "zip two or more models at several sharing levels, evaluate each, and draw accuracy against sharing"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs=2, metavar="MODEL", help="the two .onnx models")
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="two or more .onnx models")
     parser.add_argument("--calib", action="append", metavar="NPZ", help="calibration data, once per model, in order")
     parser.add_argument("--eval", action="append", metavar="TASK=NPZ", required=True, help="labelled test data of each task")
     parser.add_argument("--names", help="task names, comma separated (default a,b)")

@@ -14,11 +14,12 @@ from onnx_zip.reporting import write_summary
 from onnx_zip.zipper.api import DEFAULT_CALIBRATION_LIMIT, zip_models
 
 NAME = "zip"
-HELP = "zip two models into one multi-output model by Multi-Task Zipping"
+HELP = "zip two or more models into one multi-output model by Multi-Task Zipping"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs=2, metavar="MODEL", help="the two .onnx models (same input domain)")
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="two or more .onnx models (same input domain); further models are matched against the shared neurons")
     parser.add_argument("--calib", action="append", metavar="NPZ", help="calibration data, once per model, in order")
     parser.add_argument("-o", "--output", required=True, help="the zipped .onnx model to write")
     policy = parser.add_mutually_exclusive_group()
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairing", choices=("mtz", "l2", "random", "correlation"), default="mtz",
                         help="mtz, or a baseline with averaging: l2 weight distance, random, activation correlation")
     parser.add_argument("--damping", type=float, default=0.0, help="relative Hessian damping (default 0)")
-    parser.add_argument("--names", help="task names, comma separated (default a,b)")
+    parser.add_argument("--names", help="task names, comma separated (default a,b,c,…)")
     parser.add_argument("--separate-inputs", action="store_true", help="give each task its own graph input")
     parser.add_argument("--map", metavar="FILE", help="JSON mapping of node names of A to node names of B (explicit alignment)")
     parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes (not supported on zipped paths yet)")
@@ -75,6 +76,8 @@ def _read_json(path: str, what: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    if len(args.models) < 2:
+        raise InputError(f"zip takes two or more models, got {len(args.models)}", hint="onnx-zip zip A.onnx B.onnx [C.onnx …] --calib …")
     per_layer = None
     if args.share_per_layer:
         per_layer = _read_json(args.share_per_layer, "share-per-layer file")
@@ -84,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if args.summary:
         check_writable(args.summary)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    if args.pairing in ("mtz", "correlation") and (not args.calib or len(args.calib) != 2):
+    if args.pairing in ("mtz", "correlation") and (not args.calib or len(args.calib) != len(args.models)):
         raise InputError(
-            f"MTZ needs calibration data for each model: got {len(args.calib or [])} --calib for 2 models",
-            hint="pass --calib A.npz --calib B.npz (in model order)",
+            f"{args.pairing} pairing needs calibration data for each model: got {len(args.calib or [])} --calib "
+            f"for {len(args.models)} models",
+            hint="pass one --calib per model, in model order (--calib A.npz --calib B.npz …)",
         )
     options = dict(
         names=names,

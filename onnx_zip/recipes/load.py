@@ -110,7 +110,7 @@ def _check_files(recipe: Recipe) -> None:
                     hint="relative paths are relative to the recipe file's folder",
                 )
     outputs: dict[Path, str] = {}
-    inputs = {recipe.model_file(i, k).resolve() for i in range(2) for k in MODEL_KEYS if recipe.model_file(i, k)}  # type: ignore[union-attr]
+    inputs = {recipe.model_file(i, k).resolve() for i in range(len(recipe.tasks)) for k in MODEL_KEYS if recipe.model_file(i, k)}  # type: ignore[union-attr]
     for key, spec in SECTIONS["output"].items():
         path = recipe.output(key)
         if spec.file != OUTPUT_FILE or path is None:

@@ -118,8 +118,9 @@ def prepare_run(recipe: Recipe, *, progress: bool = False) -> RunPlan:
     data = recipe.data
     if data["retrain"] or data["finetune"]:
         runtime.training_modules()
-    models = [recipe.model_file(i, "model") for i in range(2)]
-    calibration = [recipe.model_file(i, "calibration") for i in range(2)]
+    count = len(recipe.tasks)
+    models = [recipe.model_file(i, "model") for i in range(count)]
+    calibration = [recipe.model_file(i, "calibration") for i in range(count)]
     options = zip_options(recipe, progress=progress)
     job = prepare_job(models, None if calibration[0] is None else calibration, None, **options)  # type: ignore[arg-type]
     train = _bind(recipe, job, "train") if (data["retrain"] or data["finetune"]) else None

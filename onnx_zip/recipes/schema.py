@@ -4,7 +4,7 @@ A recipe is a YAML mapping::
 
     seed: 0                     # pairing seed and fine-tuning batch order
     threads: 1                  # onnxruntime intra-op threads (1: bit-reproducible fine-tuning)
-    models:                     # exactly two, in order
+    models:                     # two or more, in order
       - task: mnist             # task name: outputs become mnist/<output>
         model: ../models/lenet5_mnist_s0.onnx
         calibration: ../models/data/mnist_train.npz   # for pairing mtz / correlation
@@ -228,9 +228,9 @@ def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
             raise _unknown(str(name), known, "", label)
     recipe: dict[str, Any] = _section({k: v for k, v in data.items() if k in TOP_KEYS}, TOP_KEYS, "", label)
     models = data.get("models")
-    if not isinstance(models, list) or len(models) != 2:
+    if not isinstance(models, list) or len(models) < 2:
         count = len(models) if isinstance(models, list) else "no list"
-        raise InputError(f"{label}: models must list exactly two models, got {count}",
+        raise InputError(f"{label}: models must list two or more models, got {count}",
                          hint="- {task: a, model: a.onnx, calibration: a.npz} for each")
     recipe["models"] = [_section(m, MODEL_KEYS, f"models[{i}].", label) for i, m in enumerate(models)]
     tasks = [m["task"] for m in recipe["models"]]

@@ -1,4 +1,4 @@
-"""``zip_models``: two ONNX models into one multi-output model (the stages, in order).
+"""``zip_models``: two or more ONNX models into one multi-output model (the stages, in order).
 
 1. validate everything that can be checked before long work: names, output path, models
    (load, canonicalise, discover, plain chain, align), settings, calibration data;
@@ -95,6 +95,11 @@ def _policy(share: float | None, share_per_layer: Sequence[Any] | None, max_cost
     return mtz.ShareFraction(float(share))
 
 
+def default_task_names(count: int) -> list[str]:
+    """``a``, ``b``, ``c``, … (``t<i>`` beyond 26 models)."""
+    return [chr(ord("a") + i) if i < 26 else f"t{i}" for i in range(count)]
+
+
 def prepare_model(source: str | os.PathLike[str] | onnx.ModelProto, task: str, *, fold_batchnorm: bool = True) -> PreparedModel:
     """Load, canonicalise and discover one model (fast: no data)."""
     if isinstance(source, onnx.ModelProto):
@@ -183,11 +188,15 @@ def prepare_job(
 ) -> ZipJob:
     """Validate a zip request (see :func:`zip_models` for the arguments); reads no data but the models'."""
     start = time.perf_counter()
-    if len(models) != 2:
-        raise InputError(f"zip takes two models, got {len(models)}", hint="zip more models one at a time")
-    tasks = check_task_names(names if names is not None else ["a", "b"], len(models))
+    if len(models) < 2:
+        raise InputError(f"zip takes two or more models, got {len(models)}", hint="pass every model to zip")
+    tasks = check_task_names(names if names is not None else default_task_names(len(models)), len(models))
     if pairing not in ("mtz", "l2", "random", "correlation"):
         raise InputError(f"unknown pairing {pairing!r}", hint="use mtz, l2, random or correlation")
+    if pairing == "correlation" and len(models) > 2:
+        raise InputError(
+            f"correlation pairing zips two models, got {len(models)}", hint="use mtz, l2 or random pairing for more"
+        )
     if match not in ("greedy", "optimal"):
         raise InputError(f"unknown matching {match!r}", hint="use greedy or optimal")
     if conv_hessian not in ("patch", "channel", "auto"):
@@ -213,7 +222,8 @@ def prepare_job(
     for i, group in enumerate(hidden):
         p = settings.policy_for(i, len(hidden))
         if not isinstance(p, mtz.ShareThreshold):
-            mtz.share_count(p, group[0].neurons, group[1].neurons, layer=f"layer{i + 1} ({group[0].node})")
+            fewest = min(layer.neurons for layer in group[1:])
+            mtz.share_count(p, group[0].neurons, fewest, layer=f"layer{i + 1} ({group[0].node})")
     shared_input = not separate_inputs
     if shared_input and not inputs_match([p.canonical for p in prepared]):
         raise InputError(
@@ -226,7 +236,7 @@ def prepare_job(
             count = 0 if calibration is None else len(calibration)
             raise InputError(
                 f"{pairing} pairing needs one calibration data set per model ({len(models)}), got {count}",
-                hint="pass --calib A.npz --calib B.npz",
+                hint="pass one --calib per model, in model order",
             )
         datasets = [_bind_calibration(c, p) for c, p in zip(calibration, prepared)]
     record = {
@@ -305,15 +315,19 @@ def zip_models(
     output: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ZipResult:
-    """Zip two models into one multi-output model by MTZ, with Hessians from one calibration pass.
+    """Zip two or more models into one multi-output model by MTZ, with Hessians from one calibration pass.
+
+    With more than two models, the first two are paired and merged, then each further model's neurons
+    are matched against the shared neurons and merged in (mtz-method §7), with the joint Hessian
+    ``Σ_t H_t`` of the models already added; a shared neuron is shared by every task.
 
     Args:
-        models: Two ``.onnx`` paths (or ModelProtos) with the same input domain.
+        models: Two or more ``.onnx`` paths (or ModelProtos) with the same input domain.
         calibration: One calibration data set per model (``.npz`` path, Dataset or arrays by input name);
             may be ``None`` only for ``pairing="l2"``/``"random"``.
         output: Where to write the zipped model (atomically); ``None`` to only return it.
         **options: Keyword options of :func:`prepare_job`:
-            ``names`` (task names, default ``a``, ``b``; outputs become ``<task>/<original output name>``),
+            ``names`` (task names, default ``a``, ``b``, …; outputs become ``<task>/<original output name>``),
             ``share`` (fraction of each hidden layer's neurons to share, default 0.5),
             ``share_per_layer`` (per hidden layer a fraction (float) or a count (int)),
             ``max_cost`` (share every pair whose merge cost is at most this),

@@ -60,10 +60,10 @@ def zip_layerwise(
     on_layer: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> ZipResult:
-    """Zip two models layer by layer, retraining jointly after each layer (Algorithm 1).
+    """Zip two or more models layer by layer, retraining jointly after each layer (Algorithm 1).
 
     Args:
-        models: Two ``.onnx`` paths or ModelProtos.
+        models: Two or more ``.onnx`` paths or ModelProtos.
         calibration: One calibration data set per model (as for :func:`~onnx_zip.zipper.api.zip_models`).
         train: Training data by task name (npz path, Dataset or arrays with ``label``).
         output: Where to write the final joint model.

@@ -214,21 +214,87 @@ def _pair_operator(
     return mtz.pair_operator(eye, eye, layer=layer)
 
 
-def _merge(
-    layer: Layer,
-    reading: Reading | None,
-    shared_w: tuple[np.ndarray, np.ndarray],
-    biases: tuple[np.ndarray | None, np.ndarray | None],
-    pairs: np.ndarray,
-    op: mtz.PairOperator,
+def _rows_to_weights(
+    layer: Layer, reading: Reading | None, rows: np.ndarray, shared_in: int, has_bias: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    has_bias = biases[0] is not None
-    if layer.kind == "conv":
-        return mtz.merge_conv(shared_w[0], biases[0], shared_w[1], biases[1], pairs, op, reading, layer=layer.node)
-    rows_a = mtz.dense_rows(shared_w[0], biases[0], layer=layer.node)
-    rows_b = mtz.dense_rows(shared_w[1], biases[1], layer=layer.node)
-    rows = mtz.merge_pairs(rows_a, rows_b, pairs, op, layer=layer.node)
-    return mtz.rows_to_dense(rows, bias=has_bias, layer=layer.node)
+    """Merged rows ``(k, D)`` / ``(k, P, C+1)`` back to a weight ``(k, S, *kernel)`` and bias ``(k,)``."""
+    if layer.kind == "dense":
+        return mtz.rows_to_dense(rows, bias=has_bias, layer=layer.node)
+    if reading == "patch":
+        return mtz.patch_rows_to_conv(rows, shared_in, layer.kernel_shape, bias=has_bias, layer=layer.node)
+    return mtz.channel_rows_to_conv(rows, layer.kernel_shape, bias=has_bias, layer=layer.node)
+
+
+@dataclass
+class _Sharing:
+    """The shared neurons of one layer while tasks are added one at a time.
+
+    Attributes:
+        pairs: ``(k, t)`` original neuron indices of the tasks added so far, in shared-neuron order.
+        costs: ``(k,)`` summed merge costs.
+        rows: ``(k, D)`` or ``(k, P, C+1)`` merged rows.
+        hessian: ``(D, D)`` joint Hessian of the tasks added so far (``Σ_t H_t``, damped), or
+            identities summed for the averaging pairings.
+    """
+
+    pairs: np.ndarray
+    costs: np.ndarray
+    rows: np.ndarray
+    hessian: np.ndarray
+
+
+def _add_task(
+    sharing: _Sharing,
+    rows: np.ndarray,
+    hessian: np.ndarray,
+    settings: ZipSettings,
+    policy: mtz.SharePolicy | FixedPairs,
+    rng: np.random.Generator,
+    name: str,
+) -> _Sharing:
+    """Match a further task's neurons to the shared neurons and merge them (mtz-method §7).
+
+    The joint model's Hessian is ``Σ_t H_t`` over the tasks already added, so the final merged
+    vector is ``(Σ_t H_t)⁻¹ Σ_t H_t w_t`` whatever the order the tasks are added in (the released
+    code used the softer ``(Σ_t H_t⁻¹)⁻¹``). Every shared neuron gets a partner while the task has
+    enough neurons (``min(k, N_t)`` pairs, greedy or optimal); unmatched shared neurons, and for a
+    ``max_cost`` policy those whose added cost exceeds it, stop being shared.
+
+    Args:
+        sharing: The shared neurons of the tasks added so far.
+        rows: The new task's neuron rows ``(N_t, D)`` or ``(N_t, P, C+1)`` over the shared inputs.
+        hessian: The new task's Hessian ``(D, D)`` (undamped; identity for the averaging pairings).
+    """
+    k = sharing.pairs.shape[0]
+    if settings.pairing == "mtz":
+        hessian = mtz.damp(hessian, settings.damping, layer=name)
+    op = mtz.pair_operator(sharing.hessian, hessian, layer=name)
+    if isinstance(policy, FixedPairs):
+        fixed = np.asarray(policy.pairs, dtype=np.int64)
+        shared_index = np.arange(k)
+        partner = fixed[:, sharing.pairs.shape[1]]
+        added = np.zeros(k)
+    else:
+        if settings.pairing == "random":
+            costs = rng.random((k, rows.shape[0]))
+        else:
+            costs = mtz.cost_matrix(sharing.rows, rows, op, layer=name)
+        matching = mtz.select_pairs(costs, mtz.ShareCount(min(k, rows.shape[0])), method=settings.match, layer=name)
+        keep = np.argsort(matching.pairs[:, 0], kind="stable")
+        shared_index, partner = matching.pairs[keep, 0], matching.pairs[keep, 1]
+        added = matching.costs[keep] if settings.pairing != "random" else np.zeros(len(keep))
+        if isinstance(policy, mtz.ShareThreshold):
+            within = sharing.costs[shared_index] + added <= policy.epsilon
+            shared_index, partner, added = shared_index[within], partner[within], added[within]
+    merged = mtz.merge_pairs(
+        sharing.rows, rows, np.stack([shared_index, partner], axis=1), op, layer=name
+    )
+    return _Sharing(
+        pairs=np.concatenate([sharing.pairs[shared_index], partner[:, None]], axis=1),
+        costs=sharing.costs[shared_index] + added,
+        rows=merged,
+        hessian=op.h_a + op.h_b,
+    )
 
 
 def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer]) -> bool:
@@ -237,7 +303,16 @@ def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer])
         return len(policy.pairs) == 0
     if isinstance(policy, mtz.ShareThreshold):
         return False
-    return mtz.share_count(policy, group[0].neurons, group[1].neurons, layer=group[0].node) == 0
+    fewest = min(layer.neurons for layer in group[1:])
+    return mtz.share_count(policy, group[0].neurons, fewest, layer=group[0].node) == 0
+
+
+def _first_policy(policy: mtz.SharePolicy, group: Sequence[Layer]) -> mtz.SharePolicy:
+    """The policy of the first two tasks: with more tasks, a count/fraction of the smallest layer."""
+    if len(group) == 2 or isinstance(policy, mtz.ShareThreshold):
+        return policy
+    fewest = min(layer.neurons for layer in group)
+    return mtz.ShareCount(mtz.share_count(policy, fewest, fewest, layer=group[0].node))
 
 
 def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
@@ -269,8 +344,8 @@ def plan_layers(
         One :class:`LayerZip` per aligned position.
     """
     tasks = len(chains)
-    if tasks != 2:
-        raise InputError(f"zipping {tasks} models at once is not supported yet", hint="zip two models")
+    if tasks < 2:
+        raise InputError(f"zipping needs at least two models, got {tasks}")
     hidden_count = sum(1 for group in aligned if not group[0].is_head)
     rng = np.random.default_rng(settings.seed)
     orders: list[np.ndarray] | None = None
@@ -320,37 +395,56 @@ def plan_layers(
             costs = np.zeros(0)
         else:
             policy = settings.policy_for(hidden_index, hidden_count)
-            shared_w = (w_new[0][:, :shared_in], w_new[1][:, :shared_in])
-            rows = [_vectors(first, reading, shared_w[t], biases[t]) for t in range(tasks)]
+            name = f"{tag} ({first.node})"
+            rows = [_vectors(first, reading, w_new[t][:, :shared_in], biases[t]) for t in range(tasks)]
+            eye = np.eye(rows[0].shape[-1])
+            if isinstance(policy, FixedPairs) or settings.pairing != "mtz":
+                hessians_t = [eye] * tasks
+            else:
+                hessians_t = [
+                    _restricted_hessian(
+                        group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias
+                    )
+                    for t in range(tasks)
+                ]
             if isinstance(policy, FixedPairs):
-                eye = np.eye(rows[0].shape[-1])
                 op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
-                pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
-                costs = np.zeros(len(pairs))
-            elif settings.pairing in ("random", "correlation"):
-                op = _pair_operator(settings, np.eye(rows[0].shape[-1]), np.eye(rows[0].shape[-1]), tag)
+                fixed = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
+                first_pairs = fixed[:, :2]
+                costs = np.zeros(len(fixed))
+            else:
+                op = _pair_operator(settings, hessians_t[0], hessians_t[1], name if settings.pairing == "mtz" else tag)
                 if settings.pairing == "random":
                     cost_matrix = rng.random((rows[0].shape[0], rows[1].shape[0]))
-                else:
+                elif settings.pairing == "correlation":
                     if pair_costs is None or position not in pair_costs:
                         raise InputError(f"layer {tag}: correlation pairing needs its activation correlations")
                     cost_matrix = np.asarray(pair_costs[position], dtype=np.float64)
-            else:
-                if settings.pairing == "mtz":
-                    restricted = [
-                        _restricted_hessian(
-                            group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias
-                        )
-                        for t in range(tasks)
-                    ]
                 else:
-                    restricted = [np.eye(rows[0].shape[-1])] * 2
-                op = _pair_operator(settings, restricted[0], restricted[1], f"{tag} ({first.node})")
-                cost_matrix = mtz.cost_matrix(rows[0], rows[1], op, layer=tag)
-            if not isinstance(policy, FixedPairs):
-                matching = mtz.select_pairs(cost_matrix, policy, method=settings.match, layer=f"{tag} ({first.node})")
-                pairs = matching.pairs
-                costs = matching.costs if settings.pairing != "random" else np.zeros(len(pairs))
+                    cost_matrix = mtz.cost_matrix(rows[0], rows[1], op, layer=tag)
+                matching = mtz.select_pairs(
+                    cost_matrix, _first_policy(policy, group), method=settings.match, layer=name
+                )
+                first_pairs = matching.pairs
+                costs = matching.costs if settings.pairing != "random" else np.zeros(len(first_pairs))
+            sharing = _Sharing(
+                pairs=np.asarray(first_pairs, dtype=np.int64).reshape(-1, 2),
+                costs=np.asarray(costs, dtype=np.float64),
+                rows=mtz.merge_pairs(rows[0], rows[1], first_pairs, op, layer=tag),
+                hessian=op.h_a + op.h_b,
+            )
+            for t in range(2, tasks):
+                if not len(sharing.pairs):
+                    break
+                if settings.pairing == "correlation":
+                    raise InputError("correlation pairing zips two models", hint="use mtz, l2 or random pairing")
+                sharing = _add_task(
+                    sharing, rows[t], hessians_t[t], replace(settings, pairing="l2") if isinstance(policy, FixedPairs) else settings,
+                    policy, rng, f"{name}, task {t}",
+                )
+            pairs, costs = sharing.pairs, sharing.costs
+            if not len(pairs):
+                pairs = np.zeros((0, tasks), dtype=np.int64)
         k = pairs.shape[0]
         new_orders = []
         inter, specific_w, specific_b = [], [], []
@@ -363,7 +457,7 @@ def plan_layers(
             specific_b.append(_as_stored(biases[t][rest]) if rest.size and biases[t] is not None else None)
         shared_weight = shared_bias = None
         if k:
-            shared_weight, shared_bias = _merge(first, reading, (w_new[0][:, :shared_in], w_new[1][:, :shared_in]), biases, pairs, op)
+            shared_weight, shared_bias = _rows_to_weights(first, reading, sharing.rows, shared_in, has_bias)
         result.append(
             LayerZip(
                 index=position,
