@@ -305,3 +305,42 @@ def random_inputs(model: onnx.ModelProto, count: int, seed: int = 0) -> dict[str
         dims = [d.dim_value if d.HasField("dim_value") else count for d in value.type.tensor_type.shape.dim]
         arrays[value.name] = rng.standard_normal(dims).astype(np.float32)
     return arrays
+
+
+def permuted_copy(model: onnx.ModelProto, seed: int = 7) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of a *canonical* model (Conv / Gemm ``transB=1`` layers, BN folded) with the hidden
+    neurons of every channel group permuted; its outputs are unchanged.
+
+    Layers tied by residual Adds get one permutation; every other hidden layer its own. Returns the
+    model and, per hidden layer node, ``p`` such that the copy's neuron ``j`` is the original's ``p[j]``.
+    """
+    from onnx_zip.graph.discover import discover_layers
+
+    chain = discover_layers(model)
+    rng = np.random.default_rng(seed)
+    perms: dict[str, np.ndarray] = {}
+    for layer in chain.hidden:
+        group = chain.group_of(layer.node)
+        if group[0] not in perms:
+            perm = rng.permutation(layer.neurons)
+            for node in group:
+                perms[node] = perm
+    values = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    for layer in chain.layers:
+        if layer.op_type == "Gemm" and not layer.trans_b or layer.op_type == "MatMul":
+            raise ValueError(f"permuted_copy handles Conv and Gemm transB=1, not {layer.node}")
+        w = values[layer.weight]
+        if not layer.is_head:
+            w = w[perms[layer.node]]
+            if layer.bias is not None:
+                values[layer.bias] = values[layer.bias][perms[layer.node]]
+        if layer.sources:
+            p = perms[layer.sources[0]]
+            f = layer.source_features
+            w = w[:, (p[:, None] * f + np.arange(f)).ravel()]
+        values[layer.weight] = w
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, t in enumerate(out.graph.initializer):
+        out.graph.initializer[i].CopyFrom(numpy_helper.from_array(values[t.name].astype(np.float32), t.name))
+    return out, perms

@@ -12,7 +12,7 @@ from conftest import zoo_model
 from onnx_zip import model_io
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.canonicalize import canonicalize
-from onnx_zip.graph.discover import discover_layers, require_plain_chain
+from onnx_zip.graph.discover import discover_layers, require_plain_chain, require_supported_chain
 
 
 def chain_of(model: onnx.ModelProto, **kwargs):
@@ -116,10 +116,22 @@ def test_residual_groups_and_plain_chain_refusal() -> None:
     assert [l.node for l in chain.layers] == ["stem", "conv_a", "conv_b", "fc"]
     assert chain.channel_groups == (("stem", "conv_b"),)
     assert chain.group_nodes == (("add",),)
-    assert effects(chain.by_node("conv_b"))[:2] == [("Add", "elementwise"), ("Relu", "elementwise")]
+    assert effects(chain.by_node("conv_b"))[:2] == [("Add", "residual"), ("Relu", "elementwise")]
     assert effects(chain.by_node("conv_b"))[-1] == ("Flatten", "flatten")
     with pytest.raises(ModelError, match="add tie the channels of layers stem, conv_b"):
         require_plain_chain(chain)
+    # Each layer's sources: the layers whose channels reach its input (the Add sums stem and conv_b).
+    assert [(l.node, l.sources) for l in chain.layers] == [
+        ("stem", ()), ("conv_a", ("stem",)), ("conv_b", ("conv_a",)), ("fc", ("stem", "conv_b"))
+    ]
+    assert require_supported_chain(chain) is chain
+    assert chain.group_ops == (("Add",),)
+
+
+def test_sources_carry_the_flatten_features() -> None:
+    chain = chain_of(builders.cnn(seed=1, size=12, channels=(4, 6), hidden=16))
+    fc0 = chain.by_node("fc0")
+    assert fc0.sources == ("conv1",) and fc0.source_features == fc0.inputs // 6
 
 
 def test_head_post_processing_and_branch_after_head() -> None:
@@ -202,4 +214,4 @@ def test_residual_with_batchnorm(fold: bool) -> None:
     chain = chain_of(builders.with_batchnorm(builders.residual()), fold_batchnorm=fold)
     assert chain.channel_groups == (("stem", "conv_b"),)
     first = effects(chain.by_node("conv_b"))[0]
-    assert first == (("Add", "elementwise") if fold else ("BatchNormalization", "channel_params"))
+    assert first == (("Add", "residual") if fold else ("BatchNormalization", "channel_params"))

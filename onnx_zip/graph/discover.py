@@ -71,6 +71,7 @@ class _Graph:
                         self.constants[node.output[0]] = attr.t
         self.inputs = [v.name for v in graph.input if v.name not in self.constants]
         self.outputs = [v.name for v in graph.output]
+        self.node_by_name = {node.name: node for node in self.nodes}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in self.nodes:
@@ -303,7 +304,7 @@ def _walk(g: _Graph, layer: Layer, layer_nodes: set[str], is_head: bool) -> tupl
         if node.op_type == "Concat" and _is_tying(g, node):
             break
         if node.op_type == "Add" and _is_tying(g, node):
-            steps.append(PathStep(node.name, node.op_type, "elementwise"))
+            steps.append(PathStep(node.name, node.op_type, "residual"))
         else:
             if node.domain not in ("", "ai.onnx"):
                 step = None
@@ -361,6 +362,44 @@ def _trace_back(g: _Graph, tensor: str, layer_by_output: dict[str, str], tying: 
         if len(acts) == 1:
             stack.append(acts[0])
     return found
+
+
+def _sources(
+    g: _Graph, layer: Layer, layer_by_output: dict[str, str], tying: set[str]
+) -> tuple[set[str], int]:
+    """The layers whose channels reach ``layer``'s input, and the features per channel (Flatten)."""
+    found: set[str] = set()
+    factors: set[int] = set()
+    stack, seen = [(layer.input, 1)], set()
+    while stack:
+        name, factor = stack.pop()
+        if (name, factor) in seen:
+            continue
+        seen.add((name, factor))
+        node = g.producer.get(name)
+        if node is None:
+            continue
+        if node.name in layer_by_output:
+            found.add(layer_by_output[node.name])
+            factors.add(factor)
+            continue
+        if node.op_type == "Add" and node.name in tying:
+            stack.extend((t, factor) for t in g.activations(node))
+            continue
+        acts = g.activations(node)
+        if len(acts) != 1:
+            continue
+        if node.op_type in FLATTEN_OPS:
+            shape = g.shapes.get(acts[0])
+            if shape is not None and len(shape) > 2 and all(d is not None for d in shape[2:]):
+                factor *= int(np.prod(shape[2:]))
+        stack.append((acts[0], factor))
+    if len(factors) > 1:
+        raise ModelError(
+            f"{g.label}: layer {layer.node!r} reads channels flattened in different ways ({sorted(factors)} features each)",
+            hint="zip models whose residual branches meet before any Flatten",
+        )
+    return found, factors.pop() if factors else 1
 
 
 def _channel_groups(
@@ -450,6 +489,16 @@ def discover_layers(model: onnx.ModelProto, *, label: str = "model") -> LayerCha
             Layer(**{**layer.__dict__, "index": index, "is_head": is_head, "path": path})
         )
     groups, group_nodes = _channel_groups(g, final)
+    tying = {n.name for n in g.nodes if _is_tying(g, n)}
+    by_output = {layer.node: layer.node for layer in final}
+    by_output.update({layer.bias_node: layer.node for layer in final if layer.bias_node})
+    order = {layer.node: layer.index for layer in final}
+    with_sources = []
+    for layer in final:
+        found, features = _sources(g, layer, by_output, tying)
+        sources = tuple(sorted(found, key=order.__getitem__))
+        with_sources.append(Layer(**{**layer.__dict__, "sources": sources, "source_features": features}))
+    final = with_sources
     chain = LayerChain(
         model=label,
         layers=tuple(final),
@@ -457,6 +506,7 @@ def discover_layers(model: onnx.ModelProto, *, label: str = "model") -> LayerCha
         outputs=tuple(g.outputs),
         channel_groups=groups,
         group_nodes=group_nodes,
+        group_ops=tuple(tuple(g.node_by_name[n].op_type for n in nodes) for nodes in group_nodes),
     )
     logger.info(
         "%s: %d layers (%d hidden, heads %s)%s",
@@ -484,4 +534,32 @@ def require_plain_chain(chain: LayerChain) -> LayerChain:
             "the rewrite supports plain chains only",
             hint="zip a model without skip connections, or wait for residual support",
         )
+    return chain
+
+
+def require_supported_chain(chain: LayerChain) -> LayerChain:
+    """Return ``chain`` if the zipper can rewrite it: a plain chain, or residual Adds.
+
+    Residual Adds tie the channels of the layers they sum (a channel group, zipped with one
+    pairing). Concats are refused, as is a layer reading channels of more than one group.
+
+    Raises:
+        ModelError: naming the Concat nodes, or the layer and the groups it mixes.
+    """
+    count = len(chain.channel_groups)
+    for layers, nodes, ops in zip(chain.channel_groups, chain.group_nodes or ((),) * count, chain.group_ops or ((),) * count):
+        if not ops or any(op != "Add" for op in ops):
+            raise ModelError(
+                f"{chain.model}: {', '.join(nodes) or 'a node'} concatenate the channels of layers {', '.join(layers)}; "
+                "the rewrite supports plain chains and residual Adds",
+                hint="zip models without channel Concats",
+            )
+    for layer in chain.layers:
+        groups = {chain.group_of(source) for source in layer.sources}
+        if len(groups) > 1:
+            raise ModelError(
+                f"{chain.model}: layer {layer.node!r} reads the channels of unrelated layers "
+                f"{', '.join(layer.sources)} (no residual Add ties them)",
+                hint="zip chains and residual networks; other multi-branch graphs are not supported",
+            )
     return chain

@@ -24,8 +24,9 @@ import numpy as np
 #: ``channel_params``: holds per-channel parameters that must be permuted with the channels
 #: (an unfolded BatchNormalization, a per-channel Mul/Add/PRelu); ``output``: post-processing
 #: after a head (Softmax, ArgMax, ZipMap, ...) that reads the head's output as a whole (heads are
-#: never zipped, so their output channels are never permuted).
-PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params", "output")
+#: never zipped, so their output channels are never permuted); ``residual``: an Add of two
+#: activations (a skip connection) summing channels of one channel group.
+PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params", "output", "residual")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class Layer:
         bias_node: For a MatMul whose bias is a separate ``Add`` (rank > 2 input, see
             ``canonicalize``): that Add node; ``bias`` is then its 1-D ``(N_out,)`` constant and
             ``output`` the Add's output. ``None`` otherwise.
+        sources: The layers whose output channels reach ``input`` (through activations, pools,
+            Flatten and residual Adds), in chain order; empty when it reads the graph input. A plain
+            chain's layer has one source, the layer before it; after a residual Add, every layer
+            the Add sums (one channel group).
+        source_features: Input features of this layer per channel of its sources (``H·W`` across
+            a Flatten; 1 otherwise).
     """
 
     index: int
@@ -111,6 +118,8 @@ class Layer:
     trans_b: int = 1
     path: tuple[PathStep, ...] = ()
     bias_node: str | None = None
+    sources: tuple[str, ...] = ()
+    source_features: int = 1
 
     @property
     def kernel_shape(self) -> tuple[int, ...]:
@@ -133,6 +142,7 @@ class LayerChain:
         channel_groups: Sets of layer node names whose channels are tied (residual Adds,
             Concats); empty for a plain chain.
         group_nodes: For each entry of ``channel_groups``, the Add/Concat nodes that tie it.
+        group_ops: For each entry of ``channel_groups``, the op types of ``group_nodes``.
     """
 
     model: str
@@ -141,6 +151,7 @@ class LayerChain:
     outputs: tuple[str, ...]
     channel_groups: tuple[tuple[str, ...], ...] = field(default=())
     group_nodes: tuple[tuple[str, ...], ...] = field(default=())
+    group_ops: tuple[tuple[str, ...], ...] = field(default=())
 
     @property
     def hidden(self) -> tuple[Layer, ...]:
@@ -156,6 +167,13 @@ class LayerChain:
             if layer.node == node:
                 return layer
         raise KeyError(node)
+
+    def group_of(self, node: str) -> tuple[str, ...]:
+        """The layers whose channels are tied to ``node``'s (its channel group, or just itself)."""
+        for group in self.channel_groups:
+            if node in group:
+                return group
+        return (node,)
 
 
 # ---------------------------------------------------------------- the layout registry

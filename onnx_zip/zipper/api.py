@@ -30,11 +30,11 @@ from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
 from onnx_zip.errors import InputError
 from onnx_zip.graph.align import align_chains
 from onnx_zip.graph.canonicalize import canonicalize
-from onnx_zip.graph.discover import discover_layers, require_plain_chain
+from onnx_zip.graph.discover import discover_layers, require_supported_chain
 from onnx_zip.graph.layers import Layer, LayerChain
 from onnx_zip.model_io import atomic_write_bytes, check_writable, convert_opset, default_opset, load_model, save_model, sha256_file, stamp_versions
 from onnx_zip.zipper.correlation import correlation_costs
-from onnx_zip.zipper.plan import LayerZip, ZipSettings, plan_layers, shares_nothing
+from onnx_zip.zipper.plan import LayerZip, ZipSettings, channel_group_positions, layers_to_calibrate, plan_layers
 from onnx_zip.zipper.report import layer_records, params_record, provenance, write_metadata
 from onnx_zip.zipper.rewrite import build_zipped_model, check_task_names, inputs_match
 
@@ -109,7 +109,7 @@ def prepare_model(source: str | os.PathLike[str] | onnx.ModelProto, task: str, *
         original = load_model(source)
         label, digest = f"model {task} ({source})", sha256_file(source)
     canonical = canonicalize(original, fold_batchnorm=fold_batchnorm, label=label)
-    chain = require_plain_chain(discover_layers(canonical, label=label))
+    chain = require_supported_chain(discover_layers(canonical, label=label))
     name = Path(source).name if not isinstance(source, onnx.ModelProto) else "<in memory>"
     return PreparedModel(task, name, digest, original, canonical, chain)
 
@@ -218,6 +218,7 @@ def prepare_job(
     settings = ZipSettings(
         policy=policy, match=match, conv_hessian=conv_hessian, damping=float(damping), pairing=pairing, seed=int(seed)
     )
+    channel_group_positions([p.chain for p in prepared], aligned)  # the residual structure must agree
     hidden = [g for g in aligned if not g[0].is_head]
     for i, group in enumerate(hidden):
         p = settings.policy_for(i, len(hidden))
@@ -346,14 +347,9 @@ def zip_models(
     job = prepare_job(models, calibration, output, **options)
     canonical = [p.canonical for p in job.prepared]
     start = time.perf_counter()
-    hidden = [i for i, g in enumerate(job.aligned) if not g[0].is_head]
     # Layers that share nothing need no statistics (a VGG fc6 Hessian alone is 25089² floats); nor
     # does a layer after one that shares nothing (it has no shared inputs, so it shares nothing).
-    positions = []
-    for n, i in enumerate(hidden):
-        if shares_nothing(job.settings.policy_for(n, len(hidden)), job.aligned[i]):
-            break
-        positions.append(i)
+    positions = layers_to_calibrate([p.chain for p in job.prepared], job.aligned, job.settings)
     hessians = layer_hessians(job, canonical, positions)
     pair_costs = None
     if job.settings.pairing == "correlation":

@@ -82,6 +82,13 @@ def zip_layerwise(
     from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415 - needs the training runtime
 
     job = prepare_job(models, calibration, output, **options)
+    residual = [p for p in job.prepared if p.chain.channel_groups]
+    if residual:
+        raise InputError(
+            f"model {residual[0].task} has residual Adds ({', '.join(residual[0].chain.group_nodes[0])}); the "
+            "layer-wise loop zips plain chains",
+            hint="zip residual networks in one pass (without --train) and fine-tune the result",
+        )
     hidden = [i for i, group in enumerate(job.aligned) if not group[0].is_head]
     steps = _steps_per_layer(retrain_steps, len(hidden))
     unknown = sorted(set(train) - set(job.tasks)) + sorted(set(evaluation or {}) - set(job.tasks))

@@ -225,78 +225,6 @@ def _rows_to_weights(
     return mtz.channel_rows_to_conv(rows, layer.kernel_shape, bias=has_bias, layer=layer.node)
 
 
-@dataclass
-class _Sharing:
-    """The shared neurons of one layer while tasks are added one at a time.
-
-    Attributes:
-        pairs: ``(k, t)`` original neuron indices of the tasks added so far, in shared-neuron order.
-        costs: ``(k,)`` summed merge costs.
-        rows: ``(k, D)`` or ``(k, P, C+1)`` merged rows.
-        hessian: ``(D, D)`` joint Hessian of the tasks added so far (``Σ_t H_t``, damped), or
-            identities summed for the averaging pairings.
-    """
-
-    pairs: np.ndarray
-    costs: np.ndarray
-    rows: np.ndarray
-    hessian: np.ndarray
-
-
-def _add_task(
-    sharing: _Sharing,
-    rows: np.ndarray,
-    hessian: np.ndarray,
-    settings: ZipSettings,
-    policy: mtz.SharePolicy | FixedPairs,
-    rng: np.random.Generator,
-    name: str,
-) -> _Sharing:
-    """Match a further task's neurons to the shared neurons and merge them (mtz-method §7).
-
-    The joint model's Hessian is ``Σ_t H_t`` over the tasks already added, so the final merged
-    vector is ``(Σ_t H_t)⁻¹ Σ_t H_t w_t`` whatever the order the tasks are added in (the released
-    code used the softer ``(Σ_t H_t⁻¹)⁻¹``). Every shared neuron gets a partner while the task has
-    enough neurons (``min(k, N_t)`` pairs, greedy or optimal); unmatched shared neurons, and for a
-    ``max_cost`` policy those whose added cost exceeds it, stop being shared.
-
-    Args:
-        sharing: The shared neurons of the tasks added so far.
-        rows: The new task's neuron rows ``(N_t, D)`` or ``(N_t, P, C+1)`` over the shared inputs.
-        hessian: The new task's Hessian ``(D, D)`` (undamped; identity for the averaging pairings).
-    """
-    k = sharing.pairs.shape[0]
-    if settings.pairing == "mtz":
-        hessian = mtz.damp(hessian, settings.damping, layer=name)
-    op = mtz.pair_operator(sharing.hessian, hessian, layer=name)
-    if isinstance(policy, FixedPairs):
-        fixed = np.asarray(policy.pairs, dtype=np.int64)
-        shared_index = np.arange(k)
-        partner = fixed[:, sharing.pairs.shape[1]]
-        added = np.zeros(k)
-    else:
-        if settings.pairing == "random":
-            costs = rng.random((k, rows.shape[0]))
-        else:
-            costs = mtz.cost_matrix(sharing.rows, rows, op, layer=name)
-        matching = mtz.select_pairs(costs, mtz.ShareCount(min(k, rows.shape[0])), method=settings.match, layer=name)
-        keep = np.argsort(matching.pairs[:, 0], kind="stable")
-        shared_index, partner = matching.pairs[keep, 0], matching.pairs[keep, 1]
-        added = matching.costs[keep] if settings.pairing != "random" else np.zeros(len(keep))
-        if isinstance(policy, mtz.ShareThreshold):
-            within = sharing.costs[shared_index] + added <= policy.epsilon
-            shared_index, partner, added = shared_index[within], partner[within], added[within]
-    merged = mtz.merge_pairs(
-        sharing.rows, rows, np.stack([shared_index, partner], axis=1), op, layer=name
-    )
-    return _Sharing(
-        pairs=np.concatenate([sharing.pairs[shared_index], partner[:, None]], axis=1),
-        costs=sharing.costs[shared_index] + added,
-        rows=merged,
-        hessian=op.h_a + op.h_b,
-    )
-
-
 def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer]) -> bool:
     """True when a count or fraction policy asks for no pair (no costs needed)."""
     if isinstance(policy, FixedPairs):
@@ -317,6 +245,219 @@ def _first_policy(policy: mtz.SharePolicy, group: Sequence[Layer]) -> mtz.ShareP
 
 def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
     return None if x is None else np.ascontiguousarray(x, dtype=np.float32)
+
+
+@dataclass
+class _Member:
+    """One hidden layer prepared for pairing: its neurons over its shared inputs, in every task.
+
+    Attributes:
+        position: Aligned position.
+        name: ``<tag> (<node>)`` for messages.
+        rows: Per task ``(N_t, D)`` (dense / patch reading) or ``(N_t, P, C+1)`` (per-channel).
+        hessians: Per task ``(D, D)``, undamped (identities for the averaging pairings).
+        op01: The pair operator of tasks 0 and 1.
+    """
+
+    position: int
+    name: str
+    rows: list[np.ndarray]
+    hessians: list[np.ndarray]
+    op01: mtz.PairOperator
+
+
+@dataclass
+class _Merged:
+    """A member's shared neurons while tasks are added: merged rows and the joint Hessian ``Σ_t H_t``."""
+
+    rows: np.ndarray
+    joint: np.ndarray
+
+
+def _pair_costs(a: np.ndarray, b: np.ndarray, op: mtz.PairOperator) -> np.ndarray:
+    """Costs of given row pairs ``a[i]``–``b[i]`` ``(k,)``: ``½ Σ_p Δᵀ M Δ``."""
+    size = op.m.shape[0]
+    diff = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).reshape(-1, size)
+    q = np.einsum("ij,ij->i", diff @ op.m, diff).reshape(a.shape[0], -1).sum(axis=1)
+    return 0.5 * np.maximum(q, 0.0)
+
+
+def _task_operator(member: _Member, merged: _Merged, task: int, settings: ZipSettings) -> mtz.PairOperator:
+    """The operator of the joint model (``Σ`` of the tasks added so far) and task ``task``."""
+    hessian = member.hessians[task]
+    if settings.pairing == "mtz":
+        hessian = mtz.damp(hessian, settings.damping, layer=member.name)
+    return mtz.pair_operator(merged.joint, hessian, layer=f"{member.name}, task {task}")
+
+
+def _merge_fixed(member: _Member, pairs: np.ndarray, settings: ZipSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Merged rows ``(k, ...)`` and summed costs ``(k,)`` of a member for pairs already chosen ``(k, T)``.
+
+    Tasks 0 and 1 are merged with their operator, then each further task with the joint Hessian
+    ``Σ_t H_t`` of the tasks before it: the merged vector is ``(Σ_t H_t)⁻¹ Σ_t H_t w_t``.
+    """
+    op = member.op01
+    rows = mtz.merge_pairs(member.rows[0], member.rows[1], pairs[:, :2], op, layer=member.name)
+    costs = _pair_costs(member.rows[0][pairs[:, 0]], member.rows[1][pairs[:, 1]], op)
+    merged = _Merged(rows, op.h_a + op.h_b)
+    index = np.arange(len(pairs))
+    for t in range(2, len(member.rows)):
+        op_t = _task_operator(member, merged, t, settings)
+        costs = costs + _pair_costs(merged.rows, member.rows[t][pairs[:, t]], op_t)
+        rows = mtz.merge_pairs(merged.rows, member.rows[t], np.stack([index, pairs[:, t]], axis=1), op_t, layer=member.name)
+        merged = _Merged(rows, op_t.h_a + op_t.h_b)
+    return merged.rows, costs
+
+
+def _choose_pairs(
+    members: Sequence[_Member],
+    policy: mtz.SharePolicy,
+    group: Sequence[Layer],
+    settings: ZipSettings,
+    rng: np.random.Generator,
+    pair_costs: Mapping[int, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Choose the shared neurons of a channel group from the costs of its members, summed.
+
+    A plain layer is a group of one. Tasks 0 and 1 are paired by the policy; each further task's
+    neurons are matched to the shared neurons (mtz-method §7): ``min(k, N_t)`` pairs, so every
+    shared neuron gets a partner while the task has enough neurons; unmatched shared neurons, and
+    for a ``max_cost`` policy those whose summed cost exceeds it, stop being shared.
+
+    Args:
+        members: The group's layers whose inputs are known, the deciding layer first.
+        policy: The deciding layer's share policy.
+        group: The deciding layer in every task.
+
+    Returns:
+        Pairs ``(k, T)`` (shared-neuron order), summed costs ``(k,)``, and the deciding layer's
+        merged rows ``(k, ...)``.
+    """
+    first = members[0]
+    name = first.name
+    if settings.pairing == "random":
+        table = rng.random((first.rows[0].shape[0], first.rows[1].shape[0]))
+    elif settings.pairing == "correlation":
+        known = [m for m in members if pair_costs is not None and m.position in pair_costs]
+        if not known or known[0] is not first:
+            raise InputError(f"layer {name}: correlation pairing needs its activation correlations")
+        table = np.asarray(pair_costs[first.position], dtype=np.float64)  # type: ignore[index]
+        for m in known[1:]:
+            table = table + np.asarray(pair_costs[m.position], dtype=np.float64)  # type: ignore[index]
+    else:
+        table = mtz.cost_matrix(first.rows[0], first.rows[1], first.op01, layer=name.split(" (")[0])
+        for m in members[1:]:
+            table = table + mtz.cost_matrix(m.rows[0], m.rows[1], m.op01, layer=m.name)
+    matching = mtz.select_pairs(table, _first_policy(policy, group), method=settings.match, layer=name)
+    pairs = np.asarray(matching.pairs, dtype=np.int64).reshape(-1, 2)
+    costs = matching.costs if settings.pairing != "random" else np.zeros(len(pairs))
+    costs = np.asarray(costs, dtype=np.float64)
+    states = [
+        _Merged(mtz.merge_pairs(m.rows[0], m.rows[1], pairs, m.op01, layer=m.name), m.op01.h_a + m.op01.h_b)
+        for m in members
+    ]
+    for t in range(2, len(first.rows)):
+        if not len(pairs):
+            break
+        if settings.pairing == "correlation":
+            raise InputError("correlation pairing zips two models", hint="use mtz, l2 or random pairing")
+        k, n_t = len(pairs), first.rows[t].shape[0]
+        ops = [_task_operator(m, state, t, settings) for m, state in zip(members, states)]
+        if settings.pairing == "random":
+            table = rng.random((k, n_t))
+        else:
+            table = mtz.cost_matrix(states[0].rows, first.rows[t], ops[0], layer=name)
+            for m, state, op in zip(members[1:], states[1:], ops[1:]):
+                table = table + mtz.cost_matrix(state.rows, m.rows[t], op, layer=m.name)
+        matching = mtz.select_pairs(table, mtz.ShareCount(min(k, n_t)), method=settings.match, layer=f"{name}, task {t}")
+        keep = np.argsort(matching.pairs[:, 0], kind="stable")
+        shared_index, partner = matching.pairs[keep, 0], matching.pairs[keep, 1]
+        added = matching.costs[keep] if settings.pairing != "random" else np.zeros(len(keep))
+        if isinstance(policy, mtz.ShareThreshold):
+            within = costs[shared_index] + added <= policy.epsilon
+            shared_index, partner, added = shared_index[within], partner[within], added[within]
+        link = np.stack([shared_index, partner], axis=1)
+        states = [
+            _Merged(mtz.merge_pairs(state.rows, m.rows[t], link, op, layer=m.name), op.h_a + op.h_b)
+            for m, state, op in zip(members, states, ops)
+        ]
+        pairs = np.concatenate([pairs[shared_index], partner[:, None]], axis=1)
+        costs = costs[shared_index] + added
+    if len(pairs) == 0:
+        pairs = np.zeros((0, len(first.rows)), dtype=np.int64)
+    return pairs, costs, states[0].rows
+
+
+@dataclass
+class _Decided:
+    """A channel group after pairing: its shared neurons and every task's new neuron order."""
+
+    pairs: np.ndarray
+    order: tuple[np.ndarray, ...]
+
+
+def channel_group_positions(chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]]) -> dict[int, tuple[int, ...]]:
+    """Aligned position → the positions of its channel group (itself for a layer outside any group).
+
+    Raises:
+        InputError: the models' residual structure differs (groups or sources at other positions).
+    """
+    tasks = len(chains)
+    position_of = [{group[t].node: p for p, group in enumerate(aligned)} for t in range(tasks)]
+    result: dict[int, tuple[int, ...]] = {}
+    for position, group in enumerate(aligned):
+        per_task = []
+        for t, layer in enumerate(group):
+            members = chains[t].group_of(layer.node)
+            per_task.append(tuple(sorted(position_of[t][m] for m in members if m in position_of[t])))
+            sources = tuple(sorted(position_of[t][s] for s in layer.sources if s in position_of[t]))
+            first_sources = tuple(sorted(position_of[0][s] for s in group[0].sources if s in position_of[0]))
+            if sources != first_sources:
+                raise InputError(
+                    f"layer {layer.node} of task {t} reads other layers ({', '.join(layer.sources) or 'the input'}) "
+                    f"than {group[0].node} of task 0 ({', '.join(group[0].sources) or 'the input'})",
+                    hint="zip models of one architecture (see `onnx-zip align`)",
+                )
+        if any(members != per_task[0] for members in per_task[1:]):
+            raise InputError(
+                f"the residual Adds tie different layers in the models at {', '.join(layer.node for layer in group)}",
+                hint="zip models of one architecture (see `onnx-zip align`)",
+            )
+        result[position] = per_task[0]
+    return result
+
+
+def source_position(group: Sequence[Layer], aligned: Sequence[Sequence[Layer]]) -> int | None:
+    """The first aligned position whose channels a position reads (None: the graph input)."""
+    nodes = set(group[0].sources)
+    for position, other in enumerate(aligned):
+        if other[0].node in nodes:
+            return position
+    return None
+
+
+def layers_to_calibrate(
+    chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]], settings: ZipSettings
+) -> list[int]:
+    """The hidden positions that may share neurons, so need Hessians (in order).
+
+    A layer shares when its channel group's deciding (first) layer's policy asks for pairs and the
+    layer it reads shares (or it reads the input). A layer sharing nothing needs no statistics: a
+    VGG fc6 Hessian alone is 25,089² floats.
+    """
+    groups = channel_group_positions(chains, aligned)
+    hidden = [p for p, g in enumerate(aligned) if not g[0].is_head]
+    sharing: dict[int, bool] = {}
+    result = []
+    for n, position in enumerate(hidden):
+        deciding = groups[position][0]
+        group_shares = not shares_nothing(settings.policy_for(hidden.index(deciding), len(hidden)), aligned[deciding])
+        source = source_position(aligned[position], aligned)
+        shares = group_shares and (source is None or sharing.get(source, False))
+        sharing[position] = shares
+        if shares:
+            result.append(position)
+    return result
 
 
 def plan_layers(
@@ -347,22 +488,22 @@ def plan_layers(
     if tasks < 2:
         raise InputError(f"zipping needs at least two models, got {tasks}")
     hidden_count = sum(1 for group in aligned if not group[0].is_head)
+    groups = channel_group_positions(chains, aligned)
     rng = np.random.default_rng(settings.seed)
-    orders: list[np.ndarray] | None = None
-    shared_units = None  # S of the previous layer, in its neurons
-    features = 1
-    result: list[LayerZip] = []
-    for position, group in enumerate(aligned):
-        group = tuple(group)
-        first = group[0]
-        is_head = first.is_head
-        hidden_index = position if not is_head else None
-        has_bias = any(layer.bias is not None for layer in group)
-        reading = settings.reading_for(first)
-        weights = [_weights(layer, tensors[t], has_bias) for t, layer in enumerate(group)]
-        # New input order and the number of shared input features.
-        if orders is None:
-            index = [np.arange(layer.inputs) for layer in group]
+    decided: dict[int, _Decided] = {}  # by the group's first position
+    inputs: dict[int, tuple[list[np.ndarray], int]] = {}  # position → (input index per task, S)
+    members: dict[int, _Member] = {}
+
+    def input_order(position: int) -> tuple[list[np.ndarray], int]:
+        """Per task the original input feature of each new input position, and the shared count S."""
+        if position in inputs:
+            return inputs[position]
+        group = tuple(aligned[position])
+        source = source_position(group, aligned)
+        features = group[0].source_features
+        if any(layer.source_features != features for layer in group):
+            raise InputError(f"layers {[layer.node for layer in group]} read their inputs flattened to different feature counts")
+        if source is None:
             shared_in = group[0].inputs
             if any(layer.inputs != shared_in for layer in group):
                 raise InputError(
@@ -370,9 +511,49 @@ def plan_layers(
                     f"{[layer.inputs for layer in group]}",
                     hint="zip models with the same input",
                 )
+            index = [np.arange(layer.inputs) for layer in group]
         else:
-            index = [_input_index(orders[t], features) for t in range(tasks)]
-            shared_in = shared_units * features
+            state = decided[groups[source][0]]
+            index = [_input_index(state.order[t], features) for t in range(tasks)]
+            shared_in = len(state.pairs) * features
+        inputs[position] = (index, shared_in)
+        return index, shared_in
+
+    def is_ready(position: int) -> bool:
+        source = source_position(aligned[position], aligned)
+        return source is None or groups[source][0] in decided
+
+    def member(position: int, weights, w_new, biases, shared_in: int, policy) -> _Member:
+        if position in members:
+            return members[position]
+        group = tuple(aligned[position])
+        first = group[0]
+        reading = settings.reading_for(first)
+        tag = layer_tag(first, position)
+        has_bias = any(layer.bias is not None for layer in group)
+        index, _ = input_order(position)
+        rows = [_vectors(first, reading, w_new[t][:, :shared_in], biases[t]) for t in range(tasks)]
+        eye = np.eye(rows[0].shape[-1])
+        if isinstance(policy, FixedPairs) or settings.pairing != "mtz":
+            hessians_t = [eye] * tasks
+        else:
+            hessians_t = [
+                _restricted_hessian(group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias)
+                for t in range(tasks)
+            ]
+        name = f"{tag} ({first.node})"
+        if isinstance(policy, FixedPairs):
+            op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
+        else:
+            op = _pair_operator(settings, hessians_t[0], hessians_t[1], name if settings.pairing == "mtz" else tag)
+        members[position] = _Member(position, name, rows, hessians_t, op)
+        return members[position]
+
+    def layer_data(position: int):
+        group = tuple(aligned[position])
+        has_bias = any(layer.bias is not None for layer in group)
+        weights = [_weights(layer, tensors[t], has_bias) for t, layer in enumerate(group)]
+        index, shared_in = input_order(position)
         for t, layer in enumerate(group):
             if index[t].shape[0] != weights[t][0].shape[1]:
                 raise InputError(
@@ -381,70 +562,60 @@ def plan_layers(
                 )
         w_new = [w[:, index[t]] for t, (w, _) in enumerate(weights)]
         biases = tuple(b for _, b in weights)
-        tag = layer_tag(first, hidden_index)
+        return weights, w_new, biases, shared_in, has_bias
 
+    result: list[LayerZip] = []
+    for position, group in enumerate(aligned):
+        group = tuple(group)
+        first = group[0]
+        is_head = first.is_head
+        hidden_index = position if not is_head else None
+        reading = settings.reading_for(first)
+        weights, w_new, biases, shared_in, has_bias = layer_data(position)
+        tag = layer_tag(first, hidden_index)
+        deciding = groups[position][0]
+        merged_rows = None
+        empty = np.zeros((0, tasks), dtype=np.int64)
         if is_head:
-            pairs = np.zeros((0, tasks), dtype=np.int64)
-            costs = np.zeros(0)
+            pairs, costs = empty, np.zeros(0)
+        elif deciding in decided:  # a later layer of a residual channel group: the group's pairs
+            pairs = decided[deciding].pairs
+            policy = settings.policy_for(hidden_index, hidden_count)
+            if len(pairs) and shared_in == 0:
+                raise InputError(
+                    f"layer {tag} ({first.node}) shares {len(pairs)} channels with "
+                    f"{aligned[deciding][0].node} through a residual Add, but the layer it reads shares none",
+                    hint="share some neurons of every layer inside a residual block, or none of the block's channels",
+                )
+            if len(pairs):
+                m = member(position, weights, w_new, biases, shared_in, policy)
+                merged_rows, costs = _merge_fixed(m, pairs, settings if not isinstance(policy, FixedPairs) else replace(settings, pairing="l2"))
+                if isinstance(policy, FixedPairs):
+                    costs = np.zeros(len(pairs))
+            else:
+                costs = np.zeros(0)
         elif shared_in == 0:
             logger.info("layer %s: no shared inputs (the previous layer shares nothing): sharing nothing", tag)
-            pairs = np.zeros((0, tasks), dtype=np.int64)
-            costs = np.zeros(0)
+            pairs, costs = empty, np.zeros(0)
         elif shares_nothing(settings.policy_for(hidden_index, hidden_count), group):
-            pairs = np.zeros((0, tasks), dtype=np.int64)
-            costs = np.zeros(0)
+            pairs, costs = empty, np.zeros(0)
         else:
             policy = settings.policy_for(hidden_index, hidden_count)
-            name = f"{tag} ({first.node})"
-            rows = [_vectors(first, reading, w_new[t][:, :shared_in], biases[t]) for t in range(tasks)]
-            eye = np.eye(rows[0].shape[-1])
-            if isinstance(policy, FixedPairs) or settings.pairing != "mtz":
-                hessians_t = [eye] * tasks
-            else:
-                hessians_t = [
-                    _restricted_hessian(
-                        group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias
-                    )
-                    for t in range(tasks)
-                ]
+            current = member(position, weights, w_new, biases, shared_in, policy)
             if isinstance(policy, FixedPairs):
-                op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
-                fixed = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
-                first_pairs = fixed[:, :2]
-                costs = np.zeros(len(fixed))
+                pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
+                merged_rows, _ = _merge_fixed(current, pairs, replace(settings, pairing="l2"))
+                costs = np.zeros(len(pairs))
             else:
-                op = _pair_operator(settings, hessians_t[0], hessians_t[1], name if settings.pairing == "mtz" else tag)
-                if settings.pairing == "random":
-                    cost_matrix = rng.random((rows[0].shape[0], rows[1].shape[0]))
-                elif settings.pairing == "correlation":
-                    if pair_costs is None or position not in pair_costs:
-                        raise InputError(f"layer {tag}: correlation pairing needs its activation correlations")
-                    cost_matrix = np.asarray(pair_costs[position], dtype=np.float64)
-                else:
-                    cost_matrix = mtz.cost_matrix(rows[0], rows[1], op, layer=tag)
-                matching = mtz.select_pairs(
-                    cost_matrix, _first_policy(policy, group), method=settings.match, layer=name
-                )
-                first_pairs = matching.pairs
-                costs = matching.costs if settings.pairing != "random" else np.zeros(len(first_pairs))
-            sharing = _Sharing(
-                pairs=np.asarray(first_pairs, dtype=np.int64).reshape(-1, 2),
-                costs=np.asarray(costs, dtype=np.float64),
-                rows=mtz.merge_pairs(rows[0], rows[1], first_pairs, op, layer=tag),
-                hessian=op.h_a + op.h_b,
-            )
-            for t in range(2, tasks):
-                if not len(sharing.pairs):
-                    break
-                if settings.pairing == "correlation":
-                    raise InputError("correlation pairing zips two models", hint="use mtz, l2 or random pairing")
-                sharing = _add_task(
-                    sharing, rows[t], hessians_t[t], replace(settings, pairing="l2") if isinstance(policy, FixedPairs) else settings,
-                    policy, rng, f"{name}, task {t}",
-                )
-            pairs, costs = sharing.pairs, sharing.costs
-            if not len(pairs):
-                pairs = np.zeros((0, tasks), dtype=np.int64)
+                ready = [current]
+                for other in groups[position]:
+                    if other != position and is_ready(other):
+                        data = layer_data(other)
+                        if data[3] > 0:
+                            ready.append(member(other, data[0], data[1], data[2], data[3], policy))
+                pairs, costs, merged_rows = _choose_pairs(ready, policy, group, settings, rng, pair_costs)
+                if len(ready) > 1 and len(pairs):
+                    _, costs = _merge_fixed(current, pairs, settings)
         k = pairs.shape[0]
         new_orders = []
         inter, specific_w, specific_b = [], [], []
@@ -457,7 +628,9 @@ def plan_layers(
             specific_b.append(_as_stored(biases[t][rest]) if rest.size and biases[t] is not None else None)
         shared_weight = shared_bias = None
         if k:
-            shared_weight, shared_bias = _rows_to_weights(first, reading, sharing.rows, shared_in, has_bias)
+            shared_weight, shared_bias = _rows_to_weights(first, reading, merged_rows, shared_in, has_bias)
+        if not is_head and deciding not in decided:
+            decided[deciding] = _Decided(pairs=pairs, order=tuple(new_orders))
         result.append(
             LayerZip(
                 index=position,
@@ -477,9 +650,4 @@ def plan_layers(
                 has_bias=has_bias,
             )
         )
-        orders = new_orders
-        shared_units = k
-        features = flatten_features(first)
-        if any(flatten_features(layer) != features for layer in group):
-            raise InputError(f"layers {[layer.node for layer in group]} flatten to different feature counts per channel")
     return result

@@ -349,18 +349,13 @@ def build_zipped_model(
             if node.name not in segment_nodes[t]:
                 copier.copy(node)
 
-    # The zipped segment.
-    blocks: list[list[_Block]] = []
-    first = zips[0]
-    for t, layer in enumerate(first.layers):
-        x = copiers[t].tensor(graphs[t].tensors()[layer.input])
-        blocks.append([_Block(x, layer.inputs, common=False)])
-    if all(b[0].tensor is blocks[0][0].tensor for b in blocks):
-        for b in blocks:
-            b[0].common = True
-
+    # The zipped segment. ``blocked[t][name]``: task t's tensor ``name`` (its original name) as
+    # channel blocks in the zipped order [shared ; specific] of the channels it carries.
+    blocked: list[dict[str, list[_Block]]] = [{} for _ in tasks]
     path_cache: dict[int, gs.Variable] = {}
+    add_cache: dict[tuple[int, int], gs.Variable] = {}
     for z in zips:
+        blocks = _input_blocks(z, graphs, copiers, blocked)
         attrs = [_layer_attrs(graphs[t], layer) for t, layer in enumerate(z.layers)]
         origin = ", ".join(f"{task}:{layer.node}" for task, layer in zip(tasks, z.layers))
         new_blocks: list[list[_Block]] = [[] for _ in tasks]
@@ -422,17 +417,37 @@ def build_zipped_model(
             new_blocks[t].append(_Block(out, count, common=False))
         if z.is_head:
             continue
-        # The path to the next layer, per block; a common block's path is built once.
+        # The path to the next layers, per block (a common block's once); a residual Add waits
+        # until both of its operands exist, then sums them block by block.
         for t, task in enumerate(tasks):
-            steps = z.layers[t].path
-            for block in new_blocks[t]:
-                key = id(block.tensor)
-                if key not in path_cache:
-                    owner = SHARED if block.common else task
-                    part = "shared" if block is new_blocks[t][0] and k else "specific"
-                    path_cache[key] = _apply_path(builder, graphs[t], steps, block.tensor, owner, z.tag, part)
-                block.tensor = path_cache[key]
-        blocks = new_blocks
+            layer = z.layers[t]
+            current = new_blocks[t]
+            name = layer.output
+            blocked[t][name] = current
+            for run, add in _path_runs(layer.path):
+                for block in current:
+                    key = id(block.tensor)
+                    if key not in path_cache:
+                        owner = SHARED if block.common else task
+                        part = "shared" if block is current[0] and k else "specific"
+                        path_cache[key] = _apply_path(builder, graphs[t], run, block.tensor, owner, z.tag, part)
+                    block.tensor = path_cache[key]
+                if run:
+                    name = _step_output(graphs[t], run[-1])
+                    blocked[t][name] = current
+                if add is None:
+                    break
+                add_node = next(n for n in graphs[t].nodes if n.name == add.node)
+                out_name = add_node.outputs[0].name
+                if out_name in blocked[t]:
+                    break  # summed already, from the other operand's side
+                operands = [i.name for i in add_node.inputs]
+                other = operands[1] if operands[0] == name else operands[0]
+                if other not in blocked[t]:
+                    break  # the other operand is built later; its layer's path does the Add
+                current = _add_blocks(builder, add_cache, task, z.tag, add, current, blocked[t][other], k)
+                name = out_name
+                blocked[t][name] = current
 
     outputs = []
     for t, graph in enumerate(graphs):
@@ -449,6 +464,76 @@ def build_zipped_model(
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=True)
     return model, builder.docs
+
+
+def _input_blocks(
+    z: LayerZip, graphs: Sequence[gs.Graph], copiers: Sequence[_TaskCopier], blocked: Sequence[dict[str, list[_Block]]]
+) -> list[list[_Block]]:
+    """Each task's input of a layer as channel blocks: the zipped channels it reads, or (first
+    layer) the pre-processed input as one block, common when every task has the same tensor."""
+    if z.layers[0].input in blocked[0]:
+        return [list(blocked[t][layer.input]) for t, layer in enumerate(z.layers)]
+    blocks = []
+    for t, layer in enumerate(z.layers):
+        x = copiers[t].tensor(graphs[t].tensors()[layer.input])
+        blocks.append([_Block(x, layer.inputs, common=False)])
+    if all(b[0].tensor is blocks[0][0].tensor for b in blocks):
+        for b in blocks:
+            b[0].common = True
+    return blocks
+
+
+def _path_runs(steps: Sequence[PathStep]) -> list[tuple[list[PathStep], PathStep | None]]:
+    """Split a path at its residual Adds: ``[(steps before Add, Add), ..., (last steps, None)]``."""
+    runs: list[tuple[list[PathStep], PathStep | None]] = []
+    run: list[PathStep] = []
+    for step in steps:
+        if step.effect == "residual":
+            runs.append((run, step))
+            run = []
+        else:
+            run.append(step)
+    runs.append((run, None))
+    return runs
+
+
+def _step_output(graph: gs.Graph, step: PathStep) -> str:
+    node = next(n for n in graph.nodes if n.name == step.node)
+    return node.outputs[0].name
+
+
+def _add_blocks(
+    builder: _Builder,
+    cache: dict[tuple[int, int], gs.Variable],
+    task: str,
+    tag: str,
+    step: PathStep,
+    left: list[_Block],
+    right: list[_Block],
+    shared: int,
+) -> list[_Block]:
+    """A residual Add, block by block (both operands carry the same channel group, in the same order)."""
+    if [b.units for b in left] != [b.units for b in right]:
+        raise ModelError(
+            f"internal error: the operands of residual Add {step.node} of task {task} have channel blocks "
+            f"{[b.units for b in left]} and {[b.units for b in right]}"
+        )
+    out = []
+    for i, (a, b) in enumerate(zip(left, right)):
+        common = a.common and b.common
+        part = "shared" if i == 0 and shared else "specific"
+        key = (id(a.tensor), id(b.tensor))
+        if common and key in cache:
+            out.append(_Block(cache[key], a.units, True))
+            continue
+        owner = SHARED if common else task
+        summed = builder.variable(f"{owner}/{tag}/{part}/add")
+        builder.node("Add", f"{owner}/{tag}/{part}/residual_Add", [a.tensor, b.tensor], [summed],
+                     doc=f"residual Add {step.node}, on the {part} channels")
+        if common:
+            cache[key] = summed
+        out.append(_Block(summed, a.units, common))
+    return out
 
 
 def _domains(models: Sequence[onnx.ModelProto], opset: int) -> list[onnx.OperatorSetIdProto]:
