@@ -165,6 +165,24 @@ def _accuracy(model: onnx.ModelProto, specs: Sequence[TaskSpec], data: Mapping[s
     return result
 
 
+def warn_if_loss_rose(history: Sequence[Mapping[str, Any]], lr: float) -> bool:
+    """Log a warning (and return True) when the mean total loss of the last 10% of the steps is
+    above that of the first 10% (at least 10 steps): the learning rate is then usually too high
+    (a ResNet whose BatchNorms were folded diverges at the LeNets' lr 0.01)."""
+    if len(history) < 10:
+        return False
+    count = max(1, len(history) // 10)
+    first = float(np.mean([h["total"] for h in history[:count]]))
+    last = float(np.mean([h["total"] for h in history[-count:]]))
+    if last <= first:
+        return False
+    logger.warning(
+        "fine-tuning made the loss worse (%.4g over the first 10%% of the steps, %.4g over the last): "
+        "the learning rate %g is probably too high for this model; try a tenth of it", first, last, lr,
+    )
+    return True
+
+
 def evaluate_tasks(
     model: onnx.ModelProto | str | os.PathLike[str],
     data: Mapping[str, TaskData],
@@ -332,6 +350,7 @@ def finetune(
                                 evaluate=evaluate_now if any(s.name in eval_data for s in specs) else None)
 
     tail = history[-max(1, len(history) // 10):]
+    warn_if_loss_rose(history, lr)
     record: dict[str, Any] = {
         "steps": int(steps),
         "lr": lr,
