@@ -8,7 +8,7 @@ from pathlib import Path
 
 from onnx_zip import model_io
 from onnx_zip.errors import InputError
-from onnx_zip.graph.align import Alignment, align_chains
+from onnx_zip.graph.align import Alignment, align_chains, match_depths
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers
 from onnx_zip.graph.layers import LayerChain
@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     if mapping is not None and not isinstance(mapping, (dict, list)):
         raise InputError(f"mapping {args.map}: expected an object or a list of lists")
     chains = [load_chain(path, fold_batchnorm=not args.no_fold_batchnorm) for path in args.models]
+    if mapping is None:
+        depths = [len(c.hidden) for c in chains]
+        chains = match_depths(chains)
+        if len(set(depths)) > 1 and not args.json:
+            print(f"different depths ({', '.join(map(str, depths))} hidden layers): the first {min(depths)} are zipped; "
+                  "a deeper model's next layer is its head here, and it and the layers after it stay task-specific")
     alignment = align_chains(chains, mapping=mapping)  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(alignment.to_dict(), indent=2))

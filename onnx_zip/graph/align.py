@@ -17,12 +17,15 @@ layers with a ``<-`` marker on each row that differs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.layers import Layer, LayerChain
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def _problem(row: Sequence[Layer | None], position: int) -> str | None:
         return "missing layer"
     first = row[0]
     assert first is not None
+    if all(layer is not None and layer.is_head for layer in row):
+        return None  # heads are never zipped: each keeps its own kind and kernel
     for layer in row[1:]:
         assert layer is not None
         if layer.is_head != first.is_head:
@@ -189,6 +194,55 @@ def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequ
         for i in range(max(len(h) for h in heads)):
             rows.append([h[i] if i < len(h) else None for h in heads])
     return rows
+
+
+def match_depths(chains: Sequence[LayerChain]) -> list[LayerChain]:
+    """Models of different depths (mtz-method §7): zip the first ``m`` hidden layers of every model,
+    ``m`` the fewest; in a deeper model the next layer becomes its head, so it and the layers after it
+    stay task-specific. Chains of one depth are returned as they are.
+
+    Raises:
+        ModelError: a deeper model with several heads, or whose layers after the cut read the zipped
+            layers other than through the new head (a skip connection across the cut).
+    """
+    counts = [len(chain.hidden) for chain in chains]
+    fewest = min(counts)
+    if len(set(counts)) == 1:
+        return list(chains)
+    result = []
+    for chain, count in zip(chains, counts):
+        if count == fewest:
+            result.append(chain)
+            continue
+        if len(chain.heads) != 1:
+            raise ModelError(
+                f"{chain.model} has {count} hidden layers (others {fewest}) and {len(chain.heads)} heads; "
+                "models of different depths are zipped when the deeper one has one head",
+                hint="pass an explicit mapping of node names (--map FILE.json)",
+            )
+        cut = chain.hidden[fewest]
+        zipped = {layer.node for layer in chain.hidden[:fewest]}
+        for layer in chain.layers[fewest + 1:]:
+            crossing = sorted(set(layer.sources) & zipped)
+            if crossing:
+                raise ModelError(
+                    f"{chain.model}: layer {layer.node!r} after the {fewest} zipped layers reads "
+                    f"{', '.join(crossing)} directly (a skip connection across the cut at {cut.node!r})",
+                    hint="zip models of one depth, or whose extra layers follow one another",
+                )
+        for group in chain.channel_groups:
+            if set(group) & zipped and set(group) - zipped:
+                raise ModelError(
+                    f"{chain.model}: a residual Add ties zipped layers to layers after the cut at {cut.node!r} "
+                    f"({', '.join(group)})",
+                    hint="zip models of one depth",
+                )
+        logger.info(
+            "%s: %d hidden layers (others %d): zipping the first %d; %s and the layers after it stay task-specific",
+            chain.model, count, fewest, fewest, cut.node,
+        )
+        result.append(chain.truncated(fewest))
+    return result
 
 
 def align_chains(

@@ -168,6 +168,25 @@ class LayerChain:
                 return layer
         raise KeyError(node)
 
+    def truncated(self, hidden: int) -> LayerChain:
+        """The chain zipped only up to its first ``hidden`` hidden layers (a deeper model zipped
+        with a shallower one): the next layer becomes the head (never zipped, so it and every layer
+        after it stay task-specific, copied as they are)."""
+        from dataclasses import replace  # noqa: PLC0415
+
+        layers = self.layers[: hidden + 1]
+        cut = replace(layers[-1], is_head=True, path=())
+        kept = {layer.node for layer in layers[:-1]}
+        groups = [(g, n, o) for g, n, o in zip(self.channel_groups, self.group_nodes or ((),) * len(self.channel_groups),
+                                              self.group_ops or ((),) * len(self.channel_groups)) if set(g) & kept]
+        return replace(
+            self,
+            layers=(*layers[:-1], cut),
+            channel_groups=tuple(g for g, _, _ in groups),
+            group_nodes=tuple(n for _, n, _ in groups),
+            group_ops=tuple(o for _, _, o in groups),
+        )
+
     def group_of(self, node: str) -> tuple[str, ...]:
         """The layers whose channels are tied to ``node``'s (its channel group, or just itself)."""
         for group in self.channel_groups:

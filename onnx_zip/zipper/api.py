@@ -28,7 +28,7 @@ from onnx_zip import mtz
 from onnx_zip.calibrate import calibrate
 from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
 from onnx_zip.errors import InputError
-from onnx_zip.graph.align import align_chains
+from onnx_zip.graph.align import align_chains, match_depths
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers, require_supported_chain
 from onnx_zip.graph.layers import Layer, LayerChain
@@ -211,6 +211,9 @@ def prepare_job(
             check_writable(path)
     prepared = [prepare_model(m, t, fold_batchnorm=fold_batchnorm) for m, t in zip(models, tasks)]
     opset = _common_opset(prepared)
+    if mapping is None:
+        for p, chain in zip(prepared, match_depths([p.chain for p in prepared])):
+            p.chain = chain
     alignment = align_chains([p.chain for p in prepared], mapping=mapping)
     aligned: list[tuple[Layer, ...]] = [
         tuple(p.chain.by_node(node) for p, node in zip(prepared, row.nodes)) for row in alignment.layers
