@@ -1,4 +1,4 @@
-"""Models of different depths (mtz-method §7): the first ``m`` hidden layers are zipped (``m`` the
+"""Models of different depths and image sizes (mtz-method §7): the first ``m`` hidden layers are zipped (``m`` the
 fewest); a deeper model's next layer becomes its head, so it and every layer after it stay
 task-specific."""
 
@@ -91,3 +91,16 @@ def test_align_says_which_layers_are_zipped(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "different depths (2, 3 hidden layers): the first 2 are zipped" in done.stdout
     assert "fc2 7<-8" in done.stdout and "head" in done.stdout
+
+
+def test_convolutional_models_of_different_image_sizes_zip_with_separate_inputs():
+    a, b = builders.residual(seed=1, size=8), builders.residual(seed=2, size=12)
+    xa, xb = builders.random_inputs(a, 30, seed=3), builders.random_inputs(b, 30, seed=4)
+    with pytest.raises(Exception, match="separate-inputs"):
+        zip_models([a, b], [xa, xb], share=0.0)
+    result = zip_models([a, b], [xa, xb], share=0.0, separate_inputs=True)
+    out = run_model(result.model, {"a/x": xa["x"], "b/x": xb["x"]})
+    np.testing.assert_allclose(out[0], run_model(a, xa)[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out[1], run_model(b, xb)[0], rtol=0, atol=1e-6)
+    half = zip_models([a, b], [xa, xb], share=0.5, separate_inputs=True)
+    assert [layer["shared"] for layer in half.report["layers"]] == [2, 2, 2]
