@@ -43,7 +43,9 @@ def test_written_models_run_in_the_other_runtime(tmp_path: Path):
     zipped = zip_models([a, b], calib, tmp_path / "zipped.onnx", share=0.5).model
     model_io.save_model(extract_task(zipped, "a"), tmp_path / "extracted.onnx")
     model_io.save_model(builders.mlp([4, 5, 3], opset=13), tmp_path / "converted.onnx")
-    paths = [tmp_path / "zipped.onnx", tmp_path / "extracted.onnx", tmp_path / "converted.onnx"]
+    r = [builders.residual(seed=s) for s in (1, 2, 3)]
+    zip_models(r, [builders.random_inputs(r[0], 32, seed=s) for s in (1, 2, 3)], tmp_path / "residual3.onnx", share=0.5)
+    paths = [tmp_path / name for name in ("zipped.onnx", "extracted.onnx", "converted.onnx", "residual3.onnx")]
     expected = {}
     for path in paths:
         model = onnx.load(str(path))
