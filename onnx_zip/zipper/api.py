@@ -283,7 +283,7 @@ def build_model(job: ZipJob, models: Sequence[onnx.ModelProto], zips: Sequence[L
     for node in model.graph.node:
         if node.name in docs:
             node.doc_string = docs[node.name]
-    meta = provenance(job.tasks, job.sources, job.record, zips)
+    meta = provenance(job.tasks, job.sources, job.record, zips, job.prepared[0].chain)
     write_metadata(model, meta)
     model.producer_name = "onnx-zip"
     model.producer_version = meta["version"]

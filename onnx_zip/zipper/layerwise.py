@@ -158,6 +158,6 @@ def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
 def build_model_metadata(job: ZipJob, model: onnx.ModelProto, zips: Sequence[LayerZip]) -> onnx.ModelProto:
     """Refresh the provenance metadata of a fine-tuned joint model (original pair indices, settings)."""
     meta = read_metadata(model)
-    meta.update(provenance(job.tasks, job.sources, job.record, zips))
+    meta.update(provenance(job.tasks, job.sources, job.record, zips, job.prepared[0].chain))
     write_metadata(model, meta)
     return model

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from onnx_zip._version import __version__
+from onnx_zip.graph.layers import LayerChain
 from onnx_zip.zipper.plan import LayerZip
 
 METADATA_PREFIX = "onnx_zip."
@@ -98,9 +99,11 @@ def provenance(
     sources: Sequence[Mapping[str, str]],
     settings: Mapping[str, Any],
     zips: Sequence[LayerZip],
+    chain: LayerChain | None = None,
 ) -> dict[str, Any]:
-    """What the zipped model's metadata records: tool version, sources, settings, shared counts."""
-    return {
+    """What the zipped model's metadata records: tool version, sources, settings, shared counts, and
+    (given task 0's ``chain``) the layers residual Adds tie together."""
+    record = {
         "version": __version__,
         "tasks": list(tasks),
         "sources": {task: dict(src) for task, src in zip(tasks, sources)},
@@ -111,3 +114,13 @@ def provenance(
             if not z.is_head
         ],
     }
+    groups = residual_groups(chain, zips) if chain is not None else []
+    if groups:
+        record["residual_groups"] = groups
+    return record
+
+
+def residual_groups(chain: LayerChain, zips: Sequence[LayerZip]) -> list[list[str]]:
+    """The zipped layers that residual Adds tie together (sharing one pairing), by tag."""
+    tag_of = {z.layers[0].node: z.tag for z in zips if not z.is_head}
+    return [[tag_of[n] for n in group if n in tag_of] for group in chain.channel_groups if any(n in tag_of for n in group)]
