@@ -69,7 +69,6 @@ def test_kernel_must_match() -> None:
     b = chain(b_model, "b")
     conv1 = b.layers[1]
     from dataclasses import replace
-    from onnx_zip.graph.layers import ConvGeometry
     b = replace(b, layers=(b.layers[0], replace(conv1, conv=replace(conv1.conv, kernel_shape=(5, 5))), *b.layers[2:]))
     with pytest.raises(ModelError, match="position 1: kernel differs"):
         align_chains([a, b])

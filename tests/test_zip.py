@@ -235,7 +235,7 @@ def test_params_file_size_metadata_and_extract(tmp_path):
     a, b = builders.cnn(seed=1), builders.cnn(seed=2)
     calib = [builders.random_inputs(a, 200, seed=1), builders.random_inputs(b, 200, seed=2)]
     out = tmp_path / "z.onnx"
-    result = zip_models([a, b], calib, out, names=["left", "right"], share=0.5, report_path=tmp_path / "r.json")
+    zip_models([a, b], calib, out, names=["left", "right"], share=0.5, report_path=tmp_path / "r.json")
     report = json.loads((tmp_path / "r.json").read_text())
     saved = tmp_path / "z.onnx"
     model = onnx.load(str(saved))

@@ -34,14 +34,12 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from onnx_zip import runtime
-from onnx_zip.data import model_inputs
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.evaluate import count_correct
 from onnx_zip.finetune.artifacts import float_initializers, preflight, resolve_freeze, training_artifacts

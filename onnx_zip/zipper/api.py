@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from onnx_zip.graph.discover import discover_layers, require_supported_chain
 from onnx_zip.graph.layers import Layer, LayerChain
 from onnx_zip.model_io import atomic_write_bytes, check_writable, convert_opset, default_opset, load_model, save_model, sha256_file, stamp_versions
 from onnx_zip.zipper.correlation import correlation_costs
-from onnx_zip.zipper.plan import LayerZip, ZipSettings, channel_group_positions, layers_to_calibrate, plan_layers
+from onnx_zip.zipper.plan import LayerZip, ZipSettings, layers_to_calibrate, plan_layers
+from onnx_zip.zipper.structure import channel_group_positions
 from onnx_zip.zipper.report import layer_records, params_record, provenance, write_metadata
 from onnx_zip.zipper.rewrite import build_zipped_model, check_task_names, inputs_match
 

@@ -31,6 +31,8 @@ import numpy as np
 from onnx_zip import mtz
 from onnx_zip.errors import InputError
 from onnx_zip.graph.layers import Layer, LayerChain, neuron_weights
+from onnx_zip.zipper.pairing import Member, choose_pairs, merge_fixed
+from onnx_zip.zipper.structure import channel_group_positions, source_position
 
 logger = logging.getLogger(__name__)
 
@@ -235,157 +237,8 @@ def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer])
     return mtz.share_count(policy, group[0].neurons, fewest, layer=group[0].node) == 0
 
 
-def _first_policy(policy: mtz.SharePolicy, group: Sequence[Layer]) -> mtz.SharePolicy:
-    """The policy of the first two tasks: with more tasks, a count/fraction of the smallest layer."""
-    if len(group) == 2 or isinstance(policy, mtz.ShareThreshold):
-        return policy
-    fewest = min(layer.neurons for layer in group)
-    return mtz.ShareCount(mtz.share_count(policy, fewest, fewest, layer=group[0].node))
-
-
 def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
     return None if x is None else np.ascontiguousarray(x, dtype=np.float32)
-
-
-@dataclass
-class _Member:
-    """One hidden layer prepared for pairing: its neurons over its shared inputs, in every task.
-
-    Attributes:
-        position: Aligned position.
-        name: ``<tag> (<node>)`` for messages.
-        rows: Per task ``(N_t, D)`` (dense / patch reading) or ``(N_t, P, C+1)`` (per-channel).
-        hessians: Per task ``(D, D)``, undamped (identities for the averaging pairings).
-        op01: The pair operator of tasks 0 and 1.
-    """
-
-    position: int
-    name: str
-    rows: list[np.ndarray]
-    hessians: list[np.ndarray]
-    op01: mtz.PairOperator
-
-
-@dataclass
-class _Merged:
-    """A member's shared neurons while tasks are added: merged rows and the joint Hessian ``Σ_t H_t``."""
-
-    rows: np.ndarray
-    joint: np.ndarray
-
-
-def _pair_costs(a: np.ndarray, b: np.ndarray, op: mtz.PairOperator) -> np.ndarray:
-    """Costs of given row pairs ``a[i]``–``b[i]`` ``(k,)``: ``½ Σ_p Δᵀ M Δ``."""
-    size = op.m.shape[0]
-    diff = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).reshape(-1, size)
-    q = np.einsum("ij,ij->i", diff @ op.m, diff).reshape(a.shape[0], -1).sum(axis=1)
-    return 0.5 * np.maximum(q, 0.0)
-
-
-def _task_operator(member: _Member, merged: _Merged, task: int, settings: ZipSettings) -> mtz.PairOperator:
-    """The operator of the joint model (``Σ`` of the tasks added so far) and task ``task``."""
-    hessian = member.hessians[task]
-    if settings.pairing == "mtz":
-        hessian = mtz.damp(hessian, settings.damping, layer=member.name)
-    return mtz.pair_operator(merged.joint, hessian, layer=f"{member.name}, task {task}")
-
-
-def _merge_fixed(member: _Member, pairs: np.ndarray, settings: ZipSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Merged rows ``(k, ...)`` and summed costs ``(k,)`` of a member for pairs already chosen ``(k, T)``.
-
-    Tasks 0 and 1 are merged with their operator, then each further task with the joint Hessian
-    ``Σ_t H_t`` of the tasks before it: the merged vector is ``(Σ_t H_t)⁻¹ Σ_t H_t w_t``.
-    """
-    op = member.op01
-    rows = mtz.merge_pairs(member.rows[0], member.rows[1], pairs[:, :2], op, layer=member.name)
-    costs = _pair_costs(member.rows[0][pairs[:, 0]], member.rows[1][pairs[:, 1]], op)
-    merged = _Merged(rows, op.h_a + op.h_b)
-    index = np.arange(len(pairs))
-    for t in range(2, len(member.rows)):
-        op_t = _task_operator(member, merged, t, settings)
-        costs = costs + _pair_costs(merged.rows, member.rows[t][pairs[:, t]], op_t)
-        rows = mtz.merge_pairs(merged.rows, member.rows[t], np.stack([index, pairs[:, t]], axis=1), op_t, layer=member.name)
-        merged = _Merged(rows, op_t.h_a + op_t.h_b)
-    return merged.rows, costs
-
-
-def _choose_pairs(
-    members: Sequence[_Member],
-    policy: mtz.SharePolicy,
-    group: Sequence[Layer],
-    settings: ZipSettings,
-    rng: np.random.Generator,
-    pair_costs: Mapping[int, np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Choose the shared neurons of a channel group from the costs of its members, summed.
-
-    A plain layer is a group of one. Tasks 0 and 1 are paired by the policy; each further task's
-    neurons are matched to the shared neurons (mtz-method §7): ``min(k, N_t)`` pairs, so every
-    shared neuron gets a partner while the task has enough neurons; unmatched shared neurons, and
-    for a ``max_cost`` policy those whose summed cost exceeds it, stop being shared.
-
-    Args:
-        members: The group's layers whose inputs are known, the deciding layer first.
-        policy: The deciding layer's share policy.
-        group: The deciding layer in every task.
-
-    Returns:
-        Pairs ``(k, T)`` (shared-neuron order), summed costs ``(k,)``, and the deciding layer's
-        merged rows ``(k, ...)``.
-    """
-    first = members[0]
-    name = first.name
-    if settings.pairing == "random":
-        table = rng.random((first.rows[0].shape[0], first.rows[1].shape[0]))
-    elif settings.pairing == "correlation":
-        known = [m for m in members if pair_costs is not None and m.position in pair_costs]
-        if not known or known[0] is not first:
-            raise InputError(f"layer {name}: correlation pairing needs its activation correlations")
-        table = np.asarray(pair_costs[first.position], dtype=np.float64)  # type: ignore[index]
-        for m in known[1:]:
-            table = table + np.asarray(pair_costs[m.position], dtype=np.float64)  # type: ignore[index]
-    else:
-        table = mtz.cost_matrix(first.rows[0], first.rows[1], first.op01, layer=name.split(" (")[0])
-        for m in members[1:]:
-            table = table + mtz.cost_matrix(m.rows[0], m.rows[1], m.op01, layer=m.name)
-    matching = mtz.select_pairs(table, _first_policy(policy, group), method=settings.match, layer=name)
-    pairs = np.asarray(matching.pairs, dtype=np.int64).reshape(-1, 2)
-    costs = matching.costs if settings.pairing != "random" else np.zeros(len(pairs))
-    costs = np.asarray(costs, dtype=np.float64)
-    states = [
-        _Merged(mtz.merge_pairs(m.rows[0], m.rows[1], pairs, m.op01, layer=m.name), m.op01.h_a + m.op01.h_b)
-        for m in members
-    ]
-    for t in range(2, len(first.rows)):
-        if not len(pairs):
-            break
-        if settings.pairing == "correlation":
-            raise InputError("correlation pairing zips two models", hint="use mtz, l2 or random pairing")
-        k, n_t = len(pairs), first.rows[t].shape[0]
-        ops = [_task_operator(m, state, t, settings) for m, state in zip(members, states)]
-        if settings.pairing == "random":
-            table = rng.random((k, n_t))
-        else:
-            table = mtz.cost_matrix(states[0].rows, first.rows[t], ops[0], layer=name)
-            for m, state, op in zip(members[1:], states[1:], ops[1:]):
-                table = table + mtz.cost_matrix(state.rows, m.rows[t], op, layer=m.name)
-        matching = mtz.select_pairs(table, mtz.ShareCount(min(k, n_t)), method=settings.match, layer=f"{name}, task {t}")
-        keep = np.argsort(matching.pairs[:, 0], kind="stable")
-        shared_index, partner = matching.pairs[keep, 0], matching.pairs[keep, 1]
-        added = matching.costs[keep] if settings.pairing != "random" else np.zeros(len(keep))
-        if isinstance(policy, mtz.ShareThreshold):
-            within = costs[shared_index] + added <= policy.epsilon
-            shared_index, partner, added = shared_index[within], partner[within], added[within]
-        link = np.stack([shared_index, partner], axis=1)
-        states = [
-            _Merged(mtz.merge_pairs(state.rows, m.rows[t], link, op, layer=m.name), op.h_a + op.h_b)
-            for m, state, op in zip(members, states, ops)
-        ]
-        pairs = np.concatenate([pairs[shared_index], partner[:, None]], axis=1)
-        costs = costs[shared_index] + added
-    if len(pairs) == 0:
-        pairs = np.zeros((0, len(first.rows)), dtype=np.int64)
-    return pairs, costs, states[0].rows
 
 
 @dataclass
@@ -394,46 +247,6 @@ class _Decided:
 
     pairs: np.ndarray
     order: tuple[np.ndarray, ...]
-
-
-def channel_group_positions(chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]]) -> dict[int, tuple[int, ...]]:
-    """Aligned position → the positions of its channel group (itself for a layer outside any group).
-
-    Raises:
-        InputError: the models' residual structure differs (groups or sources at other positions).
-    """
-    tasks = len(chains)
-    position_of = [{group[t].node: p for p, group in enumerate(aligned)} for t in range(tasks)]
-    result: dict[int, tuple[int, ...]] = {}
-    for position, group in enumerate(aligned):
-        per_task = []
-        for t, layer in enumerate(group):
-            members = chains[t].group_of(layer.node)
-            per_task.append(tuple(sorted(position_of[t][m] for m in members if m in position_of[t])))
-            sources = tuple(sorted(position_of[t][s] for s in layer.sources if s in position_of[t]))
-            first_sources = tuple(sorted(position_of[0][s] for s in group[0].sources if s in position_of[0]))
-            if sources != first_sources:
-                raise InputError(
-                    f"layer {layer.node} of task {t} reads other layers ({', '.join(layer.sources) or 'the input'}) "
-                    f"than {group[0].node} of task 0 ({', '.join(group[0].sources) or 'the input'})",
-                    hint="zip models of one architecture (see `onnx-zip align`)",
-                )
-        if any(members != per_task[0] for members in per_task[1:]):
-            raise InputError(
-                f"the residual Adds tie different layers in the models at {', '.join(layer.node for layer in group)}",
-                hint="zip models of one architecture (see `onnx-zip align`)",
-            )
-        result[position] = per_task[0]
-    return result
-
-
-def source_position(group: Sequence[Layer], aligned: Sequence[Sequence[Layer]]) -> int | None:
-    """The first aligned position whose channels a position reads (None: the graph input)."""
-    nodes = set(group[0].sources)
-    for position, other in enumerate(aligned):
-        if other[0].node in nodes:
-            return position
-    return None
 
 
 def layers_to_calibrate(
@@ -492,7 +305,7 @@ def plan_layers(
     rng = np.random.default_rng(settings.seed)
     decided: dict[int, _Decided] = {}  # by the group's first position
     inputs: dict[int, tuple[list[np.ndarray], int]] = {}  # position → (input index per task, S)
-    members: dict[int, _Member] = {}
+    members: dict[int, Member] = {}
 
     def input_order(position: int) -> tuple[list[np.ndarray], int]:
         """Per task the original input feature of each new input position, and the shared count S."""
@@ -523,7 +336,7 @@ def plan_layers(
         source = source_position(aligned[position], aligned)
         return source is None or groups[source][0] in decided
 
-    def member(position: int, weights, w_new, biases, shared_in: int, policy) -> _Member:
+    def member(position: int, weights, w_new, biases, shared_in: int, policy) -> Member:
         if position in members:
             return members[position]
         group = tuple(aligned[position])
@@ -546,7 +359,7 @@ def plan_layers(
             op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
         else:
             op = _pair_operator(settings, hessians_t[0], hessians_t[1], name if settings.pairing == "mtz" else tag)
-        members[position] = _Member(position, name, rows, hessians_t, op)
+        members[position] = Member(position, name, rows, hessians_t, op)
         return members[position]
 
     def layer_data(position: int):
@@ -589,7 +402,7 @@ def plan_layers(
                 )
             if len(pairs):
                 m = member(position, weights, w_new, biases, shared_in, policy)
-                merged_rows, costs = _merge_fixed(m, pairs, settings if not isinstance(policy, FixedPairs) else replace(settings, pairing="l2"))
+                merged_rows, costs = merge_fixed(m, pairs, settings if not isinstance(policy, FixedPairs) else replace(settings, pairing="l2"))
                 if isinstance(policy, FixedPairs):
                     costs = np.zeros(len(pairs))
             else:
@@ -604,7 +417,7 @@ def plan_layers(
             current = member(position, weights, w_new, biases, shared_in, policy)
             if isinstance(policy, FixedPairs):
                 pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
-                merged_rows, _ = _merge_fixed(current, pairs, replace(settings, pairing="l2"))
+                merged_rows, _ = merge_fixed(current, pairs, replace(settings, pairing="l2"))
                 costs = np.zeros(len(pairs))
             else:
                 ready = [current]
@@ -613,9 +426,9 @@ def plan_layers(
                         data = layer_data(other)
                         if data[3] > 0:
                             ready.append(member(other, data[0], data[1], data[2], data[3], policy))
-                pairs, costs, merged_rows = _choose_pairs(ready, policy, group, settings, rng, pair_costs)
+                pairs, costs, merged_rows = choose_pairs(ready, policy, group, settings, rng, pair_costs)
                 if len(ready) > 1 and len(pairs):
-                    _, costs = _merge_fixed(current, pairs, settings)
+                    _, costs = merge_fixed(current, pairs, settings)
         k = pairs.shape[0]
         new_orders = []
         inter, specific_w, specific_b = [], [], []
