@@ -127,3 +127,14 @@ def test_channel_concat_and_the_layerwise_loop_are_refused_with_the_nodes_named(
     calib = builders.random_inputs(a, 20)
     with pytest.raises(InputError, match="residual Adds"):
         zip_layerwise([a, a], [calib, calib], {"a": {}, "b": {}})
+
+
+def test_three_residual_models_give_identical_bytes_twice(tmp_path):
+    models = [canonicalize(builders.residual(seed=s, channels=6)) for s in (1, 2, 3)]
+    calib = [builders.random_inputs(models[0], 60, seed=s) for s in (1, 2, 3)]
+    for name in ("1.onnx", "2.onnx"):
+        zip_models(models, calib, tmp_path / name, share=0.5, seed=3)
+    assert (tmp_path / "1.onnx").read_bytes() == (tmp_path / "2.onnx").read_bytes()
+    for name in ("r1.onnx", "r2.onnx"):
+        zip_models(models, None, tmp_path / name, share=0.5, pairing="random", seed=4)
+    assert (tmp_path / "r1.onnx").read_bytes() == (tmp_path / "r2.onnx").read_bytes()
