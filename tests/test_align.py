@@ -58,9 +58,11 @@ def test_mismatch_diff_table() -> None:
     assert "missing layer" in text
 
 
-def test_first_layer_input_size_must_match() -> None:
+def test_first_conv_input_channels_must_match_but_a_dense_input_may_be_narrower() -> None:
     with pytest.raises(ModelError, match="input size differs"):
-        align_chains([chain(builders.mlp([8, 6, 3]), "a"), chain(builders.mlp([9, 6, 3]), "b")])
+        align_chains([chain(builders.cnn(in_channels=1), "a"), chain(builders.cnn(in_channels=3), "b")])
+    alignment = align_chains([chain(builders.mlp([8, 6, 3]), "a"), chain(builders.mlp([9, 6, 3]), "b")])
+    assert alignment.layers[0].inputs == (8, 9)
 
 
 def test_kernel_must_match() -> None:

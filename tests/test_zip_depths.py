@@ -1,4 +1,4 @@
-"""Models of different depths and image sizes (mtz-method §7): the first ``m`` hidden layers are zipped (``m`` the
+"""Models of different depths, image sizes and input widths (mtz-method §7): the first ``m`` hidden layers are zipped (``m`` the
 fewest); a deeper model's next layer becomes its head, so it and every layer after it stay
 task-specific."""
 
@@ -104,3 +104,43 @@ def test_convolutional_models_of_different_image_sizes_zip_with_separate_inputs(
     np.testing.assert_allclose(out[1], run_model(b, xb)[0], rtol=0, atol=1e-6)
     half = zip_models([a, b], [xa, xb], share=0.5, separate_inputs=True)
     assert [layer["shared"] for layer in half.report["layers"]] == [2, 2, 2]
+
+
+def test_a_narrower_dense_input_gets_fictive_zero_weights_and_a_permuted_equivalent_is_recovered():
+    a = builders.mlp([6, 10, 8, 3], seed=1)
+    w = initializers(a)
+    rng = np.random.default_rng(2)
+    p0, p1 = rng.permutation(10), rng.permutation(8)
+    b = with_initializers(builders.mlp([4, 10, 8, 3], seed=5), {  # a without its last two input features
+        "fc0.weight": w["fc0.weight"][p0][:, :4], "fc0.bias": w["fc0.bias"][p0],
+        "fc1.weight": w["fc1.weight"][p1][:, p0], "fc1.bias": w["fc1.bias"][p1],
+        "fc2.weight": w["fc2.weight"][:, p1], "fc2.bias": w["fc2.bias"],
+    })
+    xa = builders.random_inputs(a, 300, seed=1)
+    xa["x"][:, 4:] = 0.0  # a's extra features never vary: b computes the same function
+    xb = {"x": np.ascontiguousarray(xa["x"][:, :4])}
+    with pytest.raises(Exception, match="separate-inputs"):
+        zip_models([a, b], [xa, xb], share=1.0)
+    result = zip_models([a, b], [xa, xb], share=1.0, separate_inputs=True)
+    for layer, perm in zip(result.report["layers"], (p0, p1)):
+        pairs = np.array(layer["pairs"])
+        np.testing.assert_array_equal(perm[pairs[:, 1]], pairs[:, 0])
+    test = builders.random_inputs(a, 30, seed=7)
+    test["x"][:, 4:] = 0.0
+    (y,) = run_model(a, test)
+    got = run_model(result.model, {"a/x": test["x"], "b/x": np.ascontiguousarray(test["x"][:, :4])})
+    np.testing.assert_allclose(got[0], y, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[1], y, rtol=0, atol=1e-5)
+    assert any(n.op_type == "Slice" and n.name == "b/layer1_dense/shared_weight_Slice" for n in result.model.graph.node)
+    # At 0% each model is reproduced whatever its extra features hold.
+    full = builders.random_inputs(a, 20, seed=8)
+    zero = zip_models([a, b], [xa, xb], share=0.0, separate_inputs=True)
+    out = run_model(zero.model, {"a/x": full["x"], "b/x": np.ascontiguousarray(full["x"][:, :4])})
+    np.testing.assert_allclose(out[0], run_model(a, full)[0], rtol=0, atol=1e-6)
+
+
+def test_first_convs_with_different_input_channels_are_refused():
+    a = builders.cnn(seed=1, in_channels=1)
+    b = builders.cnn(seed=2, in_channels=3)
+    with pytest.raises(ModelError, match="input size differs"):
+        zip_models([a, b], None, pairing="l2", separate_inputs=True)

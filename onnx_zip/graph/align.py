@@ -3,8 +3,9 @@
 Layers of two or more :class:`~onnx_zip.graph.layers.LayerChain` are paired in order: the
 k-th hidden layer of every model together, then the k-th head of every model. A position
 aligns when all its layers have the same ``kind`` (conv/dense) and the same kernel shape,
-and, for the first layer, the same input size (the models read the same input domain).
-Neuron counts may differ from the second layer on (MTZ zips N_A with N_B neurons).
+and, for a first conv layer, the same input channels (a narrower first dense layer gets fictive
+zero weights for the missing features). Neuron counts may differ (MTZ zips N_A with N_B neurons).
+Heads are never zipped and may differ in kind.
 
 An explicit ``mapping`` of node names overrides the positional pairing: a dict
 ``{"a_node": "b_node"}`` for two models, or a list of lists (one node per model, in model
@@ -118,8 +119,8 @@ def _problem(row: Sequence[Layer | None], position: int) -> str | None:
             return "kind differs"
         if layer.kernel_shape != first.kernel_shape:
             return "kernel differs"
-    if position == 0 and len({layer.inputs for layer in row if layer is not None}) > 1:
-        return "input size differs"
+    if position == 0 and first.kind != "dense" and len({layer.inputs for layer in row if layer is not None}) > 1:
+        return "input size differs"  # a dense first layer may be narrower: fictive zero weights
     return None
 
 

@@ -185,6 +185,28 @@ def _weights(layer: Layer, tensors: Mapping[str, np.ndarray], has_bias: bool) ->
     return w, b
 
 
+def _fictive_inputs(w: np.ndarray, width: int) -> np.ndarray:
+    """``w`` ``(N, d, *kernel)`` with zero weights for inputs ``d..width-1`` (a narrower first dense
+    layer zipped with a wider one, mtz-method §7); ``w`` itself when ``d = width``."""
+    if w.shape[1] >= width:
+        return w
+    pad = np.zeros((w.shape[0], width - w.shape[1], *w.shape[2:]), dtype=w.dtype)
+    return np.concatenate([w, pad], axis=1)
+
+
+def _fictive_hessian(h: np.ndarray, width: int, has_bias: bool) -> np.ndarray:
+    """A dense Hessian over ``d`` inputs (+ bias last) embedded into ``width`` inputs: the fictive
+    inputs never vary (zero rows and columns); the bias row stays last."""
+    d = h.shape[0] - (1 if has_bias else 0)
+    if d >= width:
+        return h
+    size = width + (1 if has_bias else 0)
+    index = np.concatenate([np.arange(d), [width]]) if has_bias else np.arange(d)
+    out = np.zeros((size, size))
+    out[np.ix_(index, index)] = h
+    return out
+
+
 def _vectors(
     layer: Layer, reading: Reading | None, w_shared: np.ndarray, b: np.ndarray | None
 ) -> np.ndarray:
@@ -317,13 +339,14 @@ def plan_layers(
         if any(layer.source_features != features for layer in group):
             raise InputError(f"layers {[layer.node for layer in group]} read their inputs flattened to different feature counts")
         if source is None:
-            shared_in = group[0].inputs
-            if any(layer.inputs != shared_in for layer in group):
+            shared_in = max(layer.inputs for layer in group)
+            if any(layer.inputs != shared_in for layer in group) and group[0].kind != "dense":
                 raise InputError(
-                    f"first layers {[layer.node for layer in group]} read inputs of different sizes "
+                    f"first layers {[layer.node for layer in group]} read inputs of different channel counts "
                     f"{[layer.inputs for layer in group]}",
-                    hint="zip models with the same input",
+                    hint="zip convolutional models with the same input channels (dense first layers may differ)",
                 )
+            # A narrower dense input gets fictive zero weights for the missing features (mtz-method §7).
             index = [np.arange(layer.inputs) for layer in group]
         else:
             state = decided[groups[source][0]]
@@ -351,7 +374,10 @@ def plan_layers(
             hessians_t = [eye] * tasks
         else:
             hessians_t = [
-                _restricted_hessian(group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias)
+                _fictive_hessian(
+                    _restricted_hessian(group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias),
+                    shared_in, has_bias,
+                )
                 for t in range(tasks)
             ]
         name = f"{tag} ({first.node})"
@@ -373,7 +399,7 @@ def plan_layers(
                     f"layer {layer.node} of task {t}: {weights[t][0].shape[1]} inputs, "
                     f"but the previous layer gives {index[t].shape[0]}"
                 )
-        w_new = [w[:, index[t]] for t, (w, _) in enumerate(weights)]
+        w_new = [_fictive_inputs(w[:, index[t]], shared_in) for t, (w, _) in enumerate(weights)]
         biases = tuple(b for _, b in weights)
         return weights, w_new, biases, shared_in, has_bias
 
@@ -437,7 +463,8 @@ def plan_layers(
             rest = np.setdiff1d(np.arange(n), pairs[:, t], assume_unique=False)
             new_orders.append(np.concatenate([pairs[:, t], rest]).astype(np.int64))
             inter.append(_as_stored(w_new[t][pairs[:, t], shared_in:]) if k and w_new[t].shape[1] > shared_in else None)
-            specific_w.append(_as_stored(w_new[t][rest]) if rest.size else None)
+            own = w_new[t][:, : group[t].inputs] if source_position(group, aligned) is None else w_new[t]  # no fictive inputs
+            specific_w.append(_as_stored(own[rest]) if rest.size else None)
             specific_b.append(_as_stored(biases[t][rest]) if rest.size and biases[t] is not None else None)
         shared_weight = shared_bias = None
         if k:

@@ -377,9 +377,12 @@ def build_zipped_model(
                         )
                     core = core_common
                 else:
+                    weight = w_const
+                    if not z.layers[t].sources and s_block.units < z.shared_inputs:  # a narrower first dense input
+                        weight = _narrowed(builder, z.layers[t], w_const, s_block.units, task, z.tag)
                     core = _apply_layer(
                         builder, z.layers[t], attrs[t], s_block.tensor, z.shared_weight, None, task, z.tag, "shared", doc,
-                        weight_const=w_const, bias_const=b_const,
+                        weight_const=weight, bias_const=b_const,
                     )
                 common = common_input
                 if z.inter_weight[t] is not None:
@@ -464,6 +467,17 @@ def build_zipped_model(
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=True)
     return model, builder.docs
+
+
+def _narrowed(builder: _Builder, layer: Layer, weight: gs.Constant, width: int, task: str, tag: str) -> gs.Variable:
+    """The shared weight restricted to a narrower task's first ``width`` input features (``Slice``)."""
+    axis = 1 if layer.op_type == "Gemm" and layer.trans_b else 0
+    out = builder.variable(f"{task}/{tag}/shared_weight_narrowed")
+    ints = {"starts": 0, "ends": width, "axes": axis}
+    consts = [builder.constant(f"{task}/{tag}/shared_weight_{k}", np.array([v], dtype=np.int64)) for k, v in ints.items()]
+    builder.node("Slice", f"{task}/{tag}/shared_weight_Slice", [weight, *consts], [out],
+                 doc=f"the shared weights of {task}'s {width} input features (the rest are fictive zeros for it)")
+    return out
 
 
 def _input_blocks(
