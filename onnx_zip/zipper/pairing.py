@@ -129,7 +129,7 @@ def choose_pairs(
         for m in known[1:]:
             table = table + np.asarray(pair_costs[m.position], dtype=np.float64)  # type: ignore[index]
     else:
-        table = mtz.cost_matrix(first.rows[0], first.rows[1], first.op01, layer=name.split(" (")[0])
+        table = mtz.cost_matrix(first.rows[0], first.rows[1], first.op01, layer=name)
         for m in members[1:]:
             table = table + mtz.cost_matrix(m.rows[0], m.rows[1], m.op01, layer=m.name)
     matching = mtz.select_pairs(table, first_policy(policy, group), method=settings.match, layer=name)
