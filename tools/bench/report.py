@@ -234,7 +234,7 @@ def goals_section(results, rows) -> list[str]:
         ok = max(loss.values()) <= LOSS_TOL
         L.append(f"| LeNet-5 MNIST+Fashion, all hidden layers shared, ≤ {LOSS_TOL} points loss per task vs no-sharing after ≤ 600 steps | "
                  f"best MTZ row {r['method']}/{r['conv_hessian']} at {r['finetune_steps']} steps: loss "
-                 + ", ".join(f"{v:+.2f}" for v in loss.values()) + f" points ({r['seeds']} seeds) | "
+                 + ", ".join(f"{task} {v:+.2f}" for task, v in loss.items()) + f" points ({r['seeds']} seeds) | "
                  + (_fmt_goal(ok) if ok or any(x['finetune_steps'] == 600 for x in rows if x['pair_key'] == 'lenet5-mnist-fashion' and x['method'] in MTZ_ROWS and x['share'] == 1.0)
                     else "**not met so far** (the 600-step cells are still missing)") + " |")
     else:
