@@ -21,6 +21,7 @@ from onnx_zip.errors import InputError
 from onnx_zip.evaluate import evaluate_dataset
 from onnx_zip.model_io import save_model
 from onnx_zip.zipper.api import _initializers, build_model, layer_hessians, prepare_job
+from onnx_zip.zipper.pairing import group_share_count
 from onnx_zip.zipper.plan import plan_layers
 from onnx_zip.zipper.report import layer_records, params_record
 
@@ -115,7 +116,7 @@ def sweep(
     job = prepare_job(models, calibration, None, share=max(shares), **options)
     for share in shares:  # every level must give a valid count in every layer
         for i, group in enumerate(job.hidden):
-            mtz.share_count(mtz.ShareFraction(float(share)), group[0].neurons, min(g.neurons for g in group[1:]), layer=f"layer{i + 1}")
+            group_share_count(mtz.ShareFraction(float(share)), group, layer=f"layer{i + 1}")
     test = _bind_all(evaluation, job, "eval", eval_limit)
     train_data = _bind_all(train, job, "train", None) if finetune_steps else None
     from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415 - the zipped models' evaluation

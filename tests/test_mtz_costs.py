@@ -20,6 +20,7 @@ from onnx_zip.mtz import (
     merged_vectors,
     optimal_matching,
     pair_operator,
+    paired_costs,
     patch_rows_to_conv,
     rows_to_dense,
 )
@@ -122,6 +123,18 @@ def test_patch_reading_costs_and_merge_match_literal() -> None:
         mv = lit_merge(ra[i], rb[j], ha, hb)
         np.testing.assert_allclose(w[t].ravel(), mv[:-1], **TOL)
         np.testing.assert_allclose(b[t], mv[-1], **TOL)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (7, 4, 5)])
+def test_paired_costs_are_the_literal_costs_of_the_given_pairs(shape) -> None:
+    rng = np.random.default_rng(3)
+    d = shape[-1]
+    ha, hb = spd(rng, d), spd(rng, d)
+    a, b = rng.normal(size=shape), rng.normal(size=shape)
+    got = paired_costs(a, b, pair_operator(ha, hb))
+    np.testing.assert_allclose(got, np.diag(lit_costs(a, b, lit_m(ha, hb))), **TOL)
+    with pytest.raises(InputError, match="differ in shape"):
+        paired_costs(a, b[:3], pair_operator(ha, hb))
 
 
 def test_layout_roundtrips() -> None:

@@ -156,30 +156,34 @@ def test_mlp_permuted_copy_with_matmul_layout():
 # ----------------------------------------------------------------- independent transcription
 
 
-def _augment(x: np.ndarray) -> np.ndarray:
+def augment(x: np.ndarray) -> np.ndarray:
+    """``[x ; 1]`` rows: the input of a layer with a bias."""
     return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+
+
+def literal_greedy(costs: np.ndarray, k: int) -> list[tuple[int, int, float]]:
+    """Literal greedy: cheapest remaining pair first, each neuron used once, ties by index."""
+    entries = sorted((costs[i, j], i, j) for i in range(costs.shape[0]) for j in range(costs.shape[1]))
+    used_a, used_b, chosen = set(), set(), []
+    for cost, i, j in entries:
+        if len(chosen) == k:
+            break
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        chosen.append((i, j, cost))
+    return chosen
 
 
 def _reference_layer(wa, ba, wb, bb, ha, hb, k):
     """Literal §3–§4: per-pair costs with M = (H_A⁻¹ + H_B⁻¹)⁻¹, greedy, merged vectors."""
     va, vb = np.concatenate([wa, ba[:, None]], 1), np.concatenate([wb, bb[:, None]], 1)
     m = np.linalg.inv(np.linalg.inv(ha) + np.linalg.inv(hb))
-    entries = []
-    for i in range(len(va)):
-        for j in range(len(vb)):
-            diff = va[i] - vb[j]
-            entries.append((0.5 * diff @ m @ diff, i, j))
-    entries.sort()
-    used_a, used_b, pairs, costs = set(), set(), [], []
-    for cost, i, j in entries:
-        if len(pairs) == k:
-            break
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        pairs.append((i, j))
-        costs.append(cost)
+    table = np.array([[0.5 * (va[i] - vb[j]) @ m @ (va[i] - vb[j]) for j in range(len(vb))] for i in range(len(va))])
+    chosen = literal_greedy(table, k)
+    pairs = [(i, j) for i, j, _ in chosen]
+    costs = [c for _, _, c in chosen]
     merged = np.stack([np.linalg.solve(ha + hb, ha @ va[i] + hb @ vb[j]) for i, j in pairs])
     return np.array(pairs), np.array(costs), merged[:, :-1], merged[:, -1]
 
@@ -193,9 +197,9 @@ def test_mlp_with_different_calibration_data_matches_an_independent_numpy_transc
     w = [{k: v.astype(np.float64) for k, v in initializers(m).items()} for m in models]
     relu = lambda z: np.maximum(z, 0)  # noqa: E731
     # One-pass Hessians from the original models.
-    h0 = [_augment(x.astype(np.float64)) for x in xs]
+    h0 = [augment(x.astype(np.float64)) for x in xs]
     a1 = [relu(x.astype(np.float64) @ w[t]["fc0.weight"].T + w[t]["fc0.bias"]) for t, x in enumerate(xs)]
-    h1 = [_augment(a) for a in a1]
+    h1 = [augment(a) for a in a1]
     hess0 = [z.T @ z / len(z) for z in h0]
     hess1 = [z.T @ z / len(z) for z in h1]
     # Layer 1.

@@ -13,12 +13,12 @@ import pytest
 
 import builders
 from conftest import zoo_model
-from onnx_zip import runtime
 from onnx_zip.errors import InputError
+from onnx_zip.finetune import finetune
 from onnx_zip.zipper.api import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count
-from test_zip import initializers, permuted_cnn, permuted_mlp, run_model, with_initializers
+from test_zip import augment, initializers, literal_greedy, permuted_cnn, permuted_mlp, run_model, with_initializers
 
 # ----------------------------------------------------------------- exactness at 0% sharing
 
@@ -72,25 +72,6 @@ def test_cnn_zipped_with_two_permuted_copies_is_recovered_exactly(reading, match
 # ----------------------------------------------------------------- independent transcription
 
 
-def _augment(x: np.ndarray) -> np.ndarray:
-    return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-
-
-def _greedy(costs: np.ndarray, k: int) -> list[tuple[int, int, float]]:
-    """Literal greedy: cheapest remaining pair first, each neuron used once, ties by index."""
-    entries = sorted((costs[i, j], i, j) for i in range(costs.shape[0]) for j in range(costs.shape[1]))
-    used_a, used_b, chosen = set(), set(), []
-    for cost, i, j in entries:
-        if len(chosen) == k:
-            break
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
-        chosen.append((i, j, cost))
-    return chosen
-
-
 def _reference_layer(vectors: list[np.ndarray], hessians: list[np.ndarray], k: int):
     """§3–§4 and §7 literally: pair tasks 0 and 1, then add each further task to the shared neurons.
 
@@ -107,14 +88,14 @@ def _reference_layer(vectors: list[np.ndarray], hessians: list[np.ndarray], k: i
     def cost_table(rows_a, rows_b, m):
         return np.array([[0.5 * (u - v) @ m @ (u - v) for v in rows_b] for u in rows_a])
 
-    chosen = _greedy(cost_table(vectors[0], vectors[1], operator(hessians[0], hessians[1])), k)
+    chosen = literal_greedy(cost_table(vectors[0], vectors[1], operator(hessians[0], hessians[1])), k)
     pairs = [[i, j] for i, j, _ in chosen]
     costs = [c for _, _, c in chosen]
     merged = [np.linalg.solve(hessians[0] + hessians[1], hessians[0] @ vectors[0][i] + hessians[1] @ vectors[1][j]) for i, j, _ in chosen]
     joint = hessians[0] + hessians[1]
     for t in range(2, len(vectors)):
         table = cost_table(merged, vectors[t], operator(joint, hessians[t]))
-        step = sorted(_greedy(table, min(len(merged), len(vectors[t]))))
+        step = sorted(literal_greedy(table, min(len(merged), len(vectors[t]))))
         pairs = [pairs[i] + [j] for i, j, _ in step]
         costs = [costs[i] + c for i, _, c in step]
         merged = [np.linalg.solve(joint + hessians[t], joint @ merged[i] + hessians[t] @ vectors[t][j]) for i, j, _ in step]
@@ -132,12 +113,12 @@ def test_three_mlps_match_an_independent_numpy_transcription():
     relu = lambda z: np.maximum(z, 0)  # noqa: E731
     tasks = range(3)
     # Layer 1: every input shared.
-    hess0 = [_augment(x.astype(np.float64)).T @ _augment(x.astype(np.float64)) / len(x) for x in xs]
+    hess0 = [augment(x.astype(np.float64)).T @ augment(x.astype(np.float64)) / len(x) for x in xs]
     rows0 = [np.concatenate([w[t]["fc0.weight"], w[t]["fc0.bias"][:, None]], 1) for t in tasks]
     pairs0, costs0, merged0 = _reference_layer(rows0, hess0, ks[0])
     orders0 = [np.concatenate([pairs0[:, t], np.setdiff1d(np.arange(9), pairs0[:, t])]) for t in tasks]
     # Layer 2: Hessians of the original activations, restricted to the shared inputs (new order).
-    acts = [_augment(relu(x.astype(np.float64) @ w[t]["fc0.weight"].T + w[t]["fc0.bias"])) for t, x in enumerate(xs)]
+    acts = [augment(relu(x.astype(np.float64) @ w[t]["fc0.weight"].T + w[t]["fc0.bias"])) for t, x in enumerate(xs)]
     keep = [np.concatenate([orders0[t][: ks[0]], [9]]) for t in tasks]
     hess1 = [(acts[t].T @ acts[t] / len(acts[t]))[np.ix_(keep[t], keep[t])] for t in tasks]
     rows1 = [np.concatenate([w[t]["fc1.weight"][:, orders0[t][: ks[0]]], w[t]["fc1.bias"][:, None]], 1) for t in tasks]
@@ -287,10 +268,7 @@ def test_cli_zips_three_models_and_refuses_a_missing_calibration_set(tmp_path):
 # ----------------------------------------------------------------- fine-tuning three tasks
 
 
-@pytest.mark.skipif(not runtime.has_training(), reason="needs onnxruntime-training")
 def test_three_task_model_fine_tunes():
-    from onnx_zip.finetune import finetune
-
     models = [builders.mlp([6, 10, 3], seed=s) for s in (1, 2, 3)]
     calib = [builders.random_inputs(models[0], 100, seed=s) for s in (1, 2, 3)]
     zipped = zip_models(models, calib, names=["a", "b", "c"], share=1.0).model

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -337,40 +338,19 @@ def _downstream_layers(g: _Graph, start: str, layer_nodes: set[str]) -> bool:
     return False
 
 
-def _trace_back(g: _Graph, tensor: str, layer_by_output: dict[str, str], tying: set[str]) -> set[str]:
-    """Layers whose channels reach ``tensor`` through channel-preserving nodes and residual Adds."""
-    found: set[str] = set()
-    stack, seen = [tensor], set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = g.producer.get(name)
-        if node is None:
-            continue
-        if node.name in layer_by_output.values() and node.op_type in ("Conv", "Gemm", "MatMul"):
-            found.add(node.name)
-            continue
-        if node.name in layer_by_output:  # a MatMul's bias Add
-            found.add(layer_by_output[node.name])
-            continue
-        if node.op_type == "Add" and node.name in tying:
-            stack.extend(g.activations(node))
-            continue
-        acts = g.activations(node)
-        if len(acts) == 1:
-            stack.append(acts[0])
-    return found
+def _reaching_layers(
+    g: _Graph, tensor: str, layer_by_output: dict[str, str], tying: set[str]
+) -> dict[str, set[int]]:
+    """The layers whose channels reach ``tensor`` through channel-preserving nodes and residual
+    Adds, each with the features per channel it arrives as (``H·W`` across a Flatten, else 1).
 
-
-def _sources(
-    g: _Graph, layer: Layer, layer_by_output: dict[str, str], tying: set[str]
-) -> tuple[set[str], int]:
-    """The layers whose channels reach ``layer``'s input, and the features per channel (Flatten)."""
-    found: set[str] = set()
-    factors: set[int] = set()
-    stack, seen = [(layer.input, 1)], set()
+    Args:
+        layer_by_output: Node writing a layer's output (the layer itself, or a MatMul's bias Add)
+            → the layer's node.
+        tying: The residual Add/Concat nodes.
+    """
+    found: dict[str, set[int]] = {}
+    stack, seen = [(tensor, 1)], set()
     while stack:
         name, factor = stack.pop()
         if (name, factor) in seen:
@@ -380,8 +360,7 @@ def _sources(
         if node is None:
             continue
         if node.name in layer_by_output:
-            found.add(layer_by_output[node.name])
-            factors.add(factor)
+            found.setdefault(layer_by_output[node.name], set()).add(factor)
             continue
         if node.op_type == "Add" and node.name in tying:
             stack.extend((t, factor) for t in g.activations(node))
@@ -394,20 +373,34 @@ def _sources(
             if shape is not None and len(shape) > 2 and all(d is not None for d in shape[2:]):
                 factor *= int(np.prod(shape[2:]))
         stack.append((acts[0], factor))
+    return found
+
+
+def _sources(
+    g: _Graph, layer: Layer, layer_by_output: dict[str, str], tying: set[str]
+) -> tuple[set[str], int]:
+    """The layers whose channels reach ``layer``'s input, and the features per channel (Flatten)."""
+    found = _reaching_layers(g, layer.input, layer_by_output, tying)
+    factors = set().union(*found.values()) if found else set()
     if len(factors) > 1:
         raise ModelError(
             f"{g.label}: layer {layer.node!r} reads channels flattened in different ways ({sorted(factors)} features each)",
             hint="zip models whose residual branches meet before any Flatten",
         )
-    return found, factors.pop() if factors else 1
+    return set(found), factors.pop() if factors else 1
+
+
+def _layer_writers(layers: Sequence[Layer]) -> dict[str, str]:
+    """Node writing each layer's output (the layer, or a MatMul's bias Add) → the layer's node."""
+    writers = {layer.node: layer.node for layer in layers}
+    writers.update({layer.bias_node: layer.node for layer in layers if layer.bias_node})
+    return writers
 
 
 def _channel_groups(
-    g: _Graph, layers: list[Layer]
+    g: _Graph, layers: list[Layer], tying: set[str]
 ) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]:
-    tying = {n.name for n in g.nodes if _is_tying(g, n)}
-    by_node = {layer.node: layer.node for layer in layers}
-    by_node.update({layer.bias_node: layer.node for layer in layers if layer.bias_node})
+    by_node = _layer_writers(layers)
     order = {layer.node: layer.index for layer in layers}
     groups: list[tuple[set[str], set[str]]] = []
     for node in g.nodes:
@@ -415,7 +408,7 @@ def _channel_groups(
             continue
         members: set[str] = set()
         for tensor in g.activations(node):
-            members |= _trace_back(g, tensor, by_node, tying)
+            members |= set(_reaching_layers(g, tensor, by_node, tying))
         if not members:
             continue
         merged = (set(members), {node.name})
@@ -488,10 +481,9 @@ def discover_layers(model: onnx.ModelProto, *, label: str = "model") -> LayerCha
         final.append(
             Layer(**{**layer.__dict__, "index": index, "is_head": is_head, "path": path})
         )
-    groups, group_nodes = _channel_groups(g, final)
     tying = {n.name for n in g.nodes if _is_tying(g, n)}
-    by_output = {layer.node: layer.node for layer in final}
-    by_output.update({layer.bias_node: layer.node for layer in final if layer.bias_node})
+    groups, group_nodes = _channel_groups(g, final, tying)
+    by_output = _layer_writers(final)
     order = {layer.node: layer.index for layer in final}
     with_sources = []
     for layer in final:

@@ -12,7 +12,7 @@ Canonical weight view: every zippable layer's weight is seen as ``(N_out, N_in, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -172,8 +172,6 @@ class LayerChain:
         """The chain zipped only up to its first ``hidden`` hidden layers (a deeper model zipped
         with a shallower one): the next layer becomes the head (never zipped, so it and every layer
         after it stay task-specific, copied as they are)."""
-        from dataclasses import replace  # noqa: PLC0415
-
         layers = self.layers[: hidden + 1]
         cut = replace(layers[-1], is_head=True, path=())
         kept = {layer.node for layer in layers[:-1]}

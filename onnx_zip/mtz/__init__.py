@@ -21,7 +21,7 @@ Conventions (the rest of onnx_zip depends on them):
   the array.
 """
 
-from onnx_zip.mtz.costs import PairOperator, cost_matrix, damp, pair_operator
+from onnx_zip.mtz.costs import PairOperator, cost_matrix, damp, pair_operator, paired_costs
 from onnx_zip.mtz.hessian import (
     ConvChannelHessian,
     ConvPatchHessian,
@@ -61,7 +61,7 @@ __all__ = [
     "im2col", "conv_output_size", "restrict", "dense_keep_index", "patch_keep_index",
     "dense_rows", "rows_to_dense", "conv_patch_rows", "patch_rows_to_conv", "conv_channel_rows",
     "channel_rows_to_conv",
-    "PairOperator", "damp", "pair_operator", "cost_matrix",
+    "PairOperator", "damp", "pair_operator", "cost_matrix", "paired_costs",
     "merged_vectors", "merge_pairs", "merge_conv",
     "Matching", "greedy_matching", "optimal_matching", "ShareCount", "ShareFraction", "ShareThreshold",
     "SharePolicy", "share_count", "select_pairs",

@@ -175,3 +175,26 @@ def cost_matrix(
     out *= 0.5
     np.maximum(out, 0.0, out=out)
     return out
+
+
+def paired_costs(a: np.ndarray, b: np.ndarray, op: PairOperator, *, layer: str | None = None) -> np.ndarray:
+    """Costs of given pairs ``d(a_i, b_i) = ½ Σ_p (a_ip − b_ip)ᵀ M (a_ip − b_ip)`` (the diagonal of
+    :func:`cost_matrix` for rows already paired up).
+
+    Args:
+        a: Rows ``(k, D)`` or ``(k, P, D)``.
+        b: Their partners, same shape.
+        op: The :class:`PairOperator`.
+
+    Returns:
+        ``(k,)`` float64 costs, ≥ 0.
+    """
+    layer = layer or op.layer
+    a = as_f64(a, "weights of A", layer, ndim=(2, 3))
+    b = as_f64(b, "weights of B", layer, ndim=(2, 3))
+    if a.shape != b.shape:
+        raise InputError(f"{where(layer)}paired weights of A {a.shape} and of B {b.shape} differ in shape")
+    size = op.m.shape[0]
+    diff = _as_2d(a - b, "weights of A", layer, size).reshape(-1, size)
+    q = np.einsum("ij,ij->i", diff @ op.m, diff).reshape(a.shape[0], -1).sum(axis=1)
+    return 0.5 * np.maximum(q, 0.0)

@@ -34,6 +34,7 @@ from onnx_zip.graph.discover import discover_layers, require_supported_chain
 from onnx_zip.graph.layers import Layer, LayerChain
 from onnx_zip.model_io import atomic_write_bytes, check_writable, convert_opset, default_opset, load_model, save_model, sha256_file, stamp_versions
 from onnx_zip.zipper.correlation import correlation_costs
+from onnx_zip.zipper.pairing import group_share_count
 from onnx_zip.zipper.plan import LayerZip, ZipSettings, layers_to_calibrate, plan_layers
 from onnx_zip.zipper.structure import channel_group_positions
 from onnx_zip.zipper.report import layer_records, params_record, provenance, write_metadata
@@ -227,8 +228,7 @@ def prepare_job(
     for i, group in enumerate(hidden):
         p = settings.policy_for(i, len(hidden))
         if not isinstance(p, mtz.ShareThreshold):
-            fewest = min(layer.neurons for layer in group[1:])
-            mtz.share_count(p, group[0].neurons, fewest, layer=f"layer{i + 1} ({group[0].node})")
+            group_share_count(p, group, layer=f"layer{i + 1} ({group[0].node})")
     shared_input = not separate_inputs
     if shared_input and not inputs_match([p.canonical for p in prepared]):
         raise InputError(

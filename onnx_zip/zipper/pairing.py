@@ -23,12 +23,22 @@ if TYPE_CHECKING:
     from onnx_zip.zipper.plan import ZipSettings
 
 
+def group_share_count(policy: mtz.SharePolicy, group: Sequence[Layer], *, layer: str | None = None) -> int | None:
+    """Pairs a count/fraction policy asks for in an aligned layer of any number of tasks: the count,
+    or the fraction of the smallest task's neurons (``None`` for a threshold policy).
+
+    Raises:
+        InputError: a count above the smallest layer, a fraction outside ``[0, 1]``.
+    """
+    fewest = min(member.neurons for member in group[1:])
+    return mtz.share_count(policy, group[0].neurons, fewest, layer=layer or group[0].node)
+
+
 def first_policy(policy: mtz.SharePolicy, group: Sequence[Layer]) -> mtz.SharePolicy:
     """The policy of the first two tasks: with more tasks, a count/fraction of the smallest layer."""
     if len(group) == 2 or isinstance(policy, mtz.ShareThreshold):
         return policy
-    fewest = min(layer.neurons for layer in group)
-    return mtz.ShareCount(mtz.share_count(policy, fewest, fewest, layer=group[0].node))
+    return mtz.ShareCount(group_share_count(policy, group))
 
 
 @dataclass
@@ -58,14 +68,6 @@ class Merged:
     joint: np.ndarray
 
 
-def pair_costs_of(a: np.ndarray, b: np.ndarray, op: mtz.PairOperator) -> np.ndarray:
-    """Costs of given row pairs ``a[i]``–``b[i]`` ``(k,)``: ``½ Σ_p Δᵀ M Δ``."""
-    size = op.m.shape[0]
-    diff = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).reshape(-1, size)
-    q = np.einsum("ij,ij->i", diff @ op.m, diff).reshape(a.shape[0], -1).sum(axis=1)
-    return 0.5 * np.maximum(q, 0.0)
-
-
 def task_operator(member: Member, merged: Merged, task: int, settings: ZipSettings) -> mtz.PairOperator:
     """The operator of the joint model (``Σ`` of the tasks added so far) and task ``task``."""
     hessian = member.hessians[task]
@@ -82,12 +84,12 @@ def merge_fixed(member: Member, pairs: np.ndarray, settings: ZipSettings) -> tup
     """
     op = member.op01
     rows = mtz.merge_pairs(member.rows[0], member.rows[1], pairs[:, :2], op, layer=member.name)
-    costs = pair_costs_of(member.rows[0][pairs[:, 0]], member.rows[1][pairs[:, 1]], op)
+    costs = mtz.paired_costs(member.rows[0][pairs[:, 0]], member.rows[1][pairs[:, 1]], op)
     merged = Merged(rows, op.h_a + op.h_b)
     index = np.arange(len(pairs))
     for t in range(2, len(member.rows)):
         op_t = task_operator(member, merged, t, settings)
-        costs = costs + pair_costs_of(merged.rows, member.rows[t][pairs[:, t]], op_t)
+        costs = costs + mtz.paired_costs(merged.rows, member.rows[t][pairs[:, t]], op_t)
         rows = mtz.merge_pairs(merged.rows, member.rows[t], np.stack([index, pairs[:, t]], axis=1), op_t, layer=member.name)
         merged = Merged(rows, op_t.h_a + op_t.h_b)
     return merged.rows, costs
@@ -114,8 +116,8 @@ def choose_pairs(
         group: The deciding layer in every task.
 
     Returns:
-        Pairs ``(k, T)`` (shared-neuron order), summed costs ``(k,)``, and the deciding layer's
-        merged rows ``(k, ...)``.
+        Pairs ``(k, T)`` (shared-neuron order), the deciding layer's own costs ``(k,)`` (summed over
+        the tasks; the group's summed costs choose the pairs), and its merged rows ``(k, ...)``.
     """
     first = members[0]
     name = first.name
@@ -134,11 +136,14 @@ def choose_pairs(
             table = table + mtz.cost_matrix(m.rows[0], m.rows[1], m.op01, layer=m.name)
     matching = mtz.select_pairs(table, first_policy(policy, group), method=settings.match, layer=name)
     pairs = np.asarray(matching.pairs, dtype=np.int64).reshape(-1, 2)
-    costs = matching.costs if settings.pairing != "random" else np.zeros(len(pairs))
-    costs = np.asarray(costs, dtype=np.float64)
+    costs = np.asarray(matching.costs if settings.pairing != "random" else np.zeros(len(pairs)), dtype=np.float64)
+    alone = len(members) == 1 or settings.pairing == "random"  # the matching's costs are the deciding layer's
+    own = costs if alone else mtz.paired_costs(first.rows[0][pairs[:, 0]], first.rows[1][pairs[:, 1]], first.op01)
+    # The other members' merged rows are only needed to match further tasks.
+    merging = members if len(first.rows) > 2 else members[:1]
     states = [
         Merged(mtz.merge_pairs(m.rows[0], m.rows[1], pairs, m.op01, layer=m.name), m.op01.h_a + m.op01.h_b)
-        for m in members
+        for m in merging
     ]
     for t in range(2, len(first.rows)):
         if not len(pairs):
@@ -160,6 +165,10 @@ def choose_pairs(
         if isinstance(policy, mtz.ShareThreshold):
             within = costs[shared_index] + added <= policy.epsilon
             shared_index, partner, added = shared_index[within], partner[within], added[within]
+        if alone:
+            own = own[shared_index] + added
+        else:
+            own = own[shared_index] + mtz.paired_costs(states[0].rows[shared_index], first.rows[t][partner], ops[0])
         link = np.stack([shared_index, partner], axis=1)
         states = [
             Merged(mtz.merge_pairs(state.rows, m.rows[t], link, op, layer=m.name), op.h_a + op.h_b)
@@ -169,4 +178,4 @@ def choose_pairs(
         costs = costs[shared_index] + added
     if len(pairs) == 0:
         pairs = np.zeros((0, len(first.rows)), dtype=np.int64)
-    return pairs, costs, states[0].rows
+    return pairs, own, states[0].rows

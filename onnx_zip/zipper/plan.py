@@ -31,7 +31,7 @@ import numpy as np
 from onnx_zip import mtz
 from onnx_zip.errors import InputError
 from onnx_zip.graph.layers import Layer, LayerChain, neuron_weights
-from onnx_zip.zipper.pairing import Member, choose_pairs, merge_fixed
+from onnx_zip.zipper.pairing import Member, choose_pairs, group_share_count, merge_fixed
 from onnx_zip.zipper.structure import channel_group_positions, source_position
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,6 @@ class LayerZip:
             task-specific input).
         specific_weight: Per task ``(N_t − k, C_t, *kernel)`` or ``None`` when every neuron is shared.
         specific_bias: Per task ``(N_t − k,)`` or ``None``.
-        features_per_unit: ``F`` of the NEXT layer: input features per neuron of this layer.
     """
 
     index: int
@@ -138,7 +137,6 @@ class LayerZip:
     inter_weight: tuple[np.ndarray | None, ...]
     specific_weight: tuple[np.ndarray | None, ...]
     specific_bias: tuple[np.ndarray | None, ...]
-    features_per_unit: int = 1
     has_bias: bool = field(default=True)
 
     @property
@@ -158,15 +156,6 @@ def layer_tag(layer: Layer, hidden_index: int | None) -> str:
     if layer.is_head:
         return "head"
     return f"layer{hidden_index + 1}_{layer.kind}"
-
-
-def flatten_features(layer: Layer) -> int:
-    """Input features of the next layer per neuron of ``layer`` (``H·W`` across a Flatten)."""
-    factor = 1
-    for step in layer.path:
-        if step.effect == "flatten":
-            factor *= step.features_per_channel
-    return factor
 
 
 def _input_index(order: np.ndarray, features: int) -> np.ndarray:
@@ -255,20 +244,11 @@ def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer])
         return len(policy.pairs) == 0
     if isinstance(policy, mtz.ShareThreshold):
         return False
-    fewest = min(layer.neurons for layer in group[1:])
-    return mtz.share_count(policy, group[0].neurons, fewest, layer=group[0].node) == 0
+    return group_share_count(policy, group) == 0
 
 
 def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
     return None if x is None else np.ascontiguousarray(x, dtype=np.float32)
-
-
-@dataclass
-class _Decided:
-    """A channel group after pairing: its shared neurons and every task's new neuron order."""
-
-    pairs: np.ndarray
-    order: tuple[np.ndarray, ...]
 
 
 def layers_to_calibrate(
@@ -284,9 +264,9 @@ def layers_to_calibrate(
     hidden = [p for p, g in enumerate(aligned) if not g[0].is_head]
     sharing: dict[int, bool] = {}
     result = []
-    for n, position in enumerate(hidden):
+    for position in hidden:  # hidden layers come first: a hidden position is its hidden index
         deciding = groups[position][0]
-        group_shares = not shares_nothing(settings.policy_for(hidden.index(deciding), len(hidden)), aligned[deciding])
+        group_shares = not shares_nothing(settings.policy_for(deciding, len(hidden)), aligned[deciding])
         source = source_position(aligned[position], aligned)
         shares = group_shares and (source is None or sharing.get(source, False))
         sharing[position] = shares
@@ -325,7 +305,7 @@ def plan_layers(
     hidden_count = sum(1 for group in aligned if not group[0].is_head)
     groups = channel_group_positions(chains, aligned)
     rng = np.random.default_rng(settings.seed)
-    decided: dict[int, _Decided] = {}  # by the group's first position
+    decided: dict[int, LayerZip] = {}  # a channel group's pairs and orders, by its first position
     inputs: dict[int, tuple[list[np.ndarray], int]] = {}  # position → (input index per task, S)
     members: dict[int, Member] = {}
 
@@ -359,7 +339,7 @@ def plan_layers(
         source = source_position(aligned[position], aligned)
         return source is None or groups[source][0] in decided
 
-    def member(position: int, weights, w_new, biases, shared_in: int, policy) -> Member:
+    def member(position: int, w_new, biases, shared_in: int, policy) -> Member:
         if position in members:
             return members[position]
         group = tuple(aligned[position])
@@ -427,7 +407,7 @@ def plan_layers(
                     hint="share some neurons of every layer inside a residual block, or none of the block's channels",
                 )
             if len(pairs):
-                m = member(position, weights, w_new, biases, shared_in, policy)
+                m = member(position, w_new, biases, shared_in, policy)
                 merged_rows, costs = merge_fixed(m, pairs, settings if not isinstance(policy, FixedPairs) else replace(settings, pairing="l2"))
                 if isinstance(policy, FixedPairs):
                     costs = np.zeros(len(pairs))
@@ -440,7 +420,7 @@ def plan_layers(
             pairs, costs = empty, np.zeros(0)
         else:
             policy = settings.policy_for(hidden_index, hidden_count)
-            current = member(position, weights, w_new, biases, shared_in, policy)
+            current = member(position, w_new, biases, shared_in, policy)
             if isinstance(policy, FixedPairs):
                 pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
                 merged_rows, _ = merge_fixed(current, pairs, replace(settings, pairing="l2"))
@@ -449,13 +429,12 @@ def plan_layers(
                 ready = [current]
                 for other in groups[position]:
                     if other != position and is_ready(other):
-                        data = layer_data(other)
-                        if data[3] > 0:
-                            ready.append(member(other, data[0], data[1], data[2], data[3], policy))
+                        _, other_w, other_b, other_in, _ = layer_data(other)
+                        if other_in > 0:
+                            ready.append(member(other, other_w, other_b, other_in, policy))
                 pairs, costs, merged_rows = choose_pairs(ready, policy, group, settings, rng, pair_costs)
-                if len(ready) > 1 and len(pairs):
-                    _, costs = merge_fixed(current, pairs, settings)
         k = pairs.shape[0]
+        reads_input = source_position(group, aligned) is None
         new_orders = []
         inter, specific_w, specific_b = [], [], []
         for t in range(tasks):
@@ -463,14 +442,12 @@ def plan_layers(
             rest = np.setdiff1d(np.arange(n), pairs[:, t], assume_unique=False)
             new_orders.append(np.concatenate([pairs[:, t], rest]).astype(np.int64))
             inter.append(_as_stored(w_new[t][pairs[:, t], shared_in:]) if k and w_new[t].shape[1] > shared_in else None)
-            own = w_new[t][:, : group[t].inputs] if source_position(group, aligned) is None else w_new[t]  # no fictive inputs
+            own = w_new[t][:, : group[t].inputs] if reads_input else w_new[t]  # without fictive inputs
             specific_w.append(_as_stored(own[rest]) if rest.size else None)
             specific_b.append(_as_stored(biases[t][rest]) if rest.size and biases[t] is not None else None)
         shared_weight = shared_bias = None
         if k:
             shared_weight, shared_bias = _rows_to_weights(first, reading, merged_rows, shared_in, has_bias)
-        if not is_head and deciding not in decided:
-            decided[deciding] = _Decided(pairs=pairs, order=tuple(new_orders))
         result.append(
             LayerZip(
                 index=position,
@@ -486,8 +463,9 @@ def plan_layers(
                 inter_weight=tuple(inter),
                 specific_weight=tuple(specific_w),
                 specific_bias=tuple(specific_b),
-                features_per_unit=flatten_features(first),
                 has_bias=has_bias,
             )
         )
+        if not is_head and deciding not in decided:
+            decided[deciding] = result[-1]
     return result

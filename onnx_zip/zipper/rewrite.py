@@ -428,14 +428,16 @@ def build_zipped_model(
             name = layer.output
             blocked[t][name] = current
             for run, add in _path_runs(layer.path):
-                for block in current:
-                    key = id(block.tensor)
-                    if key not in path_cache:
-                        owner = SHARED if block.common else task
-                        part = "shared" if block is current[0] and k else "specific"
-                        path_cache[key] = _apply_path(builder, graphs[t], run, block.tensor, owner, z.tag, part)
-                    block.tensor = path_cache[key]
                 if run:
+                    after = []
+                    for i, block in enumerate(current):
+                        key = id(block.tensor)
+                        if key not in path_cache:
+                            owner = SHARED if block.common else task
+                            part = "shared" if i == 0 and k else "specific"
+                            path_cache[key] = _apply_path(builder, graphs[t], run, block.tensor, owner, z.tag, part)
+                        after.append(_Block(path_cache[key], block.units, block.common))
+                    current = after
                     name = _step_output(graphs[t], run[-1])
                     blocked[t][name] = current
                 if add is None:

@@ -20,11 +20,11 @@ def channel_group_positions(chains: Sequence[LayerChain], aligned: Sequence[Sequ
     result: dict[int, tuple[int, ...]] = {}
     for position, group in enumerate(aligned):
         per_task = []
+        first_sources = tuple(sorted(position_of[0][s] for s in group[0].sources if s in position_of[0]))
         for t, layer in enumerate(group):
             members = chains[t].group_of(layer.node)
             per_task.append(tuple(sorted(position_of[t][m] for m in members if m in position_of[t])))
             sources = tuple(sorted(position_of[t][s] for s in layer.sources if s in position_of[t]))
-            first_sources = tuple(sorted(position_of[0][s] for s in group[0].sources if s in position_of[0]))
             if sources != first_sources:
                 raise InputError(
                     f"layer {layer.node} of task {t} reads other layers ({', '.join(layer.sources) or 'the input'}) "
