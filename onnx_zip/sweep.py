@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig
-from onnx_zip.data import Dataset, load_dataset
+from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
 from onnx_zip.errors import InputError
 from onnx_zip.evaluate import evaluate_dataset
 from onnx_zip.model_io import save_model
@@ -62,7 +62,13 @@ def _bind_all(paths: Mapping[str, Any], job: ZipJob, what: str, limit: int | Non
         if prepared.task not in paths:
             raise InputError(f"no {what} data for task {prepared.task!r}", hint=f"give --{what} {prepared.task}=FILE for every task")
         item = paths[prepared.task]
-        data = item if isinstance(item, Dataset) else load_dataset(item, prepared.canonical, need_labels=True)
+        if isinstance(item, Dataset):
+            data = item
+        elif isinstance(item, Mapping):
+            data = bind_arrays(item, model_inputs(prepared.canonical), source=f"{what} arrays of {prepared.task}",
+                               need_labels=True)
+        else:
+            data = load_dataset(item, prepared.canonical, need_labels=True)
         bound[prepared.task] = data.take(limit)
     unknown = sorted(set(paths) - set(job.tasks))
     if unknown:

@@ -165,13 +165,16 @@ def _bind_calibration(item: CalibrationSource, prepared: PreparedModel) -> Datas
     return load_dataset(item, prepared.canonical)
 
 
+_WORDS = {2: "two", 3: "three"}
+
+
 def _check_request(models: Sequence[Any], calibration: Sequence[Any] | None, config: ZipConfig) -> None:
     if len(models) < 2:
         raise InputError(f"zip takes two or more models, got {len(models)}", hint="pass every model to zip")
     method = config.method
     if method.max_tasks is not None and len(models) > method.max_tasks:
         raise InputError(
-            f"{method.name} pairing zips {method.max_tasks} models, got {len(models)}",
+            f"{method.name} pairing zips {_WORDS.get(method.max_tasks, method.max_tasks)} models, got {len(models)}",
             hint="use mtz, l2 or random pairing for more",
         )
     if method.needs_calibration and (calibration is None or len(calibration) != len(models)):
