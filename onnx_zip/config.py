@@ -582,7 +582,7 @@ class FinetuneConfig(_Group):
 
     def _rules(self) -> list[str]:
         return [
-            f"finetune.losses: {task}: {loss!r} is unknown, use ce, bce or mse"
+            f"finetune.losses: loss {loss!r} for task {task!r} is unknown, use one of {', '.join(LOSSES)}"
             for task, loss in (self.losses or {}).items() if loss not in LOSSES
         ]
 
