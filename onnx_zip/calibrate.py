@@ -240,7 +240,7 @@ def calibrate(
     for layer in layers:
         by_tensor.setdefault(layer.input, []).append(layer)
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # noqa: PLC0415
 
     show = progress and sys.stderr.isatty()
     batches = _Limited(reader, specs, limit, source)

@@ -97,6 +97,24 @@ def _finetune_config(steps: int, options: Mapping[str, Any] | None, threads: int
     return FinetuneConfig.from_mapping({"threads": threads, **extra, "steps": steps}), progress
 
 
+def _original_accuracy(job: ZipJob, test: Mapping[str, Dataset], threads: int | None) -> dict[str, float]:
+    return {p.task: evaluate_dataset(p.original, test[p.task], threads=threads, label=f"model {p.task}").accuracy
+            for p in job.prepared}
+
+
+def _check_sweep(
+    shares: Sequence[float], finetune_steps: int, train: Mapping[str, Any] | None, save_models: str | os.PathLike[str] | None
+) -> None:
+    if not shares:
+        raise InputError("no sharing levels to sweep")
+    if finetune_steps < 0:
+        raise InputError(f"finetune steps must be ≥ 0, got {finetune_steps}")
+    if finetune_steps and not train:
+        raise InputError("fine-tuning in a sweep needs training data for every task", hint="pass --train TASK=FILE")
+    if save_models is not None and not Path(save_models).is_dir():
+        raise InputError(f"save-models folder {save_models} does not exist", hint="create it first")
+
+
 @dataclass
 class _Sweep:
     """What every level shares: the data, the statistics, the models' weights."""
@@ -113,7 +131,7 @@ class _Sweep:
 
 def _level(job: ZipJob, share: float, ctx: _Sweep) -> dict[str, Any]:
     """Plan, build, evaluate (and fine-tune) one sharing level."""
-    from onnx_zip.finetune import evaluate_tasks, finetune
+    from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415
 
     started = time.perf_counter()
     zips = plan(job, ctx.stats, tensors=ctx.tensors)
@@ -182,14 +200,7 @@ def sweep(
     """
     start = time.perf_counter()
     zip_config, calib_config = _configs(config, calibration_config, options)
-    if not shares:
-        raise InputError("no sharing levels to sweep")
-    if finetune_steps < 0:
-        raise InputError(f"finetune steps must be ≥ 0, got {finetune_steps}")
-    if finetune_steps and not train:
-        raise InputError("fine-tuning in a sweep needs training data for every task", hint="pass --train TASK=FILE")
-    if save_models is not None and not Path(save_models).is_dir():
-        raise InputError(f"save-models folder {save_models} does not exist", hint="create it first")
+    _check_sweep(shares, finetune_steps, train, save_models)
     tune, tune_progress = _finetune_config(finetune_steps, finetune_options, calib_config.threads)
     job = prepare(models, calibration, names=names, config=zip_config.replace(share=max(shares)),
                   calibration_config=calib_config)
@@ -197,12 +208,11 @@ def sweep(
     test = _bind_all(evaluation, job, "eval", eval_limit)
     train_data = _bind_all(train or {}, job, "train", None) if finetune_steps else None
     if finetune_steps:
-        from onnx_zip import runtime
+        from onnx_zip import runtime  # noqa: PLC0415
 
         runtime.training_modules()
     threads = calib_config.threads
-    original = {p.task: evaluate_dataset(p.original, test[p.task], threads=threads, label=f"model {p.task}").accuracy
-                for p in job.prepared}
+    original = _original_accuracy(job, test, threads)
     timings = {"validate": time.perf_counter() - start}
     started = time.perf_counter()
     hidden = [i for i, g in enumerate(job.aligned) if not g[0].is_head]

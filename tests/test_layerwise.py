@@ -8,7 +8,7 @@ import pytest
 import builders
 from onnx_zip import runtime
 from onnx_zip.errors import InputError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.pipeline.layerwise import zip_layerwise
 
 pytestmark = pytest.mark.skipif(not runtime.has_training(), reason="the layer-wise loop fine-tunes: needs the train extra")

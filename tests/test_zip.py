@@ -17,7 +17,7 @@ import builders
 from conftest import zoo_model
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, ModelError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count
 

@@ -14,7 +14,7 @@ from conftest import zoo_model
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.model_io import load_model
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count, read_metadata
 from test_zip import run_model

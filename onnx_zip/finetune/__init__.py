@@ -297,7 +297,7 @@ def finetune(
     train_data: Mapping[str, TaskData],
     config: FinetuneConfig | None = None,
     *,
-    eval: Mapping[str, TaskData] | None = None,
+    eval: Mapping[str, TaskData] | None = None,  # noqa: A002 - the documented API name
     output: str | os.PathLike[str] | None = None,
     progress: bool = False,
     **settings: Any,
@@ -365,7 +365,7 @@ def finetune(
     record = _record(config, lr, specs, frozen_list, data, history)
     tuned = with_values(proto, values)
     add_record(tuned, record)
-    accuracy = history[-1].get("accuracy") if eval_data else None
+    accuracy: dict[str, float] | None = history[-1].get("accuracy") if eval_data else None  # type: ignore[assignment]
     if output is not None:
         tuned = save_model(tuned, output)
     seconds = time.perf_counter() - start

@@ -138,8 +138,8 @@ class HessianAccumulator:
             )
         out = self._empty_like()
         for acc in (self, other):
-            if acc._xtx is not None:
-                if out._xtx is None:
+            if acc._xtx is not None and acc._sum is not None:
+                if out._xtx is None or out._sum is None:
                     out._dim = acc._dim
                     out._xtx = acc._xtx.copy()
                     out._sum = acc._sum.copy()
@@ -158,7 +158,7 @@ class HessianAccumulator:
         Raises:
             NumericalError: No data was accumulated.
         """
-        if self._n == 0 or self._xtx is None:
+        if self._n == 0 or self._xtx is None or self._sum is None or self._dim is None:
             raise NumericalError(f"{where(self.layer)}no calibration data accumulated for the Hessian")
         d = self._dim
         n = float(self._n)

@@ -115,7 +115,7 @@ def _retrain_layer(
     """Evaluate, fine-tune ``count`` steps, evaluate again (fills ``record``)."""
     if not evaluation and count == 0:
         return joint
-    from onnx_zip.finetune import evaluate_tasks, finetune
+    from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415
 
     if evaluation:
         record["accuracy_before"] = evaluate_tasks(joint, evaluation)

@@ -130,7 +130,7 @@ def save_statistics(stats: Statistics, path: str | os.PathLike[str]) -> None:
     for position, costs in stats.pair_costs.items():
         arrays[f"correlation/{position}"] = np.asarray(costs, dtype=np.float64)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 
 

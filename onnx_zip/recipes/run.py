@@ -173,7 +173,7 @@ def prepare_run(recipe: Recipe, *, progress: bool = False) -> RunPlan:
 def _zip(plan: RunPlan) -> ZipResult:
     """The zip (one pass, or layer by layer with retraining)."""
     if plan.retrain is not None:
-        from onnx_zip.pipeline.layerwise import layerwise_job
+        from onnx_zip.pipeline.layerwise import layerwise_job  # noqa: PLC0415
 
         job = plan.job
         options = {"seed": job.config.seed, "threads": job.calibration_config.threads, "progress": plan.progress}
@@ -187,12 +187,12 @@ def _evaluate_and_tune(plan: RunPlan, model: onnx.ModelProto, report: dict[str, 
     threads = plan.job.calibration_config.threads
     evaluation: dict[str, dict[str, float]] = {t: {"original": a} for t, a in plan.original_accuracy.items()}
     if plan.evaluation:
-        from onnx_zip.finetune import evaluate_tasks
+        from onnx_zip.finetune import evaluate_tasks  # noqa: PLC0415
 
         for task, accuracy in evaluate_tasks(model, plan.evaluation, threads=threads).items():
             evaluation[task]["zipped"] = accuracy
     if plan.finetune is not None:
-        from onnx_zip.finetune import evaluate_tasks, finetune
+        from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415
 
         tuned = finetune(model, plan.train or {}, plan.finetune, progress=plan.progress)
         model = tuned.model
@@ -223,7 +223,7 @@ def _write(plan: RunPlan, model: onnx.ModelProto, report: dict[str, Any]) -> tup
         outputs.append(report_path)
     summary_path = recipe.output("summary")
     if summary_path is not None:
-        from onnx_zip.reporting import write_summary
+        from onnx_zip.reporting import write_summary  # noqa: PLC0415
 
         summary = write_summary(report, summary_path, title=recipe.data.get("description"))
         outputs += [summary.markdown, *summary.images]
@@ -244,6 +244,6 @@ def execute(plan: RunPlan) -> RunResult:
 
 def run_recipe(path: str | Path, *, progress: bool = False) -> RunResult:
     """Load, check and run a recipe file (see :mod:`onnx_zip.recipes`)."""
-    from onnx_zip.recipes.load import load_recipe
+    from onnx_zip.recipes.load import load_recipe  # noqa: PLC0415
 
     return execute(prepare_run(load_recipe(path), progress=progress))

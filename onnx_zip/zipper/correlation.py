@@ -28,12 +28,13 @@ class CrossCorrelation:
 
     def __init__(self) -> None:
         self.n = 0
-        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+        empty = np.zeros(0)
+        self.sa, self.sb, self.saa, self.sbb, self.sab = empty, empty, empty, empty, np.zeros((0, 0))
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
-        if self.sa is None:
+        if self.n == 0:
             self.sa, self.sb = np.zeros(a.shape[1]), np.zeros(b.shape[1])
             self.saa, self.sbb = np.zeros(a.shape[1]), np.zeros(b.shape[1])
             self.sab = np.zeros((a.shape[1], b.shape[1]))

@@ -35,7 +35,9 @@ def first_policy(policy: mtz.SharePolicy, group: Sequence[Layer]) -> mtz.SharePo
     """The policy of the first two tasks: with more tasks, a count/fraction of the smallest layer."""
     if len(group) == 2 or isinstance(policy, mtz.ShareThreshold):
         return policy
-    return mtz.ShareCount(group_share_count(policy, group))
+    count = group_share_count(policy, group)
+    assert count is not None  # a count or fraction policy
+    return mtz.ShareCount(count)
 
 
 @dataclass
@@ -188,7 +190,7 @@ def _add_task(
     damping = settings.damping if settings.method.hessian_merge else 0.0
     ops = [task_operator(m, state, t, damping) for m, state in zip(members, choice.states)]
     table = rule.further(members, choice.states, ops, t, rng)
-    matching = mtz.select_pairs(table, mtz.ShareCount(min(k, n_t)), method=settings.match, layer=f"{name}, task {t}")
+    matching = mtz.select_pairs(table, mtz.ShareCount(min(k, n_t)), method=settings.match, layer=f"{name}, task {t}")  # type: ignore[arg-type]
     keep = np.argsort(matching.pairs[:, 0], kind="stable")
     shared_index, partner = matching.pairs[keep, 0], matching.pairs[keep, 1]
     added = matching.costs[keep] if rule.scored else np.zeros(len(keep))
@@ -238,7 +240,7 @@ def choose_pairs(
     first = members[0]
     rule = COST_RULES[settings.method.costs]
     table = rule.first(members, rng, pair_costs)
-    matching = mtz.select_pairs(table, first_policy(policy, group), method=settings.match, layer=first.name)
+    matching = mtz.select_pairs(table, first_policy(policy, group), method=settings.match, layer=first.name)  # type: ignore[arg-type]
     pairs = np.asarray(matching.pairs, dtype=np.int64).reshape(-1, 2)
     costs = np.asarray(matching.costs if rule.scored else np.zeros(len(pairs)), dtype=np.float64)
     alone = len(members) == 1 or not rule.scored  # the matching's costs are the deciding layer's

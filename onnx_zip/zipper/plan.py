@@ -91,7 +91,7 @@ class LayerZip:
 
 def layer_tag(layer: Layer, hidden_index: int | None) -> str:
     """``layer<i>_<kind>`` for hidden layers, ``head`` (or ``head<i>``) for heads."""
-    if layer.is_head:
+    if layer.is_head or hidden_index is None:
         return "head"
     return f"layer{hidden_index + 1}_{layer.kind}"
 
@@ -105,10 +105,11 @@ def _weights(layer: Layer, tensors: Mapping[str, np.ndarray], has_bias: bool) ->
     w = np.asarray(neuron_weights(layer, np.asarray(tensors[layer.weight])), dtype=np.float64)
     if layer.kind == "dense" and w.ndim != 2:
         raise InputError(f"layer {layer.node}: dense weight has shape {w.shape}")
+    b: np.ndarray | None = None
     if layer.bias is not None:
         b = np.asarray(tensors[layer.bias], dtype=np.float64).reshape(-1)
-    else:
-        b = np.zeros(w.shape[0]) if has_bias else None
+    elif has_bias:
+        b = np.zeros(w.shape[0])
     return w, b
 
 
