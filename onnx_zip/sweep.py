@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig
+from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig, raise_problems
 from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
 from onnx_zip.errors import InputError
 from onnx_zip.evaluate import evaluate_dataset
@@ -37,10 +37,11 @@ logger = logging.getLogger(__name__)
 
 
 def parse_shares(text: str) -> list[float]:
-    """``"0,0.25,0.5"`` → ``[0.0, 0.25, 0.5]`` (each a fraction in [0, 1], no repeats).
+    """``"0,0.25,0.5"`` → ``[0.0, 0.25, 0.5]`` (no repeats; each level's range is the zip
+    settings' own check, :class:`~onnx_zip.config.ZipConfig`).
 
     Raises:
-        InputError: a value is not a number or outside [0, 1], or the list is empty.
+        InputError: a value is not a number, a level repeats, or the list is empty.
     """
     try:
         shares = [float(x) for x in text.split(",") if x.strip()]
@@ -48,9 +49,6 @@ def parse_shares(text: str) -> list[float]:
         raise InputError(f"--shares {text!r}: expected comma-separated fractions", hint="for example 0,0.25,0.5,0.75,1") from None
     if not shares:
         raise InputError("--shares is empty", hint="for example 0,0.25,0.5,0.75,1")
-    for share in shares:
-        if not 0.0 <= share <= 1.0:
-            raise InputError(f"--shares: {share:g} is not a fraction in [0, 1]")
     if len(set(shares)) != len(shares):
         raise InputError(f"--shares {text!r} repeats a level")
     return shares
@@ -95,6 +93,13 @@ def _finetune_config(steps: int, options: Mapping[str, Any] | None, threads: int
     if not steps:
         return None, progress
     return FinetuneConfig.from_mapping({"threads": threads, **extra, "steps": steps}), progress
+
+
+def _level_configs(config: ZipConfig, shares: Sequence[float]) -> list[ZipConfig]:
+    """One zip setting per level, every bad level reported at once."""
+    built = [ZipConfig.collect({**config.to_dict(), "share": float(share)}) for share in shares]
+    raise_problems([problem for _, problems in built for problem in problems])
+    return [c for c, _ in built if c is not None]
 
 
 def _original_accuracy(job: ZipJob, test: Mapping[str, Dataset], threads: int | None) -> dict[str, float]:
@@ -202,9 +207,10 @@ def sweep(
     zip_config, calib_config = _configs(config, calibration_config, options)
     _check_sweep(shares, finetune_steps, train, save_models)
     tune, tune_progress = _finetune_config(finetune_steps, finetune_options, calib_config.threads)
+    level_configs = _level_configs(zip_config, shares)
     job = prepare(models, calibration, names=names, config=zip_config.replace(share=max(shares)),
                   calibration_config=calib_config)
-    levels = [(share, job.with_zip_config(zip_config.replace(share=float(share)))) for share in shares]
+    levels = [(share, job.with_zip_config(level)) for share, level in zip(shares, level_configs)]
     test = _bind_all(evaluation, job, "eval", eval_limit)
     train_data = _bind_all(train or {}, job, "train", None) if finetune_steps else None
     if finetune_steps:

@@ -69,8 +69,11 @@ def test_statistics_file_from_other_models_or_readings_is_refused(tmp_path):
         load_statistics(path, channel)
     onnx_file = tmp_path / "a.onnx"
     onnx.save(a, str(onnx_file))
-    with pytest.raises(InputError, match="not a statistics"):
+    with pytest.raises(InputError, match="is an ONNX model, not a statistics .npz"):
         zip_models([a, b], calib, share=0.5, stats=onnx_file)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a statistics .npz"):
+        zip_models([a, b], calib, share=0.5, stats=tmp_path / "junk.npz")
 
 
 def test_statistics_round_trip_exactly(tmp_path):
@@ -117,3 +120,17 @@ def test_sweep_supports_correlation_pairing():
     report = sweep([a, b], calib, [0.0, 0.5], labelled, pairing="correlation")
     assert [level["share"] for level in report["sweep"]] == [0.0, 0.5]
     assert report["settings"]["pairing"] == "correlation"
+
+
+def test_plan_file_round_trip_builds_the_same_model(tmp_path):
+    from onnx_zip.pipeline import load_plan, save_plan
+
+    a, b, calib = _pair()
+    job = prepare([a, b], calib, config=ZipConfig(share=0.5))
+    zips = plan(job, gather_statistics(job, layers_to_calibrate(job.chains, job.aligned, job.settings)))
+    save_plan(tmp_path / "plan.npz", job, zips)
+    loaded = load_plan(tmp_path / "plan.npz", job)
+    assert _bytes(build(job, loaded)) == _bytes(build(job, zips))
+    other = prepare([a, builders.cnn(seed=9)], calib)
+    with pytest.raises(InputError, match="other models"):
+        load_plan(tmp_path / "plan.npz", other)

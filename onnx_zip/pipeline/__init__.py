@@ -15,6 +15,7 @@ from onnx_zip.pipeline.job import (
     prepare,
     prepare_model,
 )
+from onnx_zip.pipeline.plans import load_plan, save_plan
 from onnx_zip.pipeline.stages import (
     ZipReport,
     ZipResult,
@@ -40,7 +41,7 @@ from onnx_zip.pipeline.workflows import (
 
 __all__ = [
     "PreparedModel", "Statistics", "ZipJob", "ZipReport", "ZipResult", "build", "calibrate_models",
-    "configs_from_options", "default_task_names", "gather_statistics", "initializer_arrays", "load_statistics",
-    "make_report", "plan", "prepare", "prepare_model", "save", "save_statistics", "statistics_for", "zip_job",
+    "configs_from_options", "default_task_names", "gather_statistics", "initializer_arrays", "load_plan", "load_statistics",
+    "make_report", "plan", "prepare", "prepare_model", "save", "save_plan", "save_statistics", "statistics_for", "zip_job",
     "zip_models",
 ]

@@ -134,15 +134,23 @@ def save_statistics(stats: Statistics, path: str | os.PathLike[str]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike[str], what: str = "statistics") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (never unpickled).
+
+    Raises:
+        InputError: the file is missing or not an ``.npz`` without pickles.
+    """
+    if str(path).endswith(".onnx"):
+        raise InputError(f"{what} file {path} is an ONNX model, not a {what} .npz",
+                         hint=f"pass the {what} file written by onnx-zip")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except FileNotFoundError:
-        raise InputError(f"statistics file {path}: not found") from None
+        raise InputError(f"{what} file {path}: not found") from None
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InputError(f"statistics file {path}: not a statistics .npz ({exc})",
-                         hint="pass a file written by `onnx-zip calibrate`") from None
+        raise InputError(f"{what} file {path}: not a {what} .npz ({exc})",
+                         hint=f"pass a {what} file written by onnx-zip") from None
 
 
 def _check_header(header: dict[str, Any], job: ZipJob, path: str | os.PathLike[str]) -> list[str]:
@@ -171,7 +179,7 @@ def load_statistics(path: str | os.PathLike[str], job: ZipJob) -> Statistics:
     Raises:
         InputError: not such a file, or made from other models, layers, method or readings.
     """
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     if _META not in arrays:
         raise InputError(f"statistics file {path}: no header", hint="pass a file written by `onnx-zip calibrate`")
     header = json.loads(str(arrays.pop(_META)))

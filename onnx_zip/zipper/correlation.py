@@ -16,6 +16,7 @@ import onnx
 
 from onnx_zip import runtime
 from onnx_zip.calibrate import instrument
+from onnx_zip.config import DEFAULT_CALIBRATION_BATCH
 from onnx_zip.data import Dataset, batch_slices
 from onnx_zip.graph.layers import Layer
 
@@ -70,7 +71,7 @@ def correlation_costs(
     data: Sequence[Dataset],
     *,
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_CALIBRATION_BATCH,
     threads: int | None = None,
 ) -> list[np.ndarray]:
     """``1 − corr`` between the neurons of two models, for each aligned hidden layer.
