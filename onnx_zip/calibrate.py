@@ -99,8 +99,40 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+BATCH_DIM = "batch"
+
+
+def relax_batch(model: onnx.ModelProto) -> bool:
+    """Make a batch dimension fixed to 1 symbolic, in place (for the instrumented copy only).
+
+    An exported model whose graph input is declared ``(1, C, H, W)`` cannot run a calibration batch
+    of many samples. When a real input's first dimension is 1, the first dimension of every input,
+    output and recorded intermediate shape that is 1 becomes :data:`BATCH_DIM`. (A Reshape whose
+    target shape spells out the batch of 1 still fails; such a model calibrates with batch size 1.)
+
+    Returns:
+        Whether anything changed.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+
+    def first_is_one(value: onnx.ValueInfoProto) -> bool:
+        shape = value.type.tensor_type.shape
+        return value.type.tensor_type.HasField("shape") and len(shape.dim) > 0 and shape.dim[0].dim_value == 1
+
+    if not any(first_is_one(v) for v in inputs):
+        return False
+    for value in [*inputs, *model.graph.output, *model.graph.value_info]:
+        if first_is_one(value):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_param = BATCH_DIM
+    return True
+
+
 def instrument(model: onnx.ModelProto, tensors: list[str], *, label: str = "model") -> onnx.ModelProto:
-    """A copy of ``model`` with ``tensors`` added as graph outputs (element type from shape inference).
+    """A copy of ``model`` with ``tensors`` added as graph outputs (element type from shape inference),
+    and a batch dimension fixed to 1 made symbolic (:func:`relax_batch`).
 
     Args:
         model: A canonical, shape-inferred model.
@@ -125,6 +157,8 @@ def instrument(model: onnx.ModelProto, tensors: list[str], *, label: str = "mode
             raise ModelError(f"{label}: tensor {name!r} has no known element type after shape inference")
         out.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
         existing.add(name)
+    if relax_batch(out):
+        logger.info("%s: its batch dimension is fixed to 1; calibrating a copy with a symbolic batch", label)
     return out
 
 

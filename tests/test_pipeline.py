@@ -134,3 +134,25 @@ def test_plan_file_round_trip_builds_the_same_model(tmp_path):
     other = prepare([a, builders.cnn(seed=9)], calib)
     with pytest.raises(InputError, match="other models"):
         load_plan(tmp_path / "plan.npz", other)
+
+
+def _batch_of_one(model: onnx.ModelProto) -> onnx.ModelProto:
+    fixed = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in [*fixed.graph.input, *fixed.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 1
+    return fixed
+
+
+def test_models_with_a_batch_fixed_to_one_calibrate_and_keep_their_input():
+    a, b, calib = _pair()
+    free = zip_models([a, b], calib, share=0.5)
+    fixed = zip_models([_batch_of_one(a), _batch_of_one(b)], calib, share=0.5)
+    assert fixed.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert fixed.report["layers"] == free.report["layers"]
+    x = builders.random_inputs(a, 1, seed=4)
+    from onnx_zip import runtime
+
+    for got, want in zip(runtime.make_session(fixed.model).run(None, x), runtime.make_session(free.model).run(None, x)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
