@@ -13,7 +13,7 @@ from onnx import helper
 
 import builders
 from onnx_zip.errors import ModelError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from test_zip import initializers, run_model, with_initializers
 
 
