@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.layers import neuron_weights, stored_weights
 from onnx_zip.zipper.plan import LayerZip
-from onnx_zip.zipper.rewrite import SHARED, block_names
+from onnx_zip.zipper.graph_builder import SHARED, block_names
 
 
 def _get(values: dict[str, np.ndarray], name: str) -> np.ndarray:
