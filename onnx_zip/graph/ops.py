@@ -243,14 +243,14 @@ def classify_pad(ctx: PathContext) -> PathStep | None:
 
 
 def classify_flatten(ctx: PathContext) -> PathStep | None:
-    """Flatten(axis=1) / Reshape / Squeeze of ``(N, C, *S)`` to ``(N, C·prod(S))``; of a rank-2
-    tensor: elementwise."""
+    """Flatten(axis=1) / Reshape / Squeeze of ``(N, C, *S)`` to ``(N, C·prod(S))``; a Flatten or
+    Reshape of a rank-2 tensor: elementwise."""
     shape = shape_of(ctx.tensor)
     rank = None if shape is None else len(shape)
     if not _unary(ctx):
         return None
-    if rank == 2:
-        return _step(ctx, "elementwise")
+    if rank == 2:  # already flat: a no-op on the channels (a Squeeze of (N, C) is refused)
+        return _step(ctx, "elementwise") if ctx.node.op != "Squeeze" else None
     out_shape = shape_of(ctx.node.outputs[0])
     if shape is None or rank is None or out_shape is None or len(out_shape) != 2 or rank < 3:
         return None
@@ -312,6 +312,11 @@ def gather_channels(values: np.ndarray, channels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.take(values, channels, axis=axis))
 
 
+def channel_param_name(prefix: str, param: str) -> str:
+    """Name of a per-channel parameter gathered to one block: ``<owner>/<tag>/<part>/<param>``."""
+    return f"{prefix}/{param.lstrip('/')}"
+
+
 def rebuild_copy(block: BlockStep) -> gs.Variable:
     """The node on the block: the path input replaced by the block, constants copied (parameters
     listed in ``step.channel_params`` gathered to the block's channels), input positions kept."""
@@ -325,10 +330,11 @@ def rebuild_copy(block: BlockStep) -> gs.Variable:
             inputs.append(gs.Variable.empty())
             count += 1
         elif is_constant(t):
-            values = constant_values(t)
             if t.name in step.channel_params:
-                values = gather_channels(values, block.channels)
-            inputs.append(emit.constant(f"{block.prefix}/{op.lower()}_{block.position}_{count}", values))
+                values = gather_channels(constant_values(t), block.channels)
+                inputs.append(emit.constant(channel_param_name(block.prefix, t.name), values))
+            else:
+                inputs.append(emit.constant(f"{block.prefix}/{op.lower()}_{block.position}_{count}", constant_values(t)))
             count += 1
         elif not any(i is block.inputs[0] for i in inputs):
             inputs.append(block.inputs[0])
@@ -379,7 +385,8 @@ _register_all(
     [OpRule(op, ("elementwise",), classify_elementwise, rebuild_copy) for op in ELEMENTWISE_OPS]
     + [OpRule(op, ("spatial",), classify_spatial, rebuild_copy) for op in SPATIAL_OPS]
     + [OpRule("Pad", ("spatial",), classify_pad, rebuild_copy)]
-    + [OpRule(op, ("flatten", "elementwise"), classify_flatten, rebuild_flatten) for op in FLATTEN_OPS]
+    + [OpRule(op, ("flatten", "elementwise"), classify_flatten, rebuild_flatten) for op in ("Flatten", "Reshape")]
+    + [OpRule("Squeeze", ("flatten",), classify_flatten, rebuild_flatten)]
     + [OpRule("BatchNormalization", ("channel_params",), classify_batchnorm, rebuild_copy)]
     + [OpRule(op, ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy) for op in ("Sub", "Div", "Mul")]
     + [OpRule("Add", ("elementwise", "channel_params", "residual"), classify_arithmetic, rebuild_arithmetic)]

@@ -7,7 +7,9 @@ the previous layer's zipped order:
     W_t = [[ shared/<layer>/weight , <t>/<layer>/inter_weight ],
            [          <t>/<layer>/weight (specific)           ]]
 
-and the bias ``[shared/<layer>/bias ; <t>/<layer>/bias]``. Writing these into task ``t``'s
+and the bias ``[shared/<layer>/bias ; <t>/<layer>/bias]``. Per-channel parameters on the path after
+a layer (an unfolded BatchNormalization, a per-channel Mul...) are the task's blocks of them
+(``<t>/<tag>/<part>/<param>``) concatenated, in the same zipped order. Writing these into task ``t``'s
 canonical graph gives a plain model that computes exactly what the zipped model computes for
 ``t`` (its neurons permuted into the zipped order). The layer-wise loop (Algorithm 1) calibrates
 the next layer's Hessians on these views after each joint fine-tuning.
@@ -22,7 +24,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_zip.errors import ModelError
-from onnx_zip.graph.layers import neuron_weights, stored_weights
+from onnx_zip.graph.layers import Layer, neuron_weights, stored_weights
+from onnx_zip.graph.ops import channel_param_name, gather_channels
 from onnx_zip.zipper.plan import LayerZip
 from onnx_zip.zipper.graph_builder import SHARED, block_names
 
@@ -58,6 +61,32 @@ def task_layer_weights(
     return weight, bias
 
 
+def _channel_param(
+    values: dict[str, np.ndarray], original: np.ndarray, param: str, task: str, t: int, z: LayerZip, tags: Sequence[str]
+) -> np.ndarray:
+    """Task ``t``'s per-channel parameter ``param`` after layer ``z`` in the zipped order.
+
+    The zipped model holds it as one block per part (``<task>/<tag>/<part>/<param>``, ``tag`` the
+    layer whose path built it: after a residual Add, any layer of the group); a parameter the
+    zipped model does not hold is the task's original gathered to the zipped order.
+    """
+    parts = (["shared"] if z.shared else []) + (["specific"] if z.specific_count(t) else [])
+    for tag in tags:
+        blocks = [values.get(channel_param_name(f"{task}/{tag}/{part}", param)) for part in parts]
+        if all(b is not None for b in blocks):
+            axes = [i for i, d in enumerate(original.shape) if d != 1]
+            return np.concatenate([b for b in blocks if b is not None], axis=axes[0] if axes else 0)
+    return gather_channels(original, z.order[t])
+
+
+def _path_params(layer: Layer) -> list[str]:
+    """The per-channel parameters on a hidden layer's path, each once, in path order."""
+    names: list[str] = []
+    for step in layer.path:
+        names.extend(p for p in step.channel_params if p not in names)
+    return names
+
+
 def _set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
     for i, tensor in enumerate(model.graph.initializer):
         if tensor.name == name:
@@ -81,6 +110,7 @@ def task_views(
         One model per task computing what ``zipped`` computes for that task.
     """
     values = {t.name: numpy_helper.to_array(t) for t in zipped.graph.initializer}
+    tags = [z.tag for z in zips]
     views = []
     for t, (task, model) in enumerate(zip(tasks, models)):
         view = onnx.ModelProto()
@@ -96,5 +126,9 @@ def task_views(
                         hint="the layer-wise loop needs aligned layers that agree on having a bias",
                     )
                 _set_initializer(view, layer.bias, bias)
+        originals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        for z in zips:
+            for param in [] if z.is_head else _path_params(z.layers[t]):
+                _set_initializer(view, param, _channel_param(values, originals[param], param, task, t, z, tags))
         views.append(view)
     return views
