@@ -152,7 +152,7 @@ def _normalise_mapping(mapping: Mapping[str, str] | Sequence[Sequence[str]], cou
                 f"a {{a_node: b_node}} mapping pairs two models, got {count}",
                 hint="give a list of lists, one node name per model",
             )
-        entries = [(str(a), str(b)) for a, b in mapping.items()]
+        entries: list[tuple[str, ...]] = [(str(a), str(b)) for a, b in mapping.items()]
     else:
         entries = [tuple(str(n) for n in entry) for entry in mapping]
     for entry in entries:
@@ -176,7 +176,7 @@ def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequ
                 ) from None
         rows.append(row)
     for m, chain in enumerate(chains):
-        used = [row[m].node for row in rows if row[m] is not None]
+        used = [layer.node for row in rows if (layer := row[m]) is not None]
         duplicates = sorted({n for n in used if used.count(n) > 1})
         if duplicates:
             raise ModelError(f"mapping: {chain.model} layer(s) {', '.join(duplicates)} mapped more than once")
@@ -186,7 +186,7 @@ def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequ
                 f"mapping: hidden layer(s) {', '.join(missing)} of {chain.model} are not mapped",
                 hint="map every hidden layer of every model (heads may be left out)",
             )
-        indices = [row[m].index for row in rows if row[m] is not None]
+        indices = [layer.index for row in rows if (layer := row[m]) is not None]
         if indices != sorted(indices):
             raise ModelError(f"mapping: the layers of {chain.model} are not in model order ({', '.join(used)})")
     mapped_heads = {row[0].node for row in rows if row[0] is not None and row[0].is_head}

@@ -418,8 +418,8 @@ def require_supported_chain(chain: LayerChain) -> LayerChain:
         ModelError: naming the Concat nodes, or the layer and the groups it mixes.
     """
     count = len(chain.channel_groups)
-    for layers, nodes, ops in zip(chain.channel_groups, chain.group_nodes or ((),) * count, chain.group_ops or ((),) * count):
-        if not ops or any(op != "Add" for op in ops):
+    for layers, nodes, op_types in zip(chain.channel_groups, chain.group_nodes or ((),) * count, chain.group_ops or ((),) * count):
+        if not op_types or any(op != "Add" for op in op_types):
             raise ModelError(
                 f"{chain.model}: {', '.join(nodes) or 'a node'} concatenate the channels of layers {', '.join(layers)}; "
                 "the rewrite supports plain chains and residual Adds",

@@ -38,10 +38,17 @@ from typing import Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from numpy.typing import DTypeLike
 
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.layers import PATH_EFFECTS, PathStep
-from onnx_zip.graph.lookup import activations, constant_values, consumers, is_constant, shape_of
+from onnx_zip.graph.lookup import (
+    activations,
+    constant_values,
+    consumers,
+    is_constant,
+    shape_of,
+)
 
 #: Effects of binary ops that tie the channel spaces of their two operands (one pairing).
 TIE_EFFECTS = frozenset({"residual"})
@@ -69,7 +76,7 @@ class Emitter(Protocol):
 
     def constant(self, name: str, values: np.ndarray) -> gs.Constant: ...
 
-    def variable(self, name: str, dtype: np.dtype = ...) -> gs.Variable: ...
+    def variable(self, name: str, dtype: DTypeLike = ...) -> gs.Variable: ...
 
     def node(
         self, op: str, name: str, inputs: list, outputs: list, attrs: dict | None = None, doc: str = ""
@@ -200,13 +207,13 @@ def channel_axis(rank: int) -> int:
     return 1 if rank > 2 else rank - 1
 
 
-def per_channel(values_shape: tuple[int, ...], channels: int, rank: int | None) -> str:
+def per_channel(values_shape: tuple[int | None, ...], channels: int, rank: int | None) -> str:
     """``scalar``, ``channel`` or ``other`` for a constant broadcast against a tensor of ``rank``.
 
     ``channel``: right-aligned broadcasting puts the constant's one non-1 axis, of size
     ``channels``, on the tensor's channel axis.
     """
-    size = int(np.prod(values_shape)) if values_shape else 1
+    size = int(np.prod([d or 0 for d in values_shape])) if values_shape else 1
     if size == 1:
         return "scalar"
     if size != channels or rank is None:

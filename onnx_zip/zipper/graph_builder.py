@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from numpy.typing import DTypeLike
 
 from onnx_zip.errors import ModelError
 
@@ -75,7 +76,7 @@ class GraphBuilder:
         self.constants[name] = const
         return const
 
-    def variable(self, name: str, dtype: np.dtype = np.float32) -> gs.Variable:
+    def variable(self, name: str, dtype: DTypeLike = np.float32) -> gs.Variable:
         return gs.Variable(self.unique(name), dtype=dtype)
 
     def node(self, op: str, name: str, inputs: list, outputs: list, attrs: dict | None = None, doc: str = "") -> gs.Node:

@@ -32,7 +32,13 @@ import onnx_graphsurgeon as gs
 from onnx_zip.data import model_inputs
 from onnx_zip.errors import InputError
 from onnx_zip.graph.layers import LayerChain
-from onnx_zip.zipper.graph_builder import SHARED, GraphBuilder, TaskCopier, block_names, task_prefix
+from onnx_zip.zipper.graph_builder import (
+    SHARED,
+    GraphBuilder,
+    TaskCopier,
+    block_names,
+    task_prefix,
+)
 from onnx_zip.zipper.layer_blocks import LayerSite, input_blocks, layer_blocks
 from onnx_zip.zipper.paths import PathState, build_path
 from onnx_zip.zipper.plan import LayerZip
@@ -58,9 +64,9 @@ def _signature(graph: gs.Graph, nodes: Sequence[gs.Node]) -> list[tuple]:
     """A structural fingerprint of a subgraph: ops, attributes, constants and wiring."""
     inputs = {t.name: i for i, t in enumerate(graph.inputs)}
     produced = {out.name: (j, k) for j, node in enumerate(nodes) for k, out in enumerate(node.outputs)}
-    sig = []
+    sig: list[tuple] = []
     for node in nodes:
-        refs = []
+        refs: list[tuple] = []
         for t in node.inputs:
             if isinstance(t, gs.Constant):
                 values = np.asarray(t.values)
@@ -118,7 +124,8 @@ def _graph_inputs(
     """
     specs = [model_inputs(m) for m in models]
     if not shared_input:
-        graph_inputs, per_task = [], []
+        graph_inputs: list[gs.Variable] = []
+        per_task: list[dict[str, gs.Variable]] = []
         for task, task_specs in zip(tasks, specs):
             mapping = {s.name: _input_variable(builder, task_prefix(task, s.name), s) for s in task_specs}
             graph_inputs.extend(mapping.values())

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_graphsurgeon as gs
 
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.layers import Layer, neuron_weights, stored_weights
+from onnx_zip.graph.lookup import import_graph
 from onnx_zip.graph.ops import channel_param_name, gather_channels
-from onnx_zip.zipper.plan import LayerZip
 from onnx_zip.zipper.graph_builder import SHARED, block_names
+from onnx_zip.zipper.plan import LayerZip
 
 
 def _get(values: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -87,12 +88,38 @@ def _path_params(layer: Layer) -> list[str]:
     return names
 
 
-def _set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
-    for i, tensor in enumerate(model.graph.initializer):
-        if tensor.name == name:
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
-            return
-    raise ModelError(f"task model: initializer {name} is missing")
+def _constants(graph: gs.Graph) -> dict[str, gs.Constant]:
+    return {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+
+
+def _set_constant(constants: dict[str, gs.Constant], name: str, array: np.ndarray) -> None:
+    if name not in constants:
+        raise ModelError(f"task model: initializer {name} is missing")
+    constants[name].values = np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _task_view(
+    values: dict[str, np.ndarray], task: str, t: int, model: onnx.ModelProto, zips: Sequence[LayerZip]
+) -> onnx.ModelProto:
+    """Task ``t``'s canonical model with its zipped weights and per-channel parameters."""
+    graph = import_graph(model)
+    constants = _constants(graph)
+    originals = {name: np.asarray(c.values) for name, c in constants.items()}
+    tags = [z.tag for z in zips]
+    for z in zips:
+        layer = z.layers[t]
+        weight, bias = task_layer_weights(values, task, t, z)
+        _set_constant(constants, layer.weight, stored_weights(layer, weight))
+        if bias is not None:
+            if layer.bias is None:
+                raise ModelError(
+                    f"layer {layer.node} of {task} has no bias but its partner has one",
+                    hint="the layer-wise loop needs aligned layers that agree on having a bias",
+                )
+            _set_constant(constants, layer.bias, bias)
+        for param in [] if z.is_head else _path_params(layer):
+            _set_constant(constants, param, _channel_param(values, originals[param], param, task, t, z, tags))
+    return gs.export_onnx(graph, do_type_check=False)
 
 
 def task_views(
@@ -109,26 +136,5 @@ def task_views(
     Returns:
         One model per task computing what ``zipped`` computes for that task.
     """
-    values = {t.name: numpy_helper.to_array(t) for t in zipped.graph.initializer}
-    tags = [z.tag for z in zips]
-    views = []
-    for t, (task, model) in enumerate(zip(tasks, models)):
-        view = onnx.ModelProto()
-        view.CopyFrom(model)
-        for z in zips:
-            layer = z.layers[t]
-            weight, bias = task_layer_weights(values, task, t, z)
-            _set_initializer(view, layer.weight, stored_weights(layer, weight))
-            if bias is not None:
-                if layer.bias is None:
-                    raise ModelError(
-                        f"layer {layer.node} of {task} has no bias but its partner has one",
-                        hint="the layer-wise loop needs aligned layers that agree on having a bias",
-                    )
-                _set_initializer(view, layer.bias, bias)
-        originals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-        for z in zips:
-            for param in [] if z.is_head else _path_params(z.layers[t]):
-                _set_initializer(view, param, _channel_param(values, originals[param], param, task, t, z, tags))
-        views.append(view)
-    return views
+    values = {name: np.asarray(c.values) for name, c in _constants(import_graph(zipped)).items()}
+    return [_task_view(values, task, t, model, zips) for t, (task, model) in enumerate(zip(tasks, models))]
