@@ -2,9 +2,10 @@
 builds exactly.
 
 For every (op, effect) the table declares, a tiny two-layer model puts that op between a hidden
-layer and the head. Zipped with a neuron-permuted copy of itself (share 1.0) both tasks reproduce
-the original (the permutation moves the op's per-channel parameters with the channels), and at
-share 0 both reproduce themselves, within 1e-5. An op outside the table is refused at discovery,
+layer and the head. Zipped with a neuron-permuted copy of itself (share 1.0, and 0.5 where
+each task's channels split into a shared and a specific block) both tasks reproduce the original
+(the permutation moves the op's per-channel parameters with the channels), and at share 0 both
+reproduce themselves, within 1e-5. An op outside the table is refused at discovery,
 naming the node. Adding a table entry without an example here fails :func:`test_every_entry_has_an_example`.
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import builders
 from onnx_zip import runtime
 from onnx_zip.errors import ModelError
 from onnx_zip.graph import ops
@@ -93,7 +94,7 @@ EXAMPLES: dict[tuple[str, str], Callable[[], Example]] = {
                                    helper.make_node("Squeeze", ["g", "axes"], ["z"], name="op"), inits=(_i("axes", [2, 3]),)),
     ("Flatten", "elementwise"): _chain("dense", helper.make_node("Flatten", ["h"], ["z"], name="op", axis=1)),
     ("Reshape", "elementwise"): _chain("dense", helper.make_node("Reshape", ["h", "shape"], ["z"], name="op"),
-                                       inits=(_i("shape", [0, -1]),)),
+                                       inits=(_i("shape", [-1, C]),)),  # a fixed width: not copied per block
     ("BatchNormalization", "channel_params"): _chain(
         "conv", helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["z"], name="op"),
@@ -200,7 +201,7 @@ def check_example(example: Example) -> None:
     (y,) = _run(a, x)
     np.testing.assert_allclose(_run(b, x)[0], y, rtol=0, atol=ATOL)  # the copy is the same function
     calib = {"x": _inputs(a, 200, seed=1)}
-    for share in (1.0, 0.0):
+    for share in (1.0, 0.5, 0.0):
         zipped = zip_models([a, b], [calib, calib], names=["a", "b"], share=share).model
         for out in _run(zipped, x):
             np.testing.assert_allclose(out, y, rtol=0, atol=ATOL)

@@ -155,6 +155,7 @@ def alignment_entries(document: Mapping[str, Any]) -> list[tuple[str, ...]] | No
 
 
 def _normalise_mapping(mapping: Mapping[str, Any] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
+    entries: list[tuple[str, ...]]
     if isinstance(mapping, Mapping) and (from_align := alignment_entries(mapping)) is not None:
         entries = from_align
     elif isinstance(mapping, Mapping):
@@ -163,7 +164,7 @@ def _normalise_mapping(mapping: Mapping[str, Any] | Sequence[Sequence[str]], cou
                 f"a {{a_node: b_node}} mapping pairs two models, got {count}",
                 hint="give a list of lists, one node name per model",
             )
-        entries: list[tuple[str, ...]] = [(str(a), str(b)) for a, b in mapping.items()]
+        entries = [(str(a), str(b)) for a, b in mapping.items()]
     else:
         entries = [tuple(str(n) for n in entry) for entry in mapping]
     for entry in entries:

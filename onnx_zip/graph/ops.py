@@ -249,6 +249,16 @@ def classify_pad(ctx: PathContext) -> PathStep | None:
     return None if values[:, :2].any() else _step(ctx, "spatial")
 
 
+def _keeps_flat(node: gs.Node, shape: tuple[int | None, ...], out_shape: tuple[int | None, ...] | None) -> bool:
+    """A Flatten(axis=1) of ``(N, C)``, or a Reshape whose output is ``(N, C)`` again (a Squeeze of
+    ``(N, C)`` could drop the batch axis: refused)."""
+    if node.op == "Flatten":
+        return int(node.attrs.get("axis", 1)) == 1
+    if node.op != "Reshape" or out_shape is None or len(out_shape) != 2:
+        return False
+    return out_shape[1] is not None and out_shape[1] == shape[1]
+
+
 def classify_flatten(ctx: PathContext) -> PathStep | None:
     """Flatten(axis=1) / Reshape / Squeeze of ``(N, C, *S)`` to ``(N, C·prod(S))``; a Flatten or
     Reshape of a rank-2 tensor: elementwise."""
@@ -256,9 +266,9 @@ def classify_flatten(ctx: PathContext) -> PathStep | None:
     rank = None if shape is None else len(shape)
     if not _unary(ctx):
         return None
-    if rank == 2:  # already flat: a no-op on the channels (a Squeeze of (N, C) is refused)
-        return _step(ctx, "elementwise") if ctx.node.op != "Squeeze" else None
     out_shape = shape_of(ctx.node.outputs[0])
+    if shape is not None and rank == 2:
+        return _step(ctx, "elementwise") if _keeps_flat(ctx.node, shape, out_shape) else None
     if shape is None or rank is None or out_shape is None or len(out_shape) != 2 or rank < 3:
         return None
     if ctx.node.op == "Flatten" and int(ctx.node.attrs.get("axis", 1)) != 1:
@@ -352,9 +362,8 @@ def rebuild_copy(block: BlockStep) -> gs.Variable:
 
 
 def rebuild_flatten(block: BlockStep) -> gs.Variable:
-    """``Flatten(axis=1)`` of the block (a rank-2 Flatten/Reshape/Squeeze is copied as it is)."""
-    if block.step.effect != "flatten":
-        return rebuild_copy(block)
+    """``Flatten(axis=1)`` of the block: ``(N, C_b, *S) → (N, C_b·prod(S))``; of a rank-2 block (an
+    ``elementwise`` Flatten/Reshape keeping ``(N, C)``) the identity, whatever the block's width."""
     out = block.emit.variable(f"{block.prefix}/{block.step.op_type.lower()}")
     block.emit.node("Flatten", f"{block.prefix}/Flatten", [block.inputs[0]], [out], attrs={"axis": 1})
     return out
@@ -364,10 +373,10 @@ def rebuild_arithmetic(block: BlockStep) -> gs.Variable:
     """A tie: the op on the two operands' blocks; otherwise the node copied on the block."""
     if block.step.effect not in TIE_EFFECTS:
         return rebuild_copy(block)
-    op = block.step.op_type
+    op, effect = block.step.op_type, block.step.effect
     out = block.emit.variable(f"{block.prefix}/{op.lower()}")
-    block.emit.node(op, f"{block.prefix}/residual_{op}", list(block.inputs), [out],
-                    doc=f"residual {op} {block.step.node}, on the {block.prefix.rsplit('/', 1)[-1]} channels")
+    block.emit.node(op, f"{block.prefix}/{effect}_{op}", list(block.inputs), [out],
+                    doc=f"{effect} {op} {block.step.node}, on the {block.prefix.rsplit('/', 1)[-1]} channels")
     return out
 
 
