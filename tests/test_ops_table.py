@@ -105,6 +105,12 @@ EXAMPLES: dict[tuple[str, str], Callable[[], Example]] = {
     ("PRelu", "elementwise"): _with_consts("PRelu", [_f("k", [0.2])]),
     ("PRelu", "channel_params"): _with_consts("PRelu", [_f("k", CHANNEL * 0.3)]),
     ("Add", "residual"): _chain("residual", helper.make_node("Add", ["a", "h"], ["z"], name="op")),
+    ("Softmax", "channel_norm"): _unary("Softmax", axis=1),
+    ("LogSoftmax", "channel_norm"): _unary("LogSoftmax", axis=1),
+    ("LpNormalization", "channel_norm"): _unary("LpNormalization", axis=1, p=2),
+    ("LayerNormalization", "channel_norm"): _with_consts(
+        "LayerNormalization", [_f("ln_scale", np.linspace(0.5, 1.5, C)), _f("ln_bias", np.linspace(-0.3, 0.3, C))],
+        layout="dense", axis=-1),
 }
 #: Per-channel parameters on a dense layer's path (rank 2) and a constant first: same rules.
 EXTRA: dict[str, Callable[[], Example]] = {

@@ -17,7 +17,12 @@ is exact:
 * ``flatten``: ``(N, C, H, W) → (N, C·H·W)``; flattening each block and concatenating equals
   flattening the concatenated channels (C-major), so each block gets ``Flatten(axis=1)``;
 * ``residual``: a binary op between two activations carrying the same channel group (the residual
-  Add) *ties* their channels: rebuilt block by block on the two operands (``inputs`` holds both).
+  Add) *ties* their channels: rebuilt block by block on the two operands (``inputs`` holds both);
+* ``channel_norm``: an op across the channel axis (LayerNormalization of ``(N, C)``, Softmax /
+  LogSoftmax / LpNormalization over the channels) is computed per task on all of its channels:
+  the rewrite concatenates the task's blocks, rebuilds the node once (its per-channel parameters
+  gathered to the task's zipped channel order) and splits the result back into blocks. It is
+  exact because these ops commute with a permutation of the channels.
 
 How to extend (issue 13: depthwise convs, gates ``x·f(x)``, Concat blocks, normalisations): write a
 ``classify`` returning a :class:`~onnx_zip.graph.layers.PathStep` (or None to refuse) and a
@@ -52,6 +57,9 @@ from onnx_zip.graph.lookup import (
 
 #: Effects of binary ops that tie the channel spaces of their two operands (one pairing).
 TIE_EFFECTS = frozenset({"residual"})
+#: Effects of ops that read all of a task's channels at once: the rewrite concatenates the task's
+#: blocks, rebuilds the op once on them (``channels``: the task's zipped order) and splits it back.
+WHOLE_TASK_EFFECTS = frozenset({"channel_norm"})
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,31 @@ def classify_batchnorm(ctx: PathContext) -> PathStep | None:
     return _step(ctx, "channel_params", channel_params=tuple(t.name for t in node.inputs[1:5]))
 
 
+def _on_channel_axis(ctx: PathContext, default: int) -> bool:
+    """The node's ``axis`` attribute names the channel axis of the path tensor."""
+    rank = _rank(ctx)
+    if rank is None:
+        return False
+    axis = int(ctx.node.attrs.get("axis", default))
+    return (axis + rank if axis < 0 else axis) == channel_axis(rank)
+
+
+def classify_channel_norm(ctx: PathContext) -> PathStep | None:
+    """Softmax, LogSoftmax, LpNormalization over the channel axis (no parameters)."""
+    return _step(ctx, "channel_norm") if _unary(ctx) and _on_channel_axis(ctx, -1) else None
+
+
+def classify_layer_norm(ctx: PathContext) -> PathStep | None:
+    """LayerNormalization of ``(N, C)`` over C with constant ``(C,)`` scale and bias."""
+    node = ctx.node
+    if not _unary(ctx) or _rank(ctx) != 2 or not _on_channel_axis(ctx, -1):
+        return None
+    params = [t for t in node.inputs[1:3] if t.name]
+    if any(shape_of(t) != (ctx.channels,) for t in params):
+        return None
+    return _step(ctx, "channel_norm", channel_params=tuple(t.name for t in params))
+
+
 def classify_arithmetic(ctx: PathContext) -> PathStep | None:
     """Mul/Add/Sub/Div/PRelu with one constant: scalar → elementwise, one value per channel →
     channel parameters; an Add of two activations → residual (ties their channels)."""
@@ -407,6 +440,8 @@ _register_all(
     + [OpRule(op, ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy) for op in ("Sub", "Div", "Mul")]
     + [OpRule("Add", ("elementwise", "channel_params", "residual"), classify_arithmetic, rebuild_arithmetic)]
     + [OpRule("PRelu", ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy)]
+    + [OpRule(op, ("channel_norm",), classify_channel_norm, rebuild_copy) for op in ("Softmax", "LogSoftmax", "LpNormalization")]
+    + [OpRule("LayerNormalization", ("channel_norm",), classify_layer_norm, rebuild_copy)]
 )
 
 

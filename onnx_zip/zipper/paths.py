@@ -91,10 +91,14 @@ def _per_task_from(run: Sequence[PathStep]) -> int:
     return next((i for i, step in enumerate(run) if step.channel_params), len(run))
 
 
-def rebuild_run(
-    state: PathState, t: int, task: str, tag: str, run: Sequence[PathStep], blocks: list[Block], shared: int
+def _rebuild_blockwise(
+    state: PathState, at: tuple[int, str, str], run: Sequence[PathStep], start: int, blocks: list[Block], shared: int
 ) -> list[Block]:
-    """One run of path steps on each of task ``t``'s blocks (a common block's shared part once)."""
+    """Per-block steps (positions ``start..`` of their run) on each of a task's blocks; a common
+    block is rebuilt once up to the first step with per-channel parameters."""
+    if not run:
+        return blocks
+    t, task, tag = at
     after = []
     split = _per_task_from(run)
     for i, block in enumerate(blocks):
@@ -102,17 +106,53 @@ def rebuild_run(
         owner = SHARED if block.common else task
         key = id(block.tensor)
         if key not in state.run_cache:
-            state.run_cache[key] = _rebuild_steps(state, t, run[:split], 0, block, f"{owner}/{tag}/{part}")[0], split
+            state.run_cache[key] = _rebuild_steps(state, t, run[:split], start, block, f"{owner}/{tag}/{part}")[0], split
         head, _ = state.run_cache[key]
         channels = block.channels
         for step in run[:split]:
             channels = _flattened_channels(channels, step)
         current = Block(head, block.units, block.common, channels)
         if split < len(run):
-            tail, channels = _rebuild_steps(state, t, run[split:], split, current, f"{task}/{tag}/{part}")
+            tail, channels = _rebuild_steps(state, t, run[split:], start + split, current, f"{task}/{tag}/{part}")
             current = Block(tail, block.units, False, channels)
         after.append(current)
     return after
+
+
+def _rebuild_whole(
+    state: PathState, at: tuple[int, str, str], step: PathStep, position: int, blocks: list[Block], axis: int
+) -> list[Block]:
+    """A ``channel_norm`` step on all of a task's channels: Concat the blocks, the op, Split back
+    (a task has at most two blocks here, ``[shared ; specific]``)."""
+    t, task, tag = at
+    builder, op = state.builder, step.op_type
+    channels = np.concatenate([b.channels for b in blocks])
+    x = blocks[0].tensor
+    if len(blocks) > 1:
+        x = builder.variable(f"{task}/{tag}/{op.lower()}_input")
+        builder.node("Concat", f"{task}/{tag}/{op}_Concat", [b.tensor for b in blocks], [x], attrs={"axis": axis})
+    node = state.nodes[t][step.node]
+    y = ops.rebuild(ops.BlockStep(builder, node, step, (x,), channels, f"{task}/{tag}/all", position))
+    if len(blocks) == 1:
+        return [Block(y, blocks[0].units, False, channels)]
+    outs = [builder.variable(f"{task}/{tag}/{part}/{op.lower()}") for part in ("shared", "specific")[: len(blocks)]]
+    sizes = builder.constant(f"{task}/{tag}/{op.lower()}_{position}_split", np.array([b.units for b in blocks], dtype=np.int64))
+    builder.node("Split", f"{task}/{tag}/{op}_Split", [y, sizes], outs, attrs={"axis": axis})
+    return [Block(out, b.units, False, b.channels) for out, b in zip(outs, blocks)]
+
+
+def rebuild_run(
+    state: PathState, at: tuple[int, str, str], run: Sequence[PathStep], blocks: list[Block], shared: int, axis: int
+) -> list[Block]:
+    """One run of path steps on task ``at = (t, task, tag)``'s blocks: per-block steps block by
+    block (a common block's shared part once), ``channel_norm`` steps on all the task's channels."""
+    start = 0
+    for i, step in enumerate(run):
+        if step.effect in ops.WHOLE_TASK_EFFECTS:
+            blocks = _rebuild_blockwise(state, at, run[start:i], start, blocks, shared)
+            blocks = _rebuild_whole(state, at, step, i, blocks, axis)
+            start = i + 1
+    return _rebuild_blockwise(state, at, run[start:], start, blocks, shared)
 
 
 def tie_blocks(
@@ -163,13 +203,18 @@ def _walk_ties(state: PathState, t: int, task: str, tag: str, step: PathStep, na
     return out_name, tie_blocks(state, t, task, tag, step, pair, shared)
 
 
-def build_path(state: PathState, t: int, task: str, tag: str, steps: Sequence[PathStep], output: str, blocks: list[Block], shared: int) -> None:
-    """Task ``t``'s path after a layer writing ``output`` as ``blocks``; records every tensor's blocks."""
+def build_path(
+    state: PathState, at: tuple[int, str, str], steps: Sequence[PathStep], output: str, blocks: list[Block], shared: int,
+    axis: int,
+) -> None:
+    """Task ``at = (t, task, tag)``'s path after a layer writing ``output`` as ``blocks`` (channel
+    axis ``axis``); records every tensor's blocks."""
+    t, task, tag = at
     name, current = output, blocks
     state.blocked[t][name] = current
     for run, tie in path_runs(steps):
         if run:
-            current = rebuild_run(state, t, task, tag, run, current, shared)
+            current = rebuild_run(state, at, run, current, shared, axis)
             name = state.nodes[t][run[-1].node].outputs[0].name
             state.blocked[t][name] = current
         if tie is None:

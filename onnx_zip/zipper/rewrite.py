@@ -31,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_zip.data import model_inputs
 from onnx_zip.errors import InputError
-from onnx_zip.graph.layers import LayerChain
+from onnx_zip.graph.layers import LayerChain, neuron_axis
 from onnx_zip.zipper.graph_builder import (
     SHARED,
     GraphBuilder,
@@ -203,7 +203,7 @@ def _build_segment(site: LayerSite, zips: Sequence[LayerZip]) -> None:
         if z.is_head:
             continue
         for t, (task, layer) in enumerate(zip(site.tasks, z.layers)):
-            build_path(state, t, task, z.tag, layer.path, layer.output, blocks[t], z.shared)
+            build_path(state, (t, task, z.tag), layer.path, layer.output, blocks[t], z.shared, neuron_axis(layer))
 
 
 def build_zipped_model(

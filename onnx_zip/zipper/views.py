@@ -68,11 +68,15 @@ def _channel_param(
     """Task ``t``'s per-channel parameter ``param`` after layer ``z`` in the zipped order.
 
     The zipped model holds it as one block per part (``<task>/<tag>/<part>/<param>``, ``tag`` the
-    layer whose path built it: after a residual Add, any layer of the group); a parameter the
+    layer whose path built it: after a residual Add, any layer of the group), or whole for an op
+    across the channels (``<task>/<tag>/all/<param>``); a parameter the
     zipped model does not hold is the task's original gathered to the zipped order.
     """
     parts = (["shared"] if z.shared else []) + (["specific"] if z.specific_count(t) else [])
     for tag in tags:
+        whole = values.get(channel_param_name(f"{task}/{tag}/all", param))  # a channel_norm's parameter
+        if whole is not None:
+            return whole
         blocks = [values.get(channel_param_name(f"{task}/{tag}/{part}", param)) for part in parts]
         if all(b is not None for b in blocks):
             axes = [i for i, d in enumerate(original.shape) if d != 1]
