@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import builders
 import numpy as np
 import onnx
 import pytest
+from conftest import zoo_model
 from onnx import TensorProto, helper, numpy_helper
 
-import builders
-from conftest import zoo_model
 from onnx_zip import model_io
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.canonicalize import canonicalize
@@ -213,3 +213,12 @@ def test_residual_with_batchnorm(fold: bool) -> None:
     assert chain.channel_groups == (("stem", "conv_b"),)
     first = effects(chain.by_node("conv_b"))[0]
     assert first == (("Add", "residual") if fold else ("BatchNormalization", "channel_params"))
+
+
+def test_discovery_reads_a_graphsurgeon_graph_too() -> None:
+    import onnx_graphsurgeon as gs
+
+    canonical = canonicalize(builders.residual())
+    graph = gs.import_onnx(canonical)
+    assert discover_layers(graph, label="m") == discover_layers(canonical, label="m")
+    assert len(graph.nodes) == len(canonical.graph.node)  # not modified
