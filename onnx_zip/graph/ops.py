@@ -27,9 +27,13 @@ is exact:
 How to extend (issue 13: depthwise convs, gates ``x·f(x)``, Concat blocks, normalisations): write a
 ``classify`` returning a :class:`~onnx_zip.graph.layers.PathStep` (or None to refuse) and a
 ``rebuild`` emitting the block's nodes through the :class:`Emitter`, then :func:`register` an
-:class:`OpRule`. A new effect name is added to ``PATH_EFFECTS`` (and, for a binary op that ties
-spaces, to :data:`TIE_EFFECTS`); the walker and the rewrite dispatch on the table only. Add an
-example of each (op, effect) to ``tests/test_ops_table.py``: the test refuses entries without one.
+:class:`OpRule`. A new effect name is added to ``PATH_EFFECTS`` (and to :data:`TIE_EFFECTS` for a
+binary op that ties two spaces, to :data:`WHOLE_TASK_EFFECTS` for an op that must see all of a
+task's channels); the walker and the rewrite dispatch on the table only. Add an example of each
+(op, effect) to ``tests/test_ops_table.py``: the test refuses entries without one. For example a
+depthwise Conv (not a layer: ``discover._is_layer`` must then skip ``group > 1``) is an entry
+``OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)`` whose rebuild gathers
+the weight and bias with :func:`gather_channels` and sets ``group`` to the block's width.
 
 Post-processing after a head (the ``output`` effect) is not in the table: a head's output
 channels are never permuted, so whatever follows is copied as it is.
