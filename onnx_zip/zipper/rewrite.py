@@ -13,12 +13,19 @@ Layout of the zipped graph (names are deterministic and say whose a tensor is):
     weights, the block is computed once for all tasks (``shared/<layer>/...`` nodes);
   - the task-specific block: ``Op(Concat(all input blocks), <t>/<layer>/weight, <t>/<layer>/bias)``;
 
-  and the nodes between two layers (activations, pooling, Flatten) are applied to each block;
+  and the nodes between two layers are rebuilt on the blocks as the op-semantics table
+  (:mod:`onnx_zip.graph.ops`) says: activations, pools and Flatten per block, per-channel
+  parameters gathered to each task's blocks, residual Adds block by block, ops across the
+  channels per task (see :mod:`onnx_zip.zipper.paths`);
 * heads read the concatenation of the last layer's blocks with their input axis re-ordered.
 
 Channel order of a layer's output for task ``t``: ``[shared (pair order) ; specific (ascending)]``,
 exactly the order :mod:`onnx_zip.zipper.plan` used for the next layer's weights. Concatenating the
 flattened blocks equals flattening the concatenated channels (C-major), so Flatten is per block.
+
+Stages: graph inputs → pre-processing shared by every task (built once) → everything outside the
+zipped segment copied per task → each zipped layer's blocks (:mod:`onnx_zip.zipper.layer_blocks`)
+and its path (:mod:`onnx_zip.zipper.paths`) → export.
 """
 
 from __future__ import annotations
