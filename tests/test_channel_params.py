@@ -9,12 +9,12 @@ the zipped order.
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+import builders
 from onnx_zip import runtime
 from onnx_zip.zipper.api import prepare_job, zip_models
 from onnx_zip.zipper.views import task_views

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 import pytest
-from conftest import zoo_model
 from onnx import TensorProto, helper, numpy_helper
 
+import builders
+from conftest import zoo_model
 from onnx_zip import model_io
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.canonicalize import canonicalize

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import builders
 from onnx_zip import runtime
 from onnx_zip.errors import ModelError
 from onnx_zip.graph import ops

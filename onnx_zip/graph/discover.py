@@ -175,7 +175,8 @@ def _refuse_step(m: _Model, layer: Layer, node: gs.Node, tensor: gs.Tensor) -> M
         f"{m.label}: node {node.name!r} ({node.op}) after layer {layer.node!r} has no known "
         f"effect on the channel axis of {tensor.name!r}",
         hint="supported between layers: activations, pools, Flatten/Reshape to (N, -1), spatial Pad, "
-        "BatchNormalization, per-channel or scalar Mul/Add/Sub/Div (the op table in onnx_zip/graph/ops.py)",
+        "BatchNormalization, per-channel or scalar Mul/Add/Sub/Div/PRelu, residual Add, LayerNormalization "
+        "or Softmax over the channels",
     )
 
 

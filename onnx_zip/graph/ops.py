@@ -190,11 +190,6 @@ def rebuild(block: BlockStep) -> gs.Variable:
     return rule.rebuild(block)
 
 
-def supported_summary() -> str:
-    """A one-line list of the ops supported between layers (for hints)."""
-    return ", ".join(sorted(OP_RULES))
-
-
 # ---------------------------------------------------------------- classification helpers
 
 
