@@ -18,6 +18,8 @@ Any other exception escaping the library is a bug too and also exits 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class OnnxZipError(Exception):
     """Base class of every error onnx_zip raises on purpose.
@@ -64,3 +66,20 @@ class InternalError(OnnxZipError):
     Raise it where a check guards the library's own bookkeeping (an initializer created twice, a
     tensor of the wrong size after training), never for anything a user could fix.
     """
+
+
+def raise_all(problems: Sequence[str], *, label: str | None = None, hint: str | None = None) -> None:
+    """Raise one :class:`InputError` listing every problem (nothing when there is none).
+
+    Args:
+        problems: One message each, naming the key, option, file or model at fault.
+        label: What they are about, put before the list (``recipe r.yaml``).
+        hint: How to fix them (optional).
+    """
+    if not problems:
+        return
+    prefix = f"{label}: " if label else ""
+    if len(problems) == 1:
+        raise InputError(prefix + problems[0], hint=hint)
+    listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+    raise InputError(f"{prefix}{len(problems)} problems: {listed}", hint=hint)

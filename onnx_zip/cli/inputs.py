@@ -1,11 +1,9 @@
-"""Checks of the files named on a command line, made before any long work starts.
+"""Reading what a command line names, collecting problems instead of stopping at the first one.
 
-Each check returns the problems it found as strings (empty: none), so that a command can report
-every mistake of its command line at once (:func:`raise_all`) instead of the first one.
+The checks of the files themselves are :mod:`onnx_zip.input_checks` (shared with the recipes); one
+:class:`~onnx_zip.errors.InputError` lists everything (:func:`onnx_zip.errors.raise_all`).
 
-* :func:`data_problems`: an ``.npz`` argument that is missing, or is an ONNX model (swapped arguments);
-* :func:`model_problems`: a model argument that is missing, is ``.npz`` data, or (for ``zip``) is
-  already a zipped model (its ``onnx_zip.*`` metadata);
+* :func:`task_files`: ``TASK=FILE`` arguments;
 * :func:`read_mapping`: the ``--map`` file, either the ``{"a_node": "b_node"}`` / ``[[a, b, c], …]``
   forms or the output of ``onnx-zip align --json`` as it is.
 """
@@ -13,28 +11,15 @@ every mistake of its command line at once (:func:`raise_all`) instead of the fir
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
+from onnx_zip.errors import InputError, raise_all
+from onnx_zip.input_checks import data_problems, model_problems, zipped_tasks
 
-from onnx_zip.errors import InputError
-
-#: Metadata keys of a model written by ``onnx-zip zip`` start with this.
-ZIPPED_PREFIX = "onnx_zip."
-#: The first bytes of a ``.npz`` (a zip archive).
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-
-def raise_all(problems: Sequence[str], *, hint: str | None = None) -> None:
-    """Raise one :class:`InputError` listing every problem (nothing when there is none)."""
-    if not problems:
-        return
-    if len(problems) == 1:
-        raise InputError(problems[0], hint=hint)
-    listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-    raise InputError(f"{len(problems)} problems: {listed}", hint=hint)
+__all__ = ["collect", "data_problems", "mapping_from_json", "model_problems", "raise_all", "read_json",
+           "read_mapping", "task_files", "zipped_tasks"]
 
 
 def collect(problems: list[str], check: Any, *args: Any, **kwargs: Any) -> Any:
@@ -45,78 +30,6 @@ def collect(problems: list[str], check: Any, *args: Any, **kwargs: Any) -> Any:
     except InputError as exc:
         problems.append(str(exc))
         return None
-
-
-def _head(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read(4)
-
-
-def _missing(path: Path, what: str) -> str | None:
-    if not path.exists():
-        return f"{what} {path}: file not found"
-    if not path.is_file():
-        return f"{what} {path}: is a folder, not a file"
-    return None
-
-
-def data_problems(paths: Iterable[str | None], what: str) -> list[str]:
-    """Problems of ``.npz`` data arguments: missing files and ONNX models given as data.
-
-    Args:
-        paths: The paths as typed (``None`` entries are skipped).
-        what: The option, for messages (``--calib``).
-    """
-    out = []
-    for text in paths:
-        if text is None:
-            continue
-        path = Path(text)
-        missing = _missing(path, what)
-        if missing:
-            out.append(missing)
-        elif _head(path) not in _ZIP_MAGIC and path.suffix.lower() == ".onnx":
-            out.append(f"{what} {path}: is an .onnx model where .npz data is expected "
-                       "(models come first, each data file after its option)")
-    return out
-
-
-def zipped_tasks(path: str | Path) -> list[str] | None:
-    """The task names of a model written by ``onnx-zip zip`` (``None``: not a zipped model).
-
-    Reads the model's metadata only (no external data); a file that is not ONNX gives ``None``.
-    """
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not readable as ONNX: the model loader reports it properly
-        return None
-    props = {p.key: p.value for p in model.metadata_props}
-    if not any(key.startswith(ZIPPED_PREFIX) for key in props):
-        return None
-    try:
-        tasks = json.loads(props.get(f"{ZIPPED_PREFIX}tasks", "[]"))
-    except json.JSONDecodeError:
-        tasks = []
-    return [str(t) for t in tasks] if isinstance(tasks, list) else []
-
-
-def model_problems(paths: Iterable[str], what: str = "model", *, refuse_zipped: bool = False) -> list[str]:
-    """Problems of model arguments: missing files, ``.npz`` data given as a model and, with
-    ``refuse_zipped``, models that are already zipped."""
-    out = []
-    for text in paths:
-        path = Path(text)
-        missing = _missing(path, what)
-        if missing:
-            out.append(missing)
-        elif _head(path) in _ZIP_MAGIC:
-            out.append(f"{what} {path}: is .npz data, not an .onnx model")
-        elif refuse_zipped:
-            tasks = zipped_tasks(path)
-            if tasks is not None:
-                out.append(f"{what} {path}: is already a zipped model (tasks {', '.join(tasks) or '?'}); "
-                           "zip the original single-task models, or `onnx-zip extract` one task first")
-    return out
 
 
 def task_files(items: Sequence[str] | None, option: str, problems: list[str]) -> dict[str, str]:
