@@ -9,6 +9,7 @@ from typing import Any
 from onnx_zip.cli._output import print_zip_summary
 from onnx_zip.cli.inputs import collect, data_problems, model_problems, raise_all, read_json, read_mapping, task_files
 from onnx_zip.cli.options import add_config_arguments, configs_from_args
+from onnx_zip.config import PAIRINGS, ZipConfig
 from onnx_zip.model_io import check_writable
 
 NAME = "zip"
@@ -78,9 +79,9 @@ def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dic
     problems += found
     if not train and (evaluation or any(getattr(args, a) is not None for a in ("retrain_steps", "lr", "optimizer", "batch"))):
         problems.append("--retrain-steps, --lr, --optimizer, --batch and --eval need --train (the layer-wise loop)")
-    zip_config = configs.get("zip")
-    if zip_config is not None and zip_config.method.needs_calibration and len(args.calib or []) != len(args.models):
-        problems.append(f"{zip_config.pairing} pairing needs calibration data for each model: got "
+    pairing = args.pairing or ZipConfig.pairing
+    if pairing in PAIRINGS and PAIRINGS.get(pairing).needs_calibration and len(args.calib or []) != len(args.models):
+        problems.append(f"{pairing} pairing needs calibration data for each model: got "
                         f"{len(args.calib or [])} --calib for {len(args.models)} models "
                         "(pass one --calib per model, in model order: --calib A.npz --calib B.npz …)")
     problems += _file_problems(args, train, evaluation)
