@@ -11,6 +11,7 @@ every mistake at once (:func:`onnx_zip.errors.raise_all`) instead of the first o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def _missing(path: Path, what: str) -> str | None:
     return None
 
 
-def data_problems(paths: Iterable[str | None], what: str) -> list[str]:
+def data_problems(paths: Iterable[str | os.PathLike[str] | None], what: str) -> list[str]:
     """Problems of ``.npz`` data arguments: missing files and ONNX models given as data.
 
     Args:
@@ -51,8 +52,10 @@ def data_problems(paths: Iterable[str | None], what: str) -> list[str]:
         if missing:
             out.append(missing)
         elif _head(path) not in _ZIP_MAGIC and path.suffix.lower() == ".onnx":
-            out.append(f"{what} {path}: is an .onnx model where .npz data is expected "
-                       "(models come first, each data file after its option)")
+            out.append(
+                f"{what} {path}: is an .onnx model where .npz data is expected "
+                "(models come first, each data file after its option)"
+            )
     return out
 
 
@@ -75,7 +78,9 @@ def zipped_tasks(path: str | Path) -> list[str] | None:
     return [str(t) for t in tasks] if isinstance(tasks, list) else []
 
 
-def model_problems(paths: Iterable[str], what: str = "model", *, refuse_zipped: bool = False) -> list[str]:
+def model_problems(
+    paths: Iterable[str | os.PathLike[str]], what: str = "model", *, refuse_zipped: bool = False
+) -> list[str]:
     """Problems of model arguments: missing files, ``.npz`` data given as a model and, with
     ``refuse_zipped``, models that are already zipped."""
     out = []
@@ -89,6 +94,8 @@ def model_problems(paths: Iterable[str], what: str = "model", *, refuse_zipped: 
         elif refuse_zipped:
             tasks = zipped_tasks(path)
             if tasks is not None:
-                out.append(f"{what} {path}: is already a zipped model (tasks {', '.join(tasks) or '?'}); "
-                           "zip the original single-task models, or `onnx-zip extract` one task first")
+                out.append(
+                    f"{what} {path}: is already a zipped model (tasks {', '.join(tasks) or '?'}); "
+                    "zip the original single-task models, or `onnx-zip extract` one task first"
+                )
     return out

@@ -53,7 +53,9 @@ def zoo() -> dict[str, dict[str, Any]]:
     """name → manifest entry (absolute paths); fails when the bundled zoo is missing."""
     models = load_zoo()
     if not models:
-        pytest.fail(f"no model zoo: {MANIFEST} is absent or lists no existing model (the zoo is part of the repository)")
+        pytest.fail(
+            f"no model zoo: {MANIFEST} is absent or lists no existing model (the zoo is part of the repository)"
+        )
     return models
 
 
@@ -70,8 +72,15 @@ def _import_cli() -> None:
     from onnx_zip.cli.main import command_modules  # noqa: PLC0415
 
     command_modules()
-    for name in ("onnx_zip.finetune", "onnx_zip.zipper.layerwise", "onnx_zip.recipes", "onnx_zip.sweep",
-                 "onnx_zip.reporting", "onnx_zip.zipper.api", "onnx_zip.demo"):
+    for name in (
+        "onnx_zip.finetune",
+        "onnx_zip.zipper.layerwise",
+        "onnx_zip.recipes",
+        "onnx_zip.sweep",
+        "onnx_zip.reporting",
+        "onnx_zip.zipper.api",
+        "onnx_zip.demo",
+    ):
         importlib.import_module(name)
 
 

@@ -35,8 +35,19 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         files[f"{name}_data"] = folder / f"{name}.npz"
         np.savez(files[f"{name}_data"], **builders.random_inputs(model, 64, seed=s))
     files["zipped"] = folder / "zipped.onnx"
-    done = run_cli("zip", files["a"], files["b"], "--calib", files["a_data"], "--calib", files["b_data"],
-                   "-o", files["zipped"], "--calib-limit", "0")
+    done = run_cli(
+        "zip",
+        files["a"],
+        files["b"],
+        "--calib",
+        files["a_data"],
+        "--calib",
+        files["b_data"],
+        "-o",
+        files["zipped"],
+        "--calib-limit",
+        "0",
+    )
     assert done.returncode == 0, done.stderr
     return files
 
@@ -98,11 +109,16 @@ def test_a_closed_pipe_ends_quietly_in_process(monkeypatch, pair, capsys) -> Non
 
 def test_entry_point_in_a_real_process_with_a_closed_pipe(pair) -> None:
     """The one test through a real interpreter: ``python -m onnx_zip``, its stdout closed before it writes."""
-    version = subprocess.run([sys.executable, "-m", "onnx_zip", "--version"], capture_output=True, text=True,
-                             timeout=120, cwd=REPO_ROOT)
+    version = subprocess.run(
+        [sys.executable, "-m", "onnx_zip", "--version"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
     assert version.returncode == 0 and version.stdout.startswith("onnx-zip ")
-    process = subprocess.Popen([sys.executable, "-m", "onnx_zip", "inspect", "--json", str(pair["zipped"])],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnx_zip", "inspect", "--json", str(pair["zipped"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
     assert process.stdout is not None and process.stderr is not None
     process.stdout.close()  # like `| head` having exited
     stderr = process.stderr.read().decode()
@@ -113,23 +129,57 @@ def test_entry_point_in_a_real_process_with_a_closed_pipe(pair) -> None:
 def test_a_model_given_as_data_and_data_given_as_a_model_are_named(pair, tmp_path) -> None:
     result = run_cli("eval", pair["a"], "--data", pair["b"])
     assert_one_error_line(result, "--data", "is an .onnx model where .npz data is expected")
-    result = run_cli("zip", pair["a"], pair["b_data"], "--calib", pair["a_data"], "--calib", pair["a"], "-o", tmp_path / "z.onnx")
+    result = run_cli(
+        "zip", pair["a"], pair["b_data"], "--calib", pair["a_data"], "--calib", pair["a"], "-o", tmp_path / "z.onnx"
+    )
     assert_one_error_line(result, "2 problems", "is .npz data, not an .onnx model", "is an .onnx model where .npz")
     assert not (tmp_path / "z.onnx").exists()
 
 
 def test_zipping_a_zipped_model_says_so(pair, tmp_path) -> None:
-    result = run_cli("zip", pair["zipped"], pair["b"], "--calib", pair["a_data"], "--calib", pair["b_data"],
-                     "-o", tmp_path / "again.onnx")
+    result = run_cli(
+        "zip",
+        pair["zipped"],
+        pair["b"],
+        "--calib",
+        pair["a_data"],
+        "--calib",
+        pair["b_data"],
+        "-o",
+        tmp_path / "again.onnx",
+    )
     assert_one_error_line(result, str(pair["zipped"]), "already a zipped model", "tasks a, b", "extract")
     assert not (tmp_path / "again.onnx").exists()
 
 
 def test_every_mistake_of_a_command_line_at_once(pair, tmp_path) -> None:
-    result = run_cli("zip", pair["a"], pair["b"], "--calib", pair["a_data"], "--share", "1.5", "--max-cost", "0.1",
-                     "--match", "best", "--calib-limit", "-3", "-o", tmp_path / "missing" / "z.onnx")
-    assert_one_error_line(result, "6 problems", "--share (zip.share) is 1.5", "--match (zip.match) is 'best'",
-                          "only one sharing policy", "--calib-limit", "1 --calib for 2 models", "does not exist")
+    result = run_cli(
+        "zip",
+        pair["a"],
+        pair["b"],
+        "--calib",
+        pair["a_data"],
+        "--share",
+        "1.5",
+        "--max-cost",
+        "0.1",
+        "--match",
+        "best",
+        "--calib-limit",
+        "-3",
+        "-o",
+        tmp_path / "missing" / "z.onnx",
+    )
+    assert_one_error_line(
+        result,
+        "6 problems",
+        "--share (zip.share) is 1.5",
+        "--match (zip.match) is 'best'",
+        "only one sharing policy",
+        "--calib-limit",
+        "1 --calib for 2 models",
+        "does not exist",
+    )
 
 
 def test_align_json_is_accepted_by_zip_map(pair, tmp_path) -> None:

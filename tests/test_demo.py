@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import REPO_ROOT, run_cli
 
 PAIR_FILES = ["lenet5_mnist_s0.onnx", "lenet5_fashion.onnx"]
@@ -13,6 +15,7 @@ PAIR_FILES = ["lenet5_mnist_s0.onnx", "lenet5_fashion.onnx"]
 cli = run_cli
 
 
+@pytest.mark.slow
 def test_demo_with_defaults_prints_the_table(tmp_path):
     assert all((REPO_ROOT / "models" / f).is_file() for f in PAIR_FILES), "the bundled LeNet-5 models are missing"
     result = cli("demo", cwd=tmp_path)

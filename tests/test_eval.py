@@ -135,6 +135,7 @@ def test_the_zoo_is_bundled():
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[m["name"] for m in ZOO])
+@pytest.mark.slow
 def test_zoo_accuracy_reproduces_the_manifest_and_meets_its_floor(entry):
     models = MANIFEST.parent
     assert model_io.sha256_file(models / entry["file"]) == entry["sha256"]

@@ -322,7 +322,7 @@ def test_cli_trains_and_writes(cli_files):
         ("range", "labels range over [0, 8] but output 'a/y' has 3 classes"),
         ("unknown", "unknown task 'c'"),
         ("bce", "the bce loss of output 'a/y' needs float targets"),
-        ("zero", "--steps must be at least 1"),
+        ("zero", "--steps (finetune.steps) is 0, must be ≥ 1"),
     ],
 )
 def test_cli_bad_input_exits_2_without_output(cli_files, case, message):
@@ -342,6 +342,7 @@ def test_cli_bad_input_exits_2_without_output(cli_files, case, message):
 # ----------------------------------------------------------------- zoo
 
 
+@pytest.mark.slow
 def test_zoo_lenet300_pair_recovers_with_100_steps(zoo):
     from onnx_zip.zipper.api import zip_models
 

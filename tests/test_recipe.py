@@ -104,6 +104,7 @@ def test_missing_file_and_bad_data_exit_2_and_write_nothing(zoo, tmp_path):
     assert_one_error_line(cli("run", tmp_path / "absent.yaml"), "file not found")
 
 
+@pytest.mark.slow
 def test_recipe_runs_twice_to_the_same_bytes_and_is_stored(zoo, tmp_path):
     path = write(tmp_path, small_recipe(zoo, tmp_path))
     first = cli("run", path, cwd=tmp_path)

@@ -58,6 +58,7 @@ def layerwise_and_sweep_report() -> dict:
     }
 
 
+@pytest.mark.slow
 def test_report_command_writes_tables_and_plots(pair, tmp_path):
     pytest.importorskip("matplotlib")
     report = json.loads(pair["report"].read_text())
@@ -79,6 +80,7 @@ def test_report_command_writes_tables_and_plots(pair, tmp_path):
         assert f"]({image.name})" in text
 
 
+@pytest.mark.slow
 def test_every_plot_is_drawn_from_a_full_report(tmp_path):
     pytest.importorskip("matplotlib")
     summary = write_summary(layerwise_and_sweep_report(), tmp_path / "card.md")

@@ -29,6 +29,7 @@ def base_args(zoo) -> list[str]:
             "--eval", f"s0={a['data']['test']}", "--eval", f"s1={b['data']['test']}", "--calib-limit", "256", "--eval-limit", "200"]
 
 
+@pytest.mark.slow
 def test_sweep_table_report_and_curve(zoo, tmp_path):
     out = tmp_path / "sweep"
     result = cli(*base_args(zoo), "--shares", "0,0.5,1", "--out", out)
@@ -56,7 +57,7 @@ def test_sweep_table_report_and_curve(zoo, tmp_path):
     [
         (["--shares", "0,1.5"], "1.5 is not a fraction"),
         (["--shares", "a,b"], "expected comma-separated fractions"),
-        (["--finetune-steps", "3"], "--finetune-steps needs --train"),
+        (["--finetune-steps", "3"], "--steps needs --train"),
     ],
 )
 def test_sweep_bad_input_exits_2_without_outputs(zoo, tmp_path, extra, needle):

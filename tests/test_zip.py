@@ -72,6 +72,7 @@ def permuted_mlp(model: onnx.ModelProto, seed: int = 7) -> tuple[onnx.ModelProto
 
 
 @pytest.mark.parametrize("pair", [("lenet300_mnist_s0", "lenet300_mnist_s1"), ("lenet5_mnist_s0", "lenet5_fashion")])
+@pytest.mark.slow
 def test_share_zero_reproduces_every_original_output(zoo, pair, tmp_path):
     entries = [zoo_model(zoo, name) for name in pair]
     result = zip_models(
@@ -89,6 +90,7 @@ def test_share_zero_reproduces_every_original_output(zoo, pair, tmp_path):
     assert all(layer["shared"] == 0 for layer in result.report["layers"])
 
 
+@pytest.mark.slow
 def test_zoo_pair_file_shrinks_with_the_saved_weights(zoo, tmp_path):
     entries = [zoo_model(zoo, name) for name in ("lenet300_mnist_s0", "lenet300_mnist_s1")]
     result = zip_models(
@@ -327,7 +329,7 @@ _cli = run_cli
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("share", "within [0, 1]"),
+        ("share", "--share (zip.share) is 1.5, must be ≤ 1"),
         ("names", "3 task names for 2 models"),
         ("unaligned", "do not align"),
         ("unwritable", "does not exist"),

@@ -21,6 +21,7 @@ from test_zip import augment, initializers, literal_greedy, permuted_cnn, permut
 # ----------------------------------------------------------------- exactness at 0% sharing
 
 
+@pytest.mark.slow
 def test_three_zoo_models_at_share_zero_reproduce_every_output(zoo, tmp_path):
     names = ("lenet5_mnist_s0", "lenet5_fashion", "lenet5_fashion_super4")
     entries = [zoo_model(zoo, name) for name in names]

@@ -19,8 +19,11 @@ NEEDS_RUNTIME = False
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="two or more .onnx models")
-    parser.add_argument("--map", metavar="FILE.json",
-                        help='explicit pairing: {"a_node": "b_node"}, [[a, b, c], ...] or the output of align --json')
+    parser.add_argument(
+        "--map",
+        metavar="FILE.json",
+        help='explicit pairing: {"a_node": "b_node"}, [[a, b, c], ...] or the output of align --json',
+    )
     parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes separate")
     parser.add_argument("--json", action="store_true", help="print the alignment as JSON (zip --map FILE accepts it)")
 
@@ -52,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
         depths = [len(c.hidden) for c in chains]
         chains = match_depths(chains)
         if len(set(depths)) > 1 and not args.json:
-            print(f"different depths ({', '.join(map(str, depths))} hidden layers): the first {min(depths)} are zipped; "
-                  "a deeper model's next layer is its head here, and it and the layers after it stay task-specific")
+            print(
+                f"different depths ({', '.join(map(str, depths))} hidden layers): the first {min(depths)} are zipped; "
+                "a deeper model's next layer is its head here, and it and the layers after it stay task-specific"
+            )
     alignment = align_chains(chains, mapping=mapping)
     if args.json:
         print(json.dumps(alignment.to_dict(), indent=2))

@@ -27,5 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, **result.to_dict()}, indent=2))
     else:
-        print(f"{args.model}: accuracy {100 * result.accuracy:.2f}% ({result.correct}/{result.count}) on {args.data}, output {result.output!r}")
+        print(
+            f"{args.model}: accuracy {100 * result.accuracy:.2f}% ({result.correct}/{result.count}) "
+            f"on {args.data}, output {result.output!r}"
+        )
     return 0

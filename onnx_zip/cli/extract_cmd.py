@@ -20,5 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = extract_file(args.model, args.task, args.output)
-    print(f"wrote {args.output}: task {args.task}, {parameter_count(model):,} parameters, outputs {[o.name for o in model.graph.output]}")
+    print(
+        f"wrote {args.output}: task {args.task}, {parameter_count(model):,} parameters, "
+        f"outputs {[o.name for o in model.graph.output]}"
+    )
     return 0

@@ -16,9 +16,16 @@ HELP = "lightly retrain a zipped model on every task jointly (onnxruntime-traini
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the zipped .onnx model (or a single-task model)")
-    parser.add_argument("--train", action="append", required=True, metavar="TASK=NPZ",
-                        help="training data of a task (inputs by name + 'label'); once per task")
-    parser.add_argument("--eval", action="append", metavar="TASK=NPZ", help="labelled test data of a task (accuracy before/after)")
+    parser.add_argument(
+        "--train",
+        action="append",
+        required=True,
+        metavar="TASK=NPZ",
+        help="training data of a task (inputs by name + 'label'); once per task",
+    )
+    parser.add_argument(
+        "--eval", action="append", metavar="TASK=NPZ", help="labelled test data of a task (accuracy before/after)"
+    )
     parser.add_argument("-o", "--output", required=True, help="the fine-tuned .onnx model to write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(parser, ("finetune",))

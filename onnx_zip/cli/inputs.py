@@ -18,8 +18,17 @@ from typing import Any
 from onnx_zip.errors import InputError, raise_all
 from onnx_zip.input_checks import data_problems, model_problems, zipped_tasks
 
-__all__ = ["collect", "data_problems", "mapping_from_json", "model_problems", "raise_all", "read_json",
-           "read_mapping", "task_files", "zipped_tasks"]
+__all__ = [
+    "collect",
+    "data_problems",
+    "mapping_from_json",
+    "model_problems",
+    "raise_all",
+    "read_json",
+    "read_mapping",
+    "task_files",
+    "zipped_tasks",
+]
 
 
 def collect(problems: list[str], check: Any, *args: Any, **kwargs: Any) -> Any:
@@ -72,8 +81,12 @@ def mapping_from_json(data: Any, what: str) -> dict[str, str] | list[list[str]]:
     """
     if isinstance(data, dict) and "layers" in data:
         layers = data["layers"]
-        if not isinstance(layers, list) or not all(isinstance(a, dict) and isinstance(a.get("nodes"), list) for a in layers):
-            raise InputError(f"{what}: 'layers' must be a list of {{\"nodes\": [...]}} as `onnx-zip align --json` writes")
+        if not isinstance(layers, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("nodes"), list) for a in layers
+        ):
+            raise InputError(
+                f"{what}: 'layers' must be a list of {{\"nodes\": [...]}} as `onnx-zip align --json` writes"
+            )
         data = [[str(n) for n in a["nodes"]] for a in layers]
     if isinstance(data, list):
         if not all(isinstance(row, list) and all(isinstance(n, str) for n in row) for row in data):
@@ -83,7 +96,9 @@ def mapping_from_json(data: Any, what: str) -> dict[str, str] | list[list[str]]:
         return data
     if isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         return dict(data)
-    raise InputError(f"{what}: expected {{\"a_node\": \"b_node\"}}, [[a, b, c], ...] or the output of `onnx-zip align --json`")
+    raise InputError(
+        f'{what}: expected {{"a_node": "b_node"}}, [[a, b, c], ...] or the output of `onnx-zip align --json`'
+    )
 
 
 def read_mapping(path: str, what: str = "--map") -> dict[str, str] | list[list[str]]:

@@ -55,10 +55,10 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, suffix: str, default: obj
     The subcommand's copies write other destinations, so that ``onnx-zip -v zip … -v`` counts both.
     """
     group = parser.add_argument_group("output")
-    group.add_argument("-v", "--verbose", dest=f"verbose{suffix}", action="count", default=default,
-                       help="more log output (-vv: debug)")
-    group.add_argument("-q", "--quiet", dest=f"quiet{suffix}", action="store_true", default=default,
-                       help="only errors")
+    group.add_argument(
+        "-v", "--verbose", dest=f"verbose{suffix}", action="count", default=default, help="more log output (-vv: debug)"
+    )
+    group.add_argument("-q", "--quiet", dest=f"quiet{suffix}", action="store_true", default=default, help="only errors")
 
 
 def command_modules() -> list[ModuleType]:
@@ -98,16 +98,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time of the record (tests capture it)."""
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (so that tests can capture it)."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201 - the StreamHandler attribute
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging's own error path
+            self.handleError(record)
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:

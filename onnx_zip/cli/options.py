@@ -14,7 +14,9 @@ them together with its own).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,15 +44,16 @@ def _help(option: Option) -> str:
     text = option.help
     if option.kind == "bool":
         return text if option.default is False else f"turn off: {text}"
-    if option.default is None or option.default == () or "default" in text:
+    text = re.sub(r"\s*\(default [^)]*\)", "", text)  # the actual default is appended below
+    if option.default is None or option.default == ():
         return text
     return f"{text} (default {option.default})"
 
 
-def _add(group: argparse._ArgumentGroup, option: Option) -> None:
+def _add(group: argparse._ArgumentGroup, option: Option, default: Any = None) -> None:
     assert option.flag is not None
     spellings = [option.flag]
-    kwargs: dict[str, Any] = {"dest": dest(option), "default": None, "help": _help(option)}
+    kwargs: dict[str, Any] = {"dest": dest(option), "default": default, "help": _help(option)}
     if option.kind == "bool":
         kwargs.update(action="store_const", const=not option.default)
     elif option.kind in _NUMBER_KINDS:
@@ -68,6 +71,15 @@ def _add(group: argparse._ArgumentGroup, option: Option) -> None:
         group.add_argument(alias, **{**kwargs, "help": argparse.SUPPRESS})
 
 
+def add_config_option(parser: argparse.ArgumentParser, section: str, name: str, *, default: Any) -> None:
+    """Add one declared option with a command's own default (``demo --share``: the demo's share).
+
+    The value is then the plain typed value (argparse checks only its type); the command passes it on.
+    """
+    option = next(o for o in iter_options(GROUPS[section]) if o.name == name)
+    _add(parser._action_groups[1], dataclasses.replace(option, default=default), default=default)
+
+
 def options_of(sections: Sequence[str], *, skip: Sequence[str] = ()) -> dict[str, Option]:
     """``{flag: first option declaring it}`` of the sections, without the flags in ``skip``."""
     out: dict[str, Option] = {}
@@ -78,9 +90,7 @@ def options_of(sections: Sequence[str], *, skip: Sequence[str] = ()) -> dict[str
     return out
 
 
-def add_config_arguments(
-    parser: argparse.ArgumentParser, sections: Sequence[str], *, skip: Sequence[str] = ()
-) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, sections: Sequence[str], *, skip: Sequence[str] = ()) -> None:
     """Add the options of ``sections`` (``zip``, ``calibration``, ``finetune``, ``retrain``) to a parser,
     one argument group per section, each flag once (the first section declaring it holds it)."""
     options = options_of(sections, skip=skip)
@@ -201,5 +211,5 @@ def _flag_spelling(problem: str, section: str) -> str:
     for option in iter_options(GROUPS[section]):
         key = option.key
         if option.flag and problem.startswith(key + " "):
-            return f"{option.flag} ({key}){problem[len(key):]}"
+            return f"{option.flag} ({key}){problem[len(key) :]}"
     return problem

@@ -26,12 +26,18 @@ FINETUNE_OWNED = ("--seed", "--threads", "--eval-every")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="two or more .onnx models")
     parser.add_argument("--calib", action="append", metavar="NPZ", help="calibration data, once per model, in order")
-    parser.add_argument("--eval", action="append", metavar="TASK=NPZ", required=True, help="labelled test data of each task")
+    parser.add_argument(
+        "--eval", action="append", metavar="TASK=NPZ", required=True, help="labelled test data of each task"
+    )
     parser.add_argument("--names", help="task names, comma separated (default a,b)")
     parser.add_argument("--shares", default="0,0.25,0.5,0.75,1", help="sharing levels (default 0,0.25,0.5,0.75,1)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json, sweep.md and the plot (created)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for sweep.json, sweep.md and the plot (created)"
+    )
     parser.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on at most N samples per task")
-    parser.add_argument("--save-models", action="store_true", help="also write each level's model to DIR/share_<level>.onnx")
+    parser.add_argument(
+        "--save-models", action="store_true", help="also write each level's model to DIR/share_<level>.onnx"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser, ("zip", "calibration", "finetune"), skip=SHARING_FLAGS)
     tune = parser.add_argument_group("data of the fine-tuning at each level (with --steps N)")
@@ -78,20 +84,33 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    options = {k: v for k, v in zip_options(configs).items() if k not in ("share", "share_per_layer", "max_cost", "mapping")}
+    options = {
+        k: v for k, v in zip_options(configs).items() if k not in ("share", "share_per_layer", "max_cost", "mapping")
+    }
     finetune_options: dict[str, Any] = {"progress": progress}
     if configs.get("finetune") is not None:
         tuning = configs["finetune"].to_dict()
-        finetune_options.update({k: v for k, v in tuning.items() if k not in ("steps", "seed", "threads", "eval_every")})
+        finetune_options.update(
+            {k: v for k, v in tuning.items() if k not in ("steps", "seed", "threads", "eval_every")}
+        )
         finetune_options["seed"] = options["seed"]
     steps = args.steps or 0
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
         report = sweep(
-            args.models, args.calib, shares, evaluation, train=train or None,
-            finetune_steps=steps, finetune_options=finetune_options, eval_limit=args.eval_limit,
-            save_models=out if args.save_models else None, names=names, progress=progress, **options,
+            args.models,
+            args.calib,
+            shares,
+            evaluation,
+            train=train or None,
+            finetune_steps=steps,
+            finetune_options=finetune_options,
+            eval_limit=args.eval_limit,
+            save_models=out if args.save_models else None,
+            names=names,
+            progress=progress,
+            **options,
         )
     except BaseException:
         if created and not any(out.iterdir()):
@@ -105,13 +124,18 @@ def run(args: argparse.Namespace) -> int:
     header += "".join(f"{t + ' +ft':>14}" for t in tasks) if tuned else ""
     print(header)
     original = report["original_accuracy"]
-    print(f"{'orig':>6}{sum(report['sweep'][0]['params'][t] for t in tasks):>11,}{0:>9,}"
-          + "".join(f"{100 * original[t]:>11.2f}%" for t in tasks))
+    print(
+        f"{'orig':>6}{sum(report['sweep'][0]['params'][t] for t in tasks):>11,}{0:>9,}"
+        + "".join(f"{100 * original[t]:>11.2f}%" for t in tasks)
+    )
     for level in report["sweep"]:
         row = f"{level['share']:>6.2f}{level['params']['zipped']:>11,}{level['params']['shared']:>9,}"
         row += "".join(f"{100 * level['accuracy'][t]:>11.2f}%" for t in tasks)
         if tuned:
             row += "".join(f"{100 * level['accuracy_finetuned'][t]:>13.2f}%" for t in tasks)
         print(row)
-    print(f"wrote {out / 'sweep.json'}, {summary.markdown}" + (f" and {len(summary.images)} plots" if summary.images else ""))
+    print(
+        f"wrote {out / 'sweep.json'}, {summary.markdown}"
+        + (f" and {len(summary.images)} plots" if summary.images else "")
+    )
     return 0

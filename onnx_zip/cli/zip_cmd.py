@@ -22,33 +22,47 @@ OWN_VALUES = ("--map", "--share-per-layer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="+", metavar="MODEL",
-                        help="two or more .onnx models (same input domain); further models are matched against the shared neurons")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="two or more .onnx models (same input domain); further models are matched against the shared neurons",
+    )
     parser.add_argument("--calib", action="append", metavar="NPZ", help="calibration data, once per model, in order")
     parser.add_argument("-o", "--output", required=True, help="the zipped .onnx model to write")
     parser.add_argument("--names", help="task names, comma separated (default a,b,c,…)")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
-    parser.add_argument("--summary", metavar="FILE.md", help="write a Markdown summary here (PNG plots beside it with matplotlib)")
+    parser.add_argument(
+        "--summary", metavar="FILE.md", help="write a Markdown summary here (PNG plots beside it with matplotlib)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser, SECTIONS)
     loop = parser.add_argument_group("data of the layer-wise loop")
     loop.add_argument("--train", action="append", metavar="TASK=NPZ", help="training data of a task (enables the loop)")
-    loop.add_argument("--eval", action="append", metavar="TASK=NPZ", help="test data of a task: accuracy before/after each layer")
+    loop.add_argument(
+        "--eval", action="append", metavar="TASK=NPZ", help="test data of a task: accuracy before/after each layer"
+    )
 
 
 def zip_options(configs: dict[str, Any]) -> dict[str, Any]:
     """Keyword options of :func:`~onnx_zip.zipper.api.zip_models` from the zip and calibration settings."""
     options: dict[str, Any] = configs["zip"].to_dict()
     calibration = configs["calibration"].to_dict()
-    options.update(calibration_limit=calibration["limit"], batch_size=calibration["batch_size"],
-                   conv_hessian=calibration["conv_hessian"], threads=calibration["threads"])
+    options.update(
+        calibration_limit=calibration["limit"],
+        batch_size=calibration["batch_size"],
+        conv_hessian=calibration["conv_hessian"],
+        threads=calibration["threads"],
+    )
     return options
 
 
 def _file_problems(args: argparse.Namespace, train: dict[str, str], evaluation: dict[str, str]) -> list[str]:
     problems = []
     if len(args.models) < 2:
-        problems.append(f"zip takes two or more models, got {len(args.models)} (onnx-zip zip A.onnx B.onnx … --calib …)")
+        problems.append(
+            f"zip takes two or more models, got {len(args.models)} (onnx-zip zip A.onnx B.onnx … --calib …)"
+        )
     problems += model_problems(args.models, refuse_zipped=True)
     problems += data_problems(args.calib or [], "--calib")
     problems += data_problems(train.values(), "--train") + data_problems(evaluation.values(), "--eval")
@@ -71,19 +85,25 @@ def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dic
     if args.share_per_layer:
         per_layer = collect(problems, read_json, args.share_per_layer, "--share-per-layer")
         if per_layer is not None and not isinstance(per_layer, list):
-            problems.append(f"--share-per-layer {args.share_per_layer}: expected a JSON list, one entry per hidden layer")
+            problems.append(
+                f"--share-per-layer {args.share_per_layer}: expected a JSON list, one entry per hidden layer"
+            )
         elif per_layer is not None:
             extra["share_per_layer"] = per_layer
     sections = SECTIONS if train else SECTIONS[:2]
     configs, found = configs_from_args(args, sections, skip=OWN_VALUES, extra={"zip": extra})
     problems += found
-    if not train and (evaluation or any(getattr(args, a) is not None for a in ("retrain_steps", "lr", "optimizer", "batch"))):
+    if not train and (
+        evaluation or any(getattr(args, a) is not None for a in ("retrain_steps", "lr", "optimizer", "batch"))
+    ):
         problems.append("--retrain-steps, --lr, --optimizer, --batch and --eval need --train (the layer-wise loop)")
     pairing = args.pairing or ZipConfig.pairing
     if pairing in PAIRINGS and PAIRINGS.get(pairing).needs_calibration and len(args.calib or []) != len(args.models):
-        problems.append(f"{pairing} pairing needs calibration data for each model: got "
-                        f"{len(args.calib or [])} --calib for {len(args.models)} models "
-                        "(pass one --calib per model, in model order: --calib A.npz --calib B.npz …)")
+        problems.append(
+            f"{pairing} pairing needs calibration data for each model: got "
+            f"{len(args.calib or [])} --calib for {len(args.models)} models "
+            "(pass one --calib per model, in model order: --calib A.npz --calib B.npz …)"
+        )
     problems += _file_problems(args, train, evaluation)
     raise_all(problems)
     return configs, train, evaluation
@@ -93,19 +113,36 @@ def run(args: argparse.Namespace) -> int:
     configs, train, evaluation = check(args)
     mapping = read_mapping(args.map) if args.map else None
     progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    options = dict(zip_options(configs), mapping=mapping, report_path=args.report, progress=progress,
-                   names=[n.strip() for n in args.names.split(",")] if args.names else None)
+    options = dict(
+        zip_options(configs),
+        mapping=mapping,
+        report_path=args.report,
+        progress=progress,
+        names=[n.strip() for n in args.names.split(",")] if args.names else None,
+    )
     if train:
         from onnx_zip.zipper.layerwise import zip_layerwise  # noqa: PLC0415 - needs the training runtime
 
         retrain = configs["retrain"]
-        finetune_options = {"batch_size": retrain.batch_size, "optimizer": retrain.optimizer, "seed": options["seed"],
-                            "progress": progress}
+        finetune_options = {
+            "batch_size": retrain.batch_size,
+            "optimizer": retrain.optimizer,
+            "seed": options["seed"],
+            "progress": progress,
+        }
         if retrain.lr is not None:
             finetune_options["lr"] = retrain.lr
         steps = retrain.steps if isinstance(retrain.steps, int) else list(retrain.steps)
-        result = zip_layerwise(args.models, args.calib, train, args.output, retrain_steps=steps,
-                               evaluation=evaluation or None, finetune_options=finetune_options, **options)
+        result = zip_layerwise(
+            args.models,
+            args.calib,
+            train,
+            args.output,
+            retrain_steps=steps,
+            evaluation=evaluation or None,
+            finetune_options=finetune_options,
+            **options,
+        )
     else:
         from onnx_zip.zipper.api import zip_models  # noqa: PLC0415
 

@@ -123,7 +123,9 @@ TOP_KEYS: dict[str, Key] = {
     "version": Key("int", "recipe format version", default=1, choices=(1,), nullable=False),
     "description": Key("str", "free text, kept in the stored recipe"),
     "seed": Key("int", "pairing seed and fine-tuning batch order", default=0, low=0, nullable=False),
-    "threads": Key("int", "onnxruntime intra-op threads (1: bit-reproducible fine-tuning; null: all cores)", default=1, low=1),
+    "threads": Key(
+        "int", "onnxruntime intra-op threads (1: bit-reproducible fine-tuning; null: all cores)", default=1, low=1
+    ),
 }
 
 #: Sections that are optional as a whole (absent: that stage does not run).
@@ -204,7 +206,7 @@ def _renamed(problem: str) -> str:
     """Configuration messages name ``calibration.limit``; the recipe spells it ``zip.calibration_limit``."""
     for recipe_key, field in ZIP_CALIBRATION_KEYS.items():
         if problem.startswith(f"calibration.{field}"):
-            return f"zip.{recipe_key}" + problem[len(f"calibration.{field}"):]
+            return f"zip.{recipe_key}" + problem[len(f"calibration.{field}") :]
     return problem
 
 
@@ -262,13 +264,17 @@ def _models(data: Any, problems: list[str]) -> list[dict[str, Any]]:
     models = data.get("models")
     if not isinstance(models, list) or len(models) < 2:
         count = len(models) if isinstance(models, list) else "no list"
-        problems.append(f"models must list two or more models, got {count} "
-                        "(- {task: a, model: a.onnx, calibration: a.npz} for each)")
+        problems.append(
+            f"models must list two or more models, got {count} "
+            "(- {task: a, model: a.onnx, calibration: a.npz} for each)"
+        )
         return []
     out = [_section(m, MODEL_KEYS, f"models[{i}].", problems) for i, m in enumerate(models)]
     tasks = [m["task"] for m in out]
-    problems += [f"models name task {t!r} twice (give each model its own task name)"
-                 for t in sorted({t for t in tasks if tasks.count(t) > 1}, key=str)]
+    problems += [
+        f"models name task {t!r} twice (give each model its own task name)"
+        for t in sorted({t for t in tasks if tasks.count(t) > 1}, key=str)
+    ]
     return out
 
 
@@ -277,11 +283,18 @@ def _needs(recipe: Mapping[str, Any], problems: list[str]) -> None:
     pairing = recipe["zip"]["pairing"] if recipe.get("zip") else None
     tasks = [m["task"] for m in recipe["models"]]
     for i, m in enumerate(recipe["models"]):
-        if pairing in PAIRINGS and PAIRINGS.get(pairing).needs_calibration and m["calibration"] is None:
-            problems.append(f"models[{i}].calibration is missing ({pairing} pairing needs calibration data for every model)")
+        if (
+            isinstance(pairing, str)
+            and pairing in PAIRINGS
+            and PAIRINGS.get(pairing).needs_calibration
+            and m["calibration"] is None
+        ):
+            problems.append(
+                f"models[{i}].calibration is missing ({pairing} pairing needs calibration data for every model)"
+            )
         if (recipe.get("retrain") or recipe.get("finetune")) and m["train"] is None:
             problems.append(f"models[{i}].train is missing (retrain and finetune need training data for every model)")
-    for task in ((recipe.get("finetune") or {}).get("task_weights") or {}):
+    for task in (recipe.get("finetune") or {}).get("task_weights") or {}:
         if task not in tasks:
             problems.append(f"finetune.task_weights names task {task!r} (tasks are {tasks})")
 
@@ -302,8 +315,10 @@ def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
             mistyped value, value out of range, second sharing policy, repeated task name.
     """
     if not isinstance(data, dict):
-        raise InputError(f"{label}: expected a mapping at the top level, got {type(data).__name__}",
-                         hint="see recipes/*.yaml for examples")
+        raise InputError(
+            f"{label}: expected a mapping at the top level, got {type(data).__name__}",
+            hint="see recipes/*.yaml for examples",
+        )
     problems: list[str] = []
     known = [*TOP_KEYS, "models", *CONFIG_SECTIONS, *OWN_SECTIONS]
     problems += [_unknown(str(name), known, "") for name in data if name not in known]
@@ -311,8 +326,11 @@ def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
     recipe["models"] = _models(data, problems)
     for section in ("zip", "retrain", "finetune"):
         if isinstance(data.get(section), dict):
-            problems += [_unknown(str(k), section_keys(section), f"{section}.")
-                         for k in data[section] if k not in section_keys(section) and k not in SHARED_KEYS]
+            problems += [
+                _unknown(str(k), section_keys(section), f"{section}.")
+                for k in data[section]
+                if k not in section_keys(section) and k not in SHARED_KEYS
+            ]
     configs, found = recipe_configs(data)
     problems += [p for p in found if ": unknown key" not in p]
     if "output" not in data:
