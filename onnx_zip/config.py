@@ -294,7 +294,9 @@ class Option:
             return []
         out = []
         for x in numbers:
-            if self.low is not None and x < self.low:
+            if self.low is not None and self.high is not None and not self.low <= x <= self.high:
+                out.append(f"is {value!r}, must be within [{self.low:g}, {self.high:g}]")
+            elif self.low is not None and x < self.low:
                 out.append(f"is {value!r}, must be ≥ {self.low:g}")
             elif self.high is not None and x > self.high:
                 out.append(f"is {value!r}, must be ≤ {self.high:g}")
@@ -580,7 +582,7 @@ class FinetuneConfig(_Group):
 
     def _rules(self) -> list[str]:
         return [
-            f"finetune.losses: {task}: {loss!r} is unknown, use ce, bce or mse"
+            f"finetune.losses: loss {loss!r} for task {task!r} is unknown, use one of {', '.join(LOSSES)}"
             for task, loss in (self.losses or {}).items() if loss not in LOSSES
         ]
 

@@ -55,7 +55,7 @@ def test_sweep_table_report_and_curve(zoo, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--shares", "0,1.5"], "1.5 is not a fraction"),
+        (["--shares", "0,1.5"], "zip.share is 1.5, must be within [0, 1]"),
         (["--shares", "a,b"], "expected comma-separated fractions"),
         (["--finetune-steps", "3"], "--steps needs --train"),
     ],

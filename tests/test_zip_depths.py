@@ -11,7 +11,7 @@ from onnx import helper
 import builders
 from conftest import run_cli
 from onnx_zip.errors import ModelError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from test_zip import initializers, run_model, with_initializers
 
 

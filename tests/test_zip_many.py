@@ -13,7 +13,7 @@ import builders
 from conftest import run_cli, zoo_model
 from onnx_zip.errors import InputError
 from onnx_zip.finetune import finetune
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count
 from test_zip import augment, initializers, literal_greedy, permuted_cnn, permuted_mlp, run_model, with_initializers

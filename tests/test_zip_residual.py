@@ -14,7 +14,7 @@ from conftest import zoo_model
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.model_io import load_model
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count, read_metadata
 from test_zip import run_model
@@ -122,7 +122,7 @@ def test_channel_concat_and_the_layerwise_loop_are_refused_with_the_nodes_named(
     onnx.checker.check_model(model)
     with pytest.raises(ModelError, match="add concatenate"):
         zip_models([model, model], None, pairing="l2")
-    from onnx_zip.zipper.layerwise import zip_layerwise
+    from onnx_zip.pipeline.layerwise import zip_layerwise
 
     a = builders.residual(seed=1)
     calib = builders.random_inputs(a, 20)
