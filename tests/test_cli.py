@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import builders
@@ -192,7 +193,8 @@ def test_align_json_is_accepted_by_zip_map(pair, tmp_path) -> None:
     assert run_cli(*zip_args(pair, plain)).returncode == 0
     done = run_cli(*zip_args(pair, mapped), "--map", mapping)
     assert done.returncode == 0, done.stderr
-    assert mapped.read_bytes() == plain.read_bytes()  # the positional alignment, stated explicitly
+    # the positional alignment, stated explicitly: the same graph (the metadata records the mapping)
+    assert onnx.load(mapped).graph == onnx.load(plain).graph
     again = run_cli("align", pair["a"], pair["b"], "--map", mapping)
     assert again.returncode == 0, again.stderr
     mapping.write_text(json.dumps({"layers": "nonsense"}))
@@ -221,3 +223,17 @@ def test_old_spellings_still_work(pair, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     help_text = run_cli("zip", "--help").stdout
     assert "--calib-batch" in help_text and "--batch-size" not in help_text
+
+
+def test_calibrate_once_then_zip_from_the_statistics_gives_the_same_bytes(pair, tmp_path) -> None:
+    stats = tmp_path / "stats.npz"
+    done = run_cli("calibrate", pair["a"], pair["b"], "--calib", pair["a_data"], "--calib", pair["b_data"], "-o", stats)
+    assert done.returncode == 0, done.stderr
+    assert stats.is_file() and "hessian statistics" in done.stdout
+    fresh, reused = tmp_path / "fresh.onnx", tmp_path / "reused.onnx"
+    assert run_cli(*zip_args(pair, fresh), "--share", "0.75").returncode == 0
+    done = run_cli(*zip_args(pair, reused), "--share", "0.75", "--stats", stats)
+    assert done.returncode == 0, done.stderr
+    assert reused.read_bytes() == fresh.read_bytes()
+    no_data = run_cli("calibrate", pair["a"], pair["b"], "--pairing", "l2", "-o", tmp_path / "s2.npz")
+    assert_one_error_line(no_data, "2 problems", "l2 pairing uses no statistics", "0 --calib for 2 models")

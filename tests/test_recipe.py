@@ -72,7 +72,7 @@ def test_misspelled_key_fails_fast_with_a_suggestion_before_any_model_work(zoo, 
     ("change", "needles"),
     [
         ({"modles": []}, ["modles: unknown key", "did you mean 'models'?"]),
-        ({"zip": {"share": 1.5}}, ["zip.share is 1.5", "≤ 1"]),
+        ({"zip": {"share": 1.5}}, ["zip.share is 1.5", "within [0, 1]"]),
         ({"zip": {"share": 0.5, "max_cost": 0.1}}, ["share and max_cost"]),
         ({"finetune": {"steps": "many"}}, ["finetune.steps is 'many'", "whole number"]),
         ({"finetune": {"stpes": 3}}, ["finetune.stpes", "did you mean 'steps'?"]),

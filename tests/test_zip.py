@@ -329,7 +329,7 @@ _cli = run_cli
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("share", "--share (zip.share) is 1.5, must be ≤ 1"),
+        ("share", "--share (zip.share) is 1.5, must be within [0, 1]"),
         ("names", "3 task names for 2 models"),
         ("unaligned", "do not align"),
         ("unwritable", "does not exist"),

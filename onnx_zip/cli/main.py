@@ -29,6 +29,7 @@ logger = logging.getLogger("onnx_zip")
 #: and optionally NEEDS_RUNTIME (default True). To add a command, add its module name here.
 COMMANDS = (
     "zip_cmd",
+    "calibrate_cmd",
     "extract_cmd",
     "align_cmd",
     "eval_cmd",

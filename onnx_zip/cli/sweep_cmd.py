@@ -10,7 +10,7 @@ from typing import Any
 
 from onnx_zip.cli.inputs import data_problems, model_problems, raise_all, task_files
 from onnx_zip.cli.options import add_config_arguments, configs_from_args
-from onnx_zip.cli.zip_cmd import zip_options
+from onnx_zip.cli.zip_cmd import task_names
 from onnx_zip.model_io import atomic_write_bytes
 
 NAME = "sweep"
@@ -82,18 +82,12 @@ def run(args: argparse.Namespace) -> int:
     configs, train, evaluation = check(args)
     shares = parse_shares(args.shares)
     out = Path(args.out)
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
     progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    options = {
-        k: v for k, v in zip_options(configs).items() if k not in ("share", "share_per_layer", "max_cost", "mapping")
-    }
     finetune_options: dict[str, Any] = {"progress": progress}
     if configs.get("finetune") is not None:
-        tuning = configs["finetune"].to_dict()
-        finetune_options.update(
-            {k: v for k, v in tuning.items() if k not in ("steps", "seed", "threads", "eval_every")}
-        )
-        finetune_options["seed"] = options["seed"]
+        owned = ("steps", "seed", "threads", "eval_every")
+        finetune_options.update({k: v for k, v in configs["finetune"].to_dict().items() if k not in owned})
+        finetune_options.update(seed=configs["zip"].seed, threads=configs["calibration"].threads)
     steps = args.steps or 0
     created = not out.exists()
     out.mkdir(exist_ok=True)
@@ -108,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
             finetune_options=finetune_options,
             eval_limit=args.eval_limit,
             save_models=out if args.save_models else None,
-            names=names,
+            names=task_names(args.names),
+            config=configs["zip"],
+            calibration_config=configs["calibration"],
             progress=progress,
-            **options,
         )
     except BaseException:
         if created and not any(out.iterdir()):

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--summary", metavar="FILE.md", help="write a Markdown summary here (PNG plots beside it with matplotlib)"
     )
+    parser.add_argument(
+        "--stats", metavar="FILE", help="statistics written by `onnx-zip calibrate` (instead of calibrating again)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser, SECTIONS)
     loop = parser.add_argument_group("data of the layer-wise loop")
@@ -42,19 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument(
         "--eval", action="append", metavar="TASK=NPZ", help="test data of a task: accuracy before/after each layer"
     )
-
-
-def zip_options(configs: dict[str, Any]) -> dict[str, Any]:
-    """Keyword options of :func:`~onnx_zip.zipper.api.zip_models` from the zip and calibration settings."""
-    options: dict[str, Any] = configs["zip"].to_dict()
-    calibration = configs["calibration"].to_dict()
-    options.update(
-        calibration_limit=calibration["limit"],
-        batch_size=calibration["batch_size"],
-        conv_hessian=calibration["conv_hessian"],
-        threads=calibration["threads"],
-    )
-    return options
 
 
 def _file_problems(args: argparse.Namespace, train: dict[str, str], evaluation: dict[str, str]) -> list[str]:
@@ -90,6 +80,10 @@ def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dic
             )
         elif per_layer is not None:
             extra["share_per_layer"] = per_layer
+    if args.map:
+        extra["mapping"] = collect(problems, read_mapping, args.map)
+    if args.stats and train:
+        problems.append("--stats serves the one-pass zip; the layer-wise loop (--train) calibrates each layer anew")
     sections = SECTIONS if train else SECTIONS[:2]
     configs, found = configs_from_args(args, sections, skip=OWN_VALUES, extra={"zip": extra})
     problems += found
@@ -109,45 +103,40 @@ def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dic
     return configs, train, evaluation
 
 
-def run(args: argparse.Namespace) -> int:
-    configs, train, evaluation = check(args)
-    mapping = read_mapping(args.map) if args.map else None
-    progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    options = dict(
-        zip_options(configs),
-        mapping=mapping,
-        report_path=args.report,
-        progress=progress,
-        names=[n.strip() for n in args.names.split(",")] if args.names else None,
-    )
-    if train:
-        from onnx_zip.zipper.layerwise import zip_layerwise  # noqa: PLC0415 - needs the training runtime
+def task_names(text: str | None) -> list[str] | None:
+    """``--names a,b`` → ``["a", "b"]`` (``None``: the defaults)."""
+    return [n.strip() for n in text.split(",")] if text else None
 
-        retrain = configs["retrain"]
-        finetune_options = {
-            "batch_size": retrain.batch_size,
-            "optimizer": retrain.optimizer,
-            "seed": options["seed"],
-            "progress": progress,
-        }
-        if retrain.lr is not None:
-            finetune_options["lr"] = retrain.lr
-        steps = retrain.steps if isinstance(retrain.steps, int) else list(retrain.steps)
+
+def run(args: argparse.Namespace) -> int:
+    from onnx_zip.pipeline import zip_models  # noqa: PLC0415 - heavy imports after parsing
+
+    configs, train, evaluation = check(args)
+    progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
+    settings = {
+        "names": task_names(args.names),
+        "config": configs["zip"],
+        "calibration_config": configs["calibration"],
+        "report_path": args.report,
+        "progress": progress,
+    }
+    if train:
+        from onnx_zip.pipeline.layerwise import zip_layerwise  # noqa: PLC0415 - needs the training runtime
+
+        tuning = {"threads": configs["calibration"].threads, "progress": progress}
         result = zip_layerwise(
             args.models,
             args.calib,
             train,
             args.output,
-            retrain_steps=steps,
+            retrain=configs["retrain"],
             evaluation=evaluation or None,
-            finetune_options=finetune_options,
-            **options,
+            finetune_options=tuning,
+            **settings,
         )
     else:
-        from onnx_zip.zipper.api import zip_models  # noqa: PLC0415
-
-        result = zip_models(args.models, args.calib, args.output, **options)
-    _print_result(result.report, args)
+        result = zip_models(args.models, args.calib, args.output, stats=args.stats, **settings)
+    _print_result(result.report.to_dict(), args)
     return 0
 
 
