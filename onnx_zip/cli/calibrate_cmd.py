@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from onnx_zip.cli.inputs import collect, data_problems, model_problems, raise_all, read_mapping
 from onnx_zip.cli.options import add_config_arguments, configs_from_args
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SECTIONS)
 
 
-def check(args: argparse.Namespace) -> dict[str, object]:
+def check(args: argparse.Namespace) -> dict[str, Any]:
     """Every problem of the command line at once.
 
     Raises:

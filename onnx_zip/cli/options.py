@@ -50,7 +50,7 @@ def _help(option: Option) -> str:
     return f"{text} (default {option.default})"
 
 
-def _add(group: argparse._ArgumentGroup, option: Option, default: Any = None) -> None:
+def _add(group: argparse.ArgumentParser | argparse._ArgumentGroup, option: Option, default: Any = None) -> None:
     assert option.flag is not None
     spellings = [option.flag]
     kwargs: dict[str, Any] = {"dest": dest(option), "default": default, "help": _help(option)}
@@ -77,7 +77,7 @@ def add_config_option(parser: argparse.ArgumentParser, section: str, name: str, 
     The value is then the plain typed value (argparse checks only its type); the command passes it on.
     """
     option = next(o for o in iter_options(GROUPS[section]) if o.name == name)
-    _add(parser._action_groups[1], dataclasses.replace(option, default=default), default=default)
+    _add(parser, dataclasses.replace(option, default=default), default=default)
 
 
 def options_of(sections: Sequence[str], *, skip: Sequence[str] = ()) -> dict[str, Option]:
