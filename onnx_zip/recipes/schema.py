@@ -15,8 +15,9 @@ A recipe is a YAML mapping::
     zip:                        # Multi-Task Zipping (see zip_models)
       share: 0.5                # or share_per_layer: [0.5, 0.5, 0.25] or max_cost: 0.01
       match: greedy
+    calibration:                # the statistics (see onnx_zip.config.CalibrationConfig)
+      limit: 4096               # samples per model
       conv_hessian: auto
-      calibration_limit: 4096
     retrain:                    # optional: the layer-wise zip-and-retrain loop (Algorithm 1)
       steps: 100                # per hidden layer (or a list)
     finetune:                   # optional: a final joint fine-tuning
@@ -36,9 +37,10 @@ get a "did you mean" from :mod:`difflib`).
 The ``zip``, ``retrain`` and ``finetune`` sections are the settings of :mod:`onnx_zip.config`, declared
 there once (type, default, range, choices, help); this module only adds the recipe's own keys (models,
 evaluation, output, version) and its spellings: ``seed`` and ``threads`` are given once at the top for
-every group, and the calibration settings live in the ``zip`` section as ``calibration_limit``,
-``calibration_batch`` and ``conv_hessian`` (:data:`ZIP_CALIBRATION_KEYS`). :func:`recipe_configs` turns
-a canonical recipe into the typed configuration groups.
+every group. The calibration settings have their own section, ``calibration: {limit, batch_size,
+conv_hessian}``, like the configuration; the earlier spellings in the ``zip`` section
+(``calibration_limit``, ``calibration_batch``, ``conv_hessian``: :data:`ZIP_CALIBRATION_KEYS`) are still
+read. :func:`recipe_configs` turns a recipe into the typed configuration groups.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ MODEL_KEYS: dict[str, Key] = {
     "eval": Key("str", ".npz test data with 'label' (accuracy)", file=INPUT_FILE),
 }
 
-#: Recipe keys of the ``zip`` section that are calibration settings: recipe spelling → field of
-#: :class:`~onnx_zip.config.CalibrationConfig`.
+#: Earlier spellings, in the ``zip`` section, of calibration settings → field of
+#: :class:`~onnx_zip.config.CalibrationConfig` (its own ``calibration`` section is the canonical place).
 ZIP_CALIBRATION_KEYS = {"calibration_limit": "limit", "calibration_batch": "batch_size", "conv_hessian": "conv_hessian"}
 #: Settings given once at the top of a recipe, for every group that declares them.
 SHARED_KEYS = ("seed", "threads")
@@ -117,7 +119,7 @@ OWN_SECTIONS: dict[str, dict[str, Key]] = {
 }
 
 #: Sections holding configuration settings, by recipe section.
-CONFIG_SECTIONS = ("zip", "retrain", "finetune")
+CONFIG_SECTIONS = ("zip", "calibration", "retrain", "finetune")
 
 TOP_KEYS: dict[str, Key] = {
     "version": Key("int", "recipe format version", default=1, choices=(1,), nullable=False),
@@ -138,7 +140,7 @@ def section_keys(section: str) -> list[str]:
         return list(OWN_SECTIONS[section])
     if section == "zip":
         return [o.name for o in iter_options(ZipConfig) if o.name not in SHARED_KEYS] + list(ZIP_CALIBRATION_KEYS)
-    group = {"retrain": RetrainConfig, "finetune": FinetuneConfig}[section]
+    group = {"calibration": CalibrationConfig, "retrain": RetrainConfig, "finetune": FinetuneConfig}[section]
     return [o.name for o in iter_options(group) if o.name not in SHARED_KEYS]
 
 
@@ -202,20 +204,40 @@ def _section(data: Any, keys: Mapping[str, Key], where: str, problems: list[str]
     return out
 
 
-def _renamed(problem: str) -> str:
-    """Configuration messages name ``calibration.limit``; the recipe spells it ``zip.calibration_limit``."""
-    for recipe_key, field in ZIP_CALIBRATION_KEYS.items():
+def _renamed(problem: str, aliases: Mapping[str, str]) -> str:
+    """Configuration messages name ``calibration.limit``; a recipe that spelled it ``zip.calibration_limit``
+    (``aliases``: field → earlier key) reads that name."""
+    for field, recipe_key in aliases.items():
         if problem.startswith(f"calibration.{field}"):
             return f"zip.{recipe_key}" + problem[len(f"calibration.{field}") :]
     return problem
+
+
+def _calibration_part(
+    zip_part: dict[str, Any], data: Mapping[str, Any], problems: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The calibration settings: the ``calibration`` section and the earlier keys moved out of ``zip_part``.
+
+    Returns:
+        ``(settings, {field: earlier key used})``.
+    """
+    part = dict(_mapping(data.get("calibration"), "calibration.", problems))
+    used = {}
+    for key, field in ZIP_CALIBRATION_KEYS.items():
+        if key in zip_part:
+            if field in part:
+                problems.append(f"zip.{key} and calibration.{field} both given: keep calibration.{field}")
+            part.setdefault(field, zip_part.pop(key))
+            used[field] = key
+    return part, used
 
 
 def recipe_configs(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The configuration groups of a recipe, and every problem of their sections.
 
     Args:
-        data: A recipe (raw or canonical): ``zip``, ``retrain``, ``finetune`` sections and the top-level
-            ``seed`` and ``threads``.
+        data: A recipe (raw or canonical): ``zip``, ``calibration``, ``retrain``, ``finetune`` sections
+            and the top-level ``seed`` and ``threads``.
 
     Returns:
         ``({"zip": ZipConfig, "calibration": CalibrationConfig, "retrain": RetrainConfig | None,
@@ -224,7 +246,7 @@ def recipe_configs(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     problems: list[str] = []
     shared = {k: data.get(k, TOP_KEYS[k].default) for k in SHARED_KEYS}
     zip_part = dict(_mapping(data.get("zip"), "zip.", problems))
-    calib_part = {field: zip_part.pop(key) for key, field in ZIP_CALIBRATION_KEYS.items() if key in zip_part}
+    calib_part, aliases = _calibration_part(zip_part, data, problems)
     out: dict[str, Any] = {}
     for section, group, part, extra in (
         ("zip", ZipConfig, zip_part, {"seed": shared["seed"]}),
@@ -242,18 +264,17 @@ def recipe_configs(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         options = {o.name for o in iter_options(group)}
         built, found = group.collect({**{k: v for k, v in extra.items() if k in options}, **part})
         out[section] = built
-        problems += [_renamed(p) for p in found]
+        problems += [_renamed(p, aliases) for p in found]
     return out, problems
 
 
 def _canonical_settings(configs: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``zip``, ``retrain`` and ``finetune`` sections of the canonical recipe (defaults filled in)."""
+    """The configuration sections of the canonical recipe (defaults filled in, earlier spellings moved)."""
     zip_section = {k: v for k, v in configs["zip"].to_dict().items() if k not in SHARED_KEYS}
-    calibration = configs["calibration"].to_dict()
-    zip_section.update({key: calibration[field] for key, field in ZIP_CALIBRATION_KEYS.items()})
     if all(zip_section[k] is None for k in ("share", "share_per_layer", "max_cost")):
         zip_section["share"] = 0.5
-    out: dict[str, Any] = {"zip": zip_section}
+    calibration = {k: v for k, v in configs["calibration"].to_dict().items() if k not in SHARED_KEYS}
+    out: dict[str, Any] = {"zip": zip_section, "calibration": calibration}
     for section in OPTIONAL_SECTIONS:
         group = configs[section]
         out[section] = None if group is None else {k: v for k, v in group.to_dict().items() if k not in SHARED_KEYS}
@@ -324,7 +345,7 @@ def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
     problems += [_unknown(str(name), known, "") for name in data if name not in known]
     recipe: dict[str, Any] = _section({k: v for k, v in data.items() if k in TOP_KEYS}, TOP_KEYS, "", problems)
     recipe["models"] = _models(data, problems)
-    for section in ("zip", "retrain", "finetune"):
+    for section in CONFIG_SECTIONS:
         if isinstance(data.get(section), dict):
             problems += [
                 _unknown(str(k), section_keys(section), f"{section}.")
