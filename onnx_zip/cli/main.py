@@ -47,7 +47,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 #: Where to report internal errors.
-REPORT_HINT = "please report it with the command line (rerun with -v for the traceback)"
+REPORT_HINT = "this is a bug in onnx-zip: please report it with the command line (rerun with -v for the traceback)"
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, *, suffix: str, default: object) -> None:
@@ -154,7 +154,7 @@ def run_command(handler: Callable[[argparse.Namespace], int | None], args: argpa
     except Exception as exc:  # noqa: BLE001 - InternalError and every bug: the last line of defence
         if args.verbose:
             logger.exception("internal error")
-        print(f"onnx-zip: internal error: {type(exc).__name__}: {exc} ({REPORT_HINT})", file=sys.stderr)
+        print(f"onnx-zip: internal error: {type(exc).__name__}: {exc}; {REPORT_HINT}", file=sys.stderr)
         return EXIT_FAILURE
 
 
