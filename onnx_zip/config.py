@@ -45,6 +45,7 @@ __all__ = [
     "READINGS",
     "SCHEDULES",
     "CalibrationConfig",
+    "ConfigGroup",
     "FinetuneConfig",
     "Matching",
     "Option",
@@ -364,7 +365,7 @@ def raise_problems(problems: Sequence[str], *, hint: str | None = None) -> None:
     raise InputError(f"{len(problems)} problems in the settings: " + "; ".join(problems), hint=hint)
 
 
-class _Group:
+class ConfigGroup:
     """Shared behaviour of the setting groups (frozen dataclasses of options)."""
 
     SECTION: ClassVar[str] = ""
@@ -442,7 +443,7 @@ class _Group:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def iter_options(cls: type[_Group] | _Group) -> list[Option]:
+def iter_options(cls: type[ConfigGroup] | ConfigGroup) -> list[Option]:
     """The :class:`Option` records of a group, in declaration order."""
     group = cls if isinstance(cls, type) else type(cls)
     out = []
@@ -458,7 +459,7 @@ def iter_options(cls: type[_Group] | _Group) -> list[Option]:
 
 
 @dataclass(frozen=True)
-class ZipConfig(_Group):
+class ZipConfig(ConfigGroup):
     """How to choose and merge the shared neurons.
 
     One sharing policy at most: ``share`` (a fraction of each hidden layer), ``share_per_layer`` or
@@ -527,7 +528,7 @@ class ZipConfig(_Group):
 
 
 @dataclass(frozen=True)
-class CalibrationConfig(_Group):
+class CalibrationConfig(ConfigGroup):
     """How the statistics are gathered (one onnxruntime session per model, streaming)."""
 
     SECTION: ClassVar[str] = "calibration"
@@ -545,7 +546,7 @@ class CalibrationConfig(_Group):
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_Group):
+class FinetuneConfig(ConfigGroup):
     """A joint fine-tuning run (:func:`onnx_zip.finetune.finetune`)."""
 
     SECTION: ClassVar[str] = "finetune"
@@ -588,7 +589,7 @@ class FinetuneConfig(_Group):
 
 
 @dataclass(frozen=True)
-class RetrainConfig(_Group):
+class RetrainConfig(ConfigGroup):
     """The layer-wise zip-and-retrain loop: joint fine-tuning after each hidden layer."""
 
     SECTION: ClassVar[str] = "retrain"
@@ -623,7 +624,7 @@ class RetrainConfig(_Group):
 
 
 #: Every group, by section.
-GROUPS: dict[str, type[_Group]] = {
+GROUPS: dict[str, type[ConfigGroup]] = {
     g.SECTION: g for g in (ZipConfig, CalibrationConfig, FinetuneConfig, RetrainConfig)
 }
 
@@ -635,7 +636,7 @@ def option_groups() -> dict[str, list[Option]]:
 
 def sections_from_mapping(
     data: Mapping[str, Any], sections: Sequence[str] = ("zip", "calibration")
-) -> dict[str, _Group | None]:
+) -> dict[str, ConfigGroup | None]:
     """Build several groups at once from ``{section: {option: value}}``, every problem reported together.
 
     A section in ``sections`` that is absent from ``data`` gets its defaults, except the optional
@@ -645,7 +646,7 @@ def sections_from_mapping(
         InputError: every problem of every section, and unknown sections.
     """
     problems = [f"{key}: unknown section (known: {', '.join(sections)})" for key in data if key not in sections]
-    out: dict[str, _Group | None] = {}
+    out: dict[str, ConfigGroup | None] = {}
     for section in sections:
         if section in OPTIONAL_SECTIONS and data.get(section) is None:
             out[section] = None

@@ -217,7 +217,7 @@ def run_demo(
     models = {t: files[t]["model"].name for t in tasks}
     settings = {"share": share, "steps": steps, "calibration_limit": calibration_limit, "eval_limit": eval_limit,
                 "latency_runs": latency_runs, "threads": threads, "latency_threads": rt_threads, "models": models}
-    report = {**result.report.to_dict(), "evaluation": accuracy, "finetune": {**tuned.record, "seconds": tuned.seconds}}
+    report = {**result.report, "evaluation": accuracy, "finetune": {**tuned.record, "seconds": tuned.seconds}}
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
     summary = write_summary(report, out / "summary.md", title="onnx-zip demo: LeNet-5 MNIST + LeNet-5 Fashion-MNIST")
     demo = DemoResult(tasks=tasks, accuracy=accuracy, params=params, bytes=sizes, latency_ms=latency,

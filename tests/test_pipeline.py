@@ -42,7 +42,12 @@ def test_stages_compose_to_zip_models():
     job = prepare([a, b], calib, config=ZipConfig(share=0.5))
     stats = gather_statistics(job, layers_to_calibrate(job.chains, job.aligned, job.settings))
     model = build(job, plan(job, stats))
-    assert _bytes(model) == _bytes(zip_models([a, b], calib, share=0.5).model)
+    result = zip_models([a, b], calib, share=0.5)
+    assert _bytes(model) == _bytes(result.model)
+    typed = result.zip_report
+    assert typed.params == result.report["params"] and typed.settings["share"] == 0.5
+    assert typed.calibrated_layers == [job.aligned[p][0].node for p in stats.positions]
+    assert set(typed.timings) == {"validate", "calibrate", "plan", "rewrite", "save"}
     assert all(len(r) == 2 for r in stats.readings.values()) and stats.statistic == "hessian"
 
 

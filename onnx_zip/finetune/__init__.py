@@ -3,7 +3,8 @@
 :func:`finetune` trains every task jointly: each step takes one batch per task and minimises
 ``sum_t w_t * loss_t``; shared parameters receive every task's gradient. The stages:
 
-1. validate everything before long work (steps, settings, tasks, losses, data, labels, output);
+1. validate everything before long work: the settings (one :class:`~onnx_zip.config.FinetuneConfig`,
+   every problem at once), tasks, losses, data, labels, output;
 2. decide what trains: ``freeze`` rules, then the preflight for ops without a gradient
    (:mod:`~onnx_zip.finetune.artifacts`);
 3. build the training artifacts with the joint loss block (:mod:`~onnx_zip.finetune.losses`)

@@ -119,16 +119,6 @@ class ZipReport:
             "timings": self.timings,
         }
 
-    def __getitem__(self, key: str) -> Any:
-        """Read-only access in the JSON shape (``report["params"]``), as the dict report allowed."""
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_dict()
-
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON report atomically."""
         atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
@@ -140,13 +130,18 @@ class ZipResult:
 
     Attributes:
         model: The zipped model (as written, when an output path was given).
-        report: The :class:`ZipReport`.
+        zip_report: The typed :class:`ZipReport`.
         layers: The planned layers (pairs, costs and weight blocks).
     """
 
     model: onnx.ModelProto
-    report: ZipReport
+    zip_report: ZipReport
     layers: list[LayerZip] = field(repr=False)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The report as JSON (:meth:`ZipReport.to_dict`), as earlier callers read it."""
+        return self.zip_report.to_dict()
 
 
 def make_report(
@@ -173,4 +168,4 @@ def save(
         model = save_model(model, output, label=f"zipped model {output}")
     if report_path is not None:
         report.write(report_path)
-    return ZipResult(model=model, report=report, layers=list(zips))
+    return ZipResult(model=model, zip_report=report, layers=list(zips))

@@ -154,9 +154,9 @@ def zip_models(
     job = prepare(models, calibration, names=names, config=config, calibration_config=calibration_config)
     validate = time.perf_counter() - start
     result = zip_job(job, output=output, report_path=None, stats=stats, progress=progress)
-    result.report.timings = {"validate": validate, **result.report.timings}
+    result.zip_report.timings = {"validate": validate, **result.zip_report.timings}
     if report_path is not None:
-        result.report.write(report_path)
+        result.zip_report.write(report_path)
     return result
 
 

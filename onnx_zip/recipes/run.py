@@ -234,7 +234,7 @@ def execute(plan: RunPlan) -> RunResult:
     """Run a prepared recipe and write its outputs (see the module docstring)."""
     start = time.perf_counter()
     result = _zip(plan)
-    report = result.report.to_dict()
+    report = result.report
     model = _evaluate_and_tune(plan, result.model, report)
     model, outputs = _write(plan, model, report)
     seconds = time.perf_counter() - start
