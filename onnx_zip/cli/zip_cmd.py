@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         result = zip_models(args.models, args.calib, args.output, stats=args.stats, **settings)
-    _print_result(result.report.to_dict(), args)
+    _print_result(result.report, args)
     return 0
 
 
