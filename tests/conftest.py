@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -103,6 +104,8 @@ def run_cli(*args: object, cwd: str | os.PathLike[str] | None = None) -> CliResu
 
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
+    package_logger = logging.getLogger("onnx_zip")
+    level, handlers = package_logger.level, list(package_logger.handlers)
     try:
         if cwd is not None:
             os.chdir(cwd)
@@ -113,6 +116,8 @@ def run_cli(*args: object, cwd: str | os.PathLike[str] | None = None) -> CliResu
                 code = exc.code if isinstance(exc.code, int) else 1
     finally:
         os.chdir(previous)
+        package_logger.setLevel(level)  # -q/-v of this run must not change what later tests log
+        package_logger.handlers[:] = handlers
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
