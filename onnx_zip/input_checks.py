@@ -54,7 +54,7 @@ def data_problems(paths: Iterable[str | os.PathLike[str] | None], what: str) -> 
         elif _head(path) not in _ZIP_MAGIC and path.suffix.lower() == ".onnx":
             out.append(
                 f"{what} {path}: is an .onnx model where .npz data is expected "
-                "(models come first, each data file after its option)"
+                "(a model and a data file swapped?)"
             )
     return out
 

@@ -96,3 +96,13 @@ def test_swapped_files_and_a_zipped_model_are_named_together(tmp_path) -> None:
     assert_one_error_line(result, "3 problems", "already a zipped model", "is an .onnx model where .npz data",
                           "is .npz data, not an .onnx model")
     assert not (tmp_path / "out").exists()
+
+
+def test_key_and_file_problems_are_reported_together(tmp_path) -> None:
+    data = recipe(zip={"share": 2})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError) as info:
+        load_recipe(path)
+    text = str(info.value)
+    assert "zip.share is 2" in text and "models[0].model:" in text and "a.onnx not found" in text

@@ -18,7 +18,7 @@ import yaml
 from onnx_zip.errors import InputError, raise_all
 from onnx_zip.input_checks import data_problems, model_problems
 from onnx_zip.model_io import check_writable
-from onnx_zip.recipes.schema import INPUT_FILE, MODEL_KEYS, OUTPUT_FILE, OWN_SECTIONS, normalize, recipe_configs
+from onnx_zip.recipes.schema import INPUT_FILE, MODEL_KEYS, OUTPUT_FILE, OWN_SECTIONS, check, recipe_configs
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ class Recipe:
         return f"recipe {self.path}"
 
     def resolve(self, value: str | None) -> Path | None:
-        """A recipe path, relative to the recipe's folder unless absolute."""
-        if value is None:
+        """A recipe path, relative to the recipe's folder unless absolute (``None`` for anything but text)."""
+        if not isinstance(value, str) or not value:
             return None
         path = Path(os.path.expanduser(value))
         return path if path.is_absolute() else Path(os.path.normpath(self.path.parent / path))
@@ -148,10 +148,6 @@ def _output_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def _check_files(recipe: Recipe) -> None:
-    raise_all(_input_problems(recipe) + _output_problems(recipe), label=recipe.label)
-
-
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and check a recipe file (fast: reads no model and no data).
 
@@ -169,7 +165,8 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         raise InputError(f"{label}: is a folder, not a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{label}: cannot read ({exc})") from None
-    recipe = Recipe(path=path, data=normalize(parse_recipe(text, label), label))
-    _check_files(recipe)
+    data, problems = check(parse_recipe(text, label), label)
+    recipe = Recipe(path=path, data=data)
+    raise_all(problems + _input_problems(recipe) + _output_problems(recipe), label=label)
     logger.info("%s: checked (%s)", label, ", ".join(recipe.tasks))
     return recipe

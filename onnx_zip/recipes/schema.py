@@ -320,20 +320,14 @@ def _needs(recipe: Mapping[str, Any], problems: list[str]) -> None:
             problems.append(f"finetune.task_weights names task {task!r} (tasks are {tasks})")
 
 
-def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
-    """Check a parsed recipe and fill in its defaults, reporting every problem at once.
+def check(data: Any, label: str = "recipe") -> tuple[dict[str, Any], list[str]]:
+    """:func:`normalize` without raising: the recipe as far as it could be completed, and every problem.
 
-    Args:
-        data: The parsed YAML.
-        label: How to name the recipe in messages (``recipe <path>``).
-
-    Returns:
-        The canonical recipe: every section and key present (defaults filled in); ``retrain`` and
-        ``finetune`` are ``None`` when absent. Paths are kept as written.
+    With problems, the configuration sections may be missing from the returned recipe; ``models`` and
+    ``output`` are there (as written) for the file checks of :func:`onnx_zip.recipes.load.load_recipe`.
 
     Raises:
-        InputError: one error listing every unknown key (with the closest known one), missing or
-            mistyped value, value out of range, second sharing policy, repeated task name.
+        InputError: ``data`` is not a mapping at all.
     """
     if not isinstance(data, dict):
         raise InputError(
@@ -361,5 +355,24 @@ def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
     if not problems:
         recipe.update(_canonical_settings(configs))
         _needs(recipe, problems)
+    return recipe, problems
+
+
+def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
+    """Check a parsed recipe and fill in its defaults, reporting every problem at once.
+
+    Args:
+        data: The parsed YAML.
+        label: How to name the recipe in messages (``recipe <path>``).
+
+    Returns:
+        The canonical recipe: every section and key present (defaults filled in); ``retrain`` and
+        ``finetune`` are ``None`` when absent. Paths are kept as written.
+
+    Raises:
+        InputError: one error listing every unknown key (with the closest known one), missing or
+            mistyped value, value out of range, second sharing policy, repeated task name.
+    """
+    recipe, problems = check(data, label)
     raise_all(problems, label=label)
     return recipe
