@@ -4,8 +4,6 @@ numpy transcription of the method, parameter accounting, extraction, determinism
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import builders
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.pipeline import zip_models
@@ -74,6 +72,7 @@ def permuted_mlp(model: onnx.ModelProto, seed: int = 7) -> tuple[onnx.ModelProto
 
 
 @pytest.mark.parametrize("pair", [("lenet300_mnist_s0", "lenet300_mnist_s1"), ("lenet5_mnist_s0", "lenet5_fashion")])
+@pytest.mark.slow
 def test_share_zero_reproduces_every_original_output(zoo, pair, tmp_path):
     entries = [zoo_model(zoo, name) for name in pair]
     result = zip_models(
@@ -91,6 +90,7 @@ def test_share_zero_reproduces_every_original_output(zoo, pair, tmp_path):
     assert all(layer["shared"] == 0 for layer in result.report["layers"])
 
 
+@pytest.mark.slow
 def test_zoo_pair_file_shrinks_with_the_saved_weights(zoo, tmp_path):
     entries = [zoo_model(zoo, name) for name in ("lenet300_mnist_s0", "lenet300_mnist_s1")]
     result = zip_models(
@@ -323,14 +323,13 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert not out.exists()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, timeout=600)
+_cli = run_cli
 
 
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("share", "within [0, 1]"),
+        ("share", "--share (zip.share) is 1.5, must be within [0, 1]"),
         ("names", "3 task names for 2 models"),
         ("unaligned", "do not align"),
         ("unwritable", "does not exist"),

@@ -77,6 +77,7 @@ def test_zoo_resnets_at_share_zero_reproduce_every_output(zoo, tmp_path):
         assert np.abs(zipped[outputs.index(f"{task}/{entry['output']}")] - reference).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_zoo_resnets_half_shared_keep_the_groups_consistent_and_extract(zoo):
     entries = [zoo_model(zoo, name) for name in ("resnet_mnist", "resnet_fashion")]
     result = zip_models(
