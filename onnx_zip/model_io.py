@@ -52,7 +52,7 @@ def _model_name(path: Path, label: str | None) -> str:
 
 def _sniff(head: bytes) -> str | None:
     """What a file that is not an ONNX model looks like, from its first bytes."""
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "a zip archive (an .npz data file?), not an ONNX model"
     if head.startswith(b"\x93NUMPY"):
         return "a NumPy .npy array, not an ONNX model"
