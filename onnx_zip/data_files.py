@@ -106,8 +106,12 @@ def _read_header(handle: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, 
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
             raise DataError(f"{where}: .npy format version {version} is not supported", hint=_SAVE_HINT)
-    except (ValueError, TypeError, SyntaxError) as exc:
+    except (DataError, zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError, ...
         raise DataError(f"{where}: not a valid .npy header ({_safe_detail(exc)})", hint=_SAVE_HINT) from None
+    if any(int(d) < 0 for d in shape):
+        raise DataError(f"{where}: not a valid .npy header (negative dimension in shape {list(shape)})", hint=_SAVE_HINT)
     if dtype.hasobject:
         raise DataError(f"{where}: holds Python objects, which cannot be read without pickles (onnx_zip never unpickles data)",
                         hint=_SAVE_HINT)

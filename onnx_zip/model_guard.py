@@ -234,7 +234,7 @@ def inline_external(tensor: TensorProto, where: str, folder: Path, problems: _Pr
         return
     size = side.stat().st_size
     if offset + nbytes > size:
-        problems.add(f"{where}: external data file {side.name} holds {size:,} bytes, {offset + nbytes:,} needed")
+        problems.add(f"{where}: external data file {side.name} holds {size:,} bytes but {offset + nbytes:,} are needed")
         return
     with open(side, "rb") as handle:
         handle.seek(offset)
