@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hostile import Case, data_cases, good_data, mlp, model_cases, recipe_cases, weights, write_model
+from hostile import (
+    Case,
+    data_cases,
+    good_data,
+    mlp,
+    model_cases,
+    recipe_cases,
+    weights,
+    write_model,
+)
 from onnx import numpy_helper
 
 from onnx_zip import model_io
