@@ -8,7 +8,8 @@
 * checks every tensor's declared dims against its payload before any array is built
   (raw data too short or too long, absurd sizes, unknown data types),
 * densifies small, valid sparse initializers and refuses the others,
-* refuses cycles, tensors read but never produced, and tensors produced twice,
+* refuses cycles, tensors read but never produced, tensors produced twice, and nodes that do
+  not fit their operator's schema (unknown operator, input/output counts, attribute types),
 * refuses dtypes the pipeline cannot calibrate in (float16/float64/bfloat16 inputs or layer
   weights, integer layer weights) with the fix, and layers with 0 neurons,
 * refuses NaN/Inf in weights, naming the file and the tensor.
@@ -325,6 +326,53 @@ def check_structure(graph: onnx.GraphProto, problems: _Problems) -> None:
                          "an ONNX graph must be acyclic")
 
 
+def check_node_schemas(model: onnx.ModelProto, problems: _Problems) -> None:
+    """Check each default-domain node of the top-level graph against its operator schema
+    (known operator, input/output counts, attribute types) with ``onnx.checker.check_node``."""
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = model.ir_version or onnx.IR_VERSION
+    context.opset_imports = {entry.domain: entry.version for entry in model.opset_import}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+            continue
+        try:
+            onnx.checker.check_node(node, context)
+        except Exception as exc:  # noqa: BLE001 - the C++ checker raises ValidationError and others
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            problems.add(f"node {node.name or node.op_type!r} ({node.op_type}) does not fit its operator: {detail}")
+
+
+#: Float tensors larger than this are passed to shape inference as dims only (no payload).
+_INFERENCE_PAYLOAD_LIMIT = 4096
+
+
+def check_shapes(model: onnx.ModelProto, problems: _Problems) -> None:
+    """Run strict ONNX shape inference on a light copy of the model, to refuse layers whose
+    inputs cannot fit (for example a Gemm reading a tensor of the wrong width).
+
+    The copy drops ``value_info`` and the declared output shapes (exporters often declare
+    wrong ones, which the pipeline does not trust anyway) and the payload of large float
+    tensors (inference needs their dims only).
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    del light.graph.value_info[:]
+    for out in light.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    for tensor in light.graph.initializer:
+        if tensor.data_type != TensorProto.INT64 and math.prod(tensor.dims) > _INFERENCE_PAYLOAD_LIMIT:
+            tensor.ClearField("raw_data")
+            tensor.ClearField("float_data")
+            tensor.data_location = TensorProto.DEFAULT
+    try:
+        onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError, ValidationError and others
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = lines[-1] if lines else type(exc).__name__
+        problems.add(f"the graph's shapes do not fit together ({detail[:300]})",
+                     "check that every layer reads a tensor of the size its weights expect")
+
+
 def _cycle_nodes(graph: onnx.GraphProto) -> list[str]:
     """Names of the nodes Kahn's algorithm cannot order (empty for an acyclic graph)."""
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
@@ -414,8 +462,12 @@ def guard_model(model: onnx.ModelProto, folder: Path, name: str) -> onnx.ModelPr
     densify_sparse(graph, problems)
     check_structure(graph, problems)
     problems.raise_if_any()
+    check_node_schemas(model, problems)
+    problems.raise_if_any()
     check_dtypes(graph, problems)
     problems.raise_if_any()
     check_finite(graph, problems)
+    problems.raise_if_any()
+    check_shapes(model, problems)
     problems.raise_if_any()
     return model
