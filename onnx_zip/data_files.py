@@ -141,7 +141,7 @@ def read_npy_stream(handle: IO[bytes], available: int, where: str, limit: int) -
             f"{where}: header declares shape {list(shape)} {dtype} ({nbytes:,} bytes) but only "
             f"{max(available - header_bytes, 0):,} bytes follow", hint="the file is truncated or corrupt")
     array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-    view = memoryview(array.reshape(-1, order="A").view(np.uint8)) if count else memoryview(b"")
+    view = array.reshape(-1, order="A").view(np.uint8).data if count else memoryview(b"")
     filled = 0
     while filled < nbytes:
         got = handle.readinto(view[filled:])  # type: ignore[attr-defined]

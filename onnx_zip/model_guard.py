@@ -39,14 +39,14 @@ MAX_DENSIFIED_ELEMENTS = 64 * 2**20
 #: At most this many problems are listed in one message.
 MAX_LISTED = 6
 
-_ITEM_BYTES = {
+_ITEM_BYTES: dict[int, int] = {
     TensorProto.FLOAT: 4, TensorProto.UINT8: 1, TensorProto.INT8: 1, TensorProto.UINT16: 2,
     TensorProto.INT16: 2, TensorProto.INT32: 4, TensorProto.INT64: 8, TensorProto.BOOL: 1,
     TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8, TensorProto.UINT32: 4, TensorProto.UINT64: 8,
     TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16, TensorProto.BFLOAT16: 2,
 }
 #: The typed field holding each data type's values, and how many field entries one element takes.
-_TYPED_FIELD = {
+_TYPED_FIELD: dict[int, tuple[str, int]] = {
     TensorProto.FLOAT: ("float_data", 1), TensorProto.COMPLEX64: ("float_data", 2),
     TensorProto.DOUBLE: ("double_data", 1), TensorProto.COMPLEX128: ("double_data", 2),
     TensorProto.INT64: ("int64_data", 1), TensorProto.UINT32: ("uint64_data", 1),
@@ -54,7 +54,7 @@ _TYPED_FIELD = {
     **{t: ("int32_data", 1) for t in (TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT16,
                                       TensorProto.UINT8, TensorProto.BOOL, TensorProto.FLOAT16, TensorProto.BFLOAT16)},
 }
-_UNCALIBRATABLE_FLOATS = {TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64", TensorProto.BFLOAT16: "bfloat16"}
+_UNCALIBRATABLE_FLOATS: dict[int, str] = {TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64", TensorProto.BFLOAT16: "bfloat16"}
 #: Node type -> input positions that hold the layer's weights (input 0 counts when it is a constant).
 LAYER_WEIGHT_INPUTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
