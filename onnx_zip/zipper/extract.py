@@ -162,7 +162,7 @@ def strip_task_prefix(model: onnx.ModelProto, task: str) -> dict[str, str]:
     names = _all_names(model.graph)
     mapping: dict[str, str] = {}
     taken = set(names)
-    for old, new in wanted.items():
+    for new in wanted.values():
         if new in names and new not in wanted:
             k = 1
             while f"{new}__{k}" in taken:
