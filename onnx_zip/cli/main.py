@@ -17,7 +17,8 @@ from onnx_zip._version import __version__
 from onnx_zip.errors import InputError, OnnxZipError
 
 #: Subcommand modules under ``onnx_zip.cli``; each defines NAME, HELP, add_arguments(parser), run(args).
-COMMANDS = ("zip_cmd", "extract_cmd", "align_cmd", "eval_cmd", "inspect_cmd", "report_cmd", "finetune_cmd", "run_cmd", "sweep_cmd", "demo_cmd")
+COMMANDS = ("zip_cmd", "extract_cmd", "align_cmd", "eval_cmd", "inspect_cmd", "report_cmd", "finetune_cmd", "run_cmd", "sweep_cmd", "demo_cmd",
+            "export_tasks_cmd", "serve_bench_cmd")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
