@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from onnx_zip import runtime
 from onnx_zip.errors import RuntimeSetupError
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
 def test_only_the_train_extra_is_capped(repo_root: Path):
