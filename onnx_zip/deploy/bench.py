@@ -1,9 +1,9 @@
 """``serve-bench``: task-switch latency and resident memory of an exported folder, against
 stand-alone models and the one multi-output model.
 
-Each way of serving is measured in a fresh process (:mod:`onnx_zip.deploy.probe`) with a warm
-file cache (every file is read once first); the figures are medians over ``repeats`` rounds of
-one switch per task. Stand-alone models are the exported task models with their weights embedded
+Measured in fresh processes (:mod:`onnx_zip.deploy.probe`) with a warm file cache (every file is
+read once first): memory in one process per way of serving, latency in one process with the ways
+interleaved round by round; the figures are medians over ``repeats`` rounds of one switch per task. Stand-alone models are the exported task models with their weights embedded
 (what one deploys without zipping), opened with onnxruntime's default options.
 """
 
@@ -104,9 +104,9 @@ def serve_bench(directory: str | os.PathLike[str], *, zipped: str | os.PathLike[
                  "standalone": _standalone_spec(base, folder, manifest, Path(scratch))}
         if multi is not None:
             specs["multi"] = _multi_spec(base, multi, manifest, Path(scratch))
+        latency = _probe(list(specs.values()), Path(scratch) / "latency.json")
         for kind, spec in specs.items():
-            row = _probe(spec, Path(scratch) / f"{kind}.json")
-            row["label"] = KINDS[kind]
+            row = {"kind": kind, "label": KINDS[kind], **latency[kind], **_probe(spec, Path(scratch) / f"{kind}.json")}
             result.rows.append(row)
     return result
 
@@ -151,8 +151,8 @@ def _multi_spec(base: dict[str, Any], zipped: Path, manifest: Manifest, scratch:
                 files={t.name: [str(zipped)] for t in manifest.tasks})
 
 
-def _probe(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter."""
+def _probe(spec: dict[str, Any] | list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter (a list of specs: latency, interleaved; one spec: memory)."""
     spec_path = out.with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
@@ -161,7 +161,8 @@ def _probe(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "onnx_zip.deploy.probe", str(spec_path), str(out)],
                           capture_output=True, text=True, env=env, timeout=PROBE_TIMEOUT_S, check=False)
     if done.returncode != 0:
-        raise OnnxZipError(f"serve-bench: measuring {spec['kind']} failed: {done.stderr.strip().splitlines()[-1:]}")
+        what = "latency" if isinstance(spec, list) else f"the memory of {spec['kind']}"
+        raise OnnxZipError(f"serve-bench: measuring {what} failed: {done.stderr.strip().splitlines()[-1:]}")
     return dict(json.loads(out.read_text()))
 
 

@@ -1,8 +1,9 @@
-"""One measurement of ``serve-bench``, run in a fresh process: ``python -m onnx_zip.deploy.probe SPEC OUT``.
+"""The measurements of ``serve-bench``, run in fresh processes: ``python -m onnx_zip.deploy.probe SPEC OUT``.
 
-A fresh process per way of serving keeps the resident-memory figures apart (memory onnxruntime
-frees is not always returned to the system). ``SPEC`` is a JSON file naming the way (``kind``),
-the files and the repeats; the result is written as JSON to ``OUT``. Kinds:
+Memory is measured in a fresh process per way of serving (memory onnxruntime frees is not always
+returned to the system); latency in one process with the ways interleaved round by round. ``SPEC``
+is a JSON file: one way of serving (``kind``, files, repeats) for memory, a list of them for
+latency; the result is written as JSON to ``OUT``. Kinds:
 
 * ``switcher``: :class:`~onnx_zip.deploy.serving.TaskSwitcher` on the exported folder (shared
   weights mapped once and handed to every session);
@@ -17,6 +18,7 @@ pages still mapped by open sessions stay). A warm switch runs an already open ta
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -100,39 +102,54 @@ def _timed(action: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Cold and warm switch medians (ms) and memory with every task open (MiB above the
-    process's memory before the first session)."""
+def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Memory with every task open and run once (MiB above the process before its first session)."""
     feeds = {k: np.asarray(v) for k, v in np.load(spec["feeds"]).items()}
-    tasks: list[str] = spec["tasks"]
     server = _Server(spec)  # imports onnxruntime; no session yet
     base = memory_mib()
-    for task in tasks:
+    for task in spec["tasks"]:
         server.run(task, feeds)
-    open_memory = {k: round(v - base.get(k, 0.0), 1) for k, v in memory_mib().items()}
-    cold: list[float] = []
-    dropped: list[float] = []
-    warm: list[float] = []
-    for _ in range(spec["repeats"]):
-        for task in tasks:
-            server.close(task)
-            cold.append(_timed(lambda t=task: server.run(t, feeds)))
-        for task in tasks:
-            server.close(task)
-            drop_from_cache(spec["files"][task])
-            dropped.append(_timed(lambda t=task: server.run(t, feeds)))
-        for task in tasks:
-            warm.append(_timed(lambda t=task: server.run(t, feeds)))
+    return {"memory_all_open_mib": {k: round(v - base.get(k, 0.0), 1) for k, v in memory_mib().items()}}
+
+
+def _one_round(server: _Server, tasks: Sequence[str], files: dict[str, list[str]], feeds: dict[str, np.ndarray],
+               times: dict[str, list[float]]) -> None:
+    """One cold switch, one cold switch with the files evicted and one warm switch per task."""
+    for task in tasks:
+        server.close(task)
+        times["cold"].append(_timed(functools.partial(server.run, task, feeds)))
+    for task in tasks:
+        server.close(task)
+        drop_from_cache(files[task])
+        times["dropped"].append(_timed(functools.partial(server.run, task, feeds)))
+    for task in tasks:
+        times["warm"].append(_timed(functools.partial(server.run, task, feeds)))
+
+
+def measure_latency(specs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Cold, cold-with-files-evicted and warm switch medians (ms) of every way of serving, the
+    ways interleaved round by round so that a busy machine slows them alike."""
+    servers = [_Server(spec) for spec in specs]
+    feeds = [{k: np.asarray(v) for k, v in np.load(spec["feeds"]).items()} for spec in specs]
+    samples: dict[str, dict[str, list[float]]] = {s["kind"]: {"cold": [], "dropped": [], "warm": []} for s in specs}
+    for server, spec, feed in zip(servers, specs, feeds):
+        for task in spec["tasks"]:
+            server.run(task, feed)
+    for _ in range(specs[0]["repeats"]):
+        for server, spec, feed in zip(servers, specs, feeds):
+            _one_round(server, spec["tasks"], spec["files"], feed, samples[spec["kind"]])
     return {
-        "kind": spec["kind"], "cold_ms": _median_ms(cold), "cold_dropped_cache_ms": _median_ms(dropped),
-        "warm_ms": _median_ms(warm), "memory_all_open_mib": open_memory,
+        kind: {"cold_ms": _median_ms(t["cold"]), "cold_dropped_cache_ms": _median_ms(t["dropped"]), "warm_ms": _median_ms(t["warm"])}
+        for kind, t in samples.items()
     }
 
 
 def main(argv: Sequence[str]) -> int:
-    """``SPEC OUT``: read the spec, measure, write the result."""
+    """``SPEC OUT``: read the spec (one way of serving: memory; a list of ways: latency), measure,
+    write the result."""
     spec = json.loads(Path(argv[0]).read_text())
-    Path(argv[1]).write_text(json.dumps(measure(spec), sort_keys=True))
+    result = measure_latency(spec) if isinstance(spec, list) else measure_memory(spec)
+    Path(argv[1]).write_text(json.dumps(result, sort_keys=True))
     return 0
 
 
