@@ -115,7 +115,7 @@ def _base_spec(folder: Path, manifest: Manifest, scratch: Path, repeats: int, th
     feeds: dict[str, np.ndarray] = {}
     for task in manifest.tasks:
         feeds.update(random_feeds(onnx.load(str(folder / task.model), load_external_data=False)))
-    np.savez(scratch / "feeds.npz", **feeds)
+    _save_arrays(scratch / "feeds.npz", feeds)
     return {
         "directory": str(folder), "tasks": [t.name for t in manifest.tasks], "repeats": repeats, "threads": threads,
         "feeds": str(scratch / "feeds.npz"), "outputs": {t.name: t.outputs for t in manifest.tasks},
@@ -140,15 +140,21 @@ def _multi_spec(base: dict[str, Any], zipped: Path, manifest: Manifest, scratch:
     if missing:
         raise InputError(f"model {zipped}: not the zipped model of this folder (no outputs {missing})", hint="pass the model the folder was exported from")
     plain = dict(np.load(base["feeds"]))
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for value in model.graph.input:
-        stripped = value.name.split("/", 1)[-1]
-        feeds[value.name] = plain.get(value.name, plain.get(stripped))
-    if any(v is None for v in feeds.values()):
-        raise InputError(f"model {zipped}: its inputs {sorted(feeds)} do not match the exported tasks' inputs")
-    np.savez(scratch / "feeds_multi.npz", **feeds)
+        found = plain.get(value.name, plain.get(value.name.split("/", 1)[-1]))
+        if found is None:
+            raise InputError(f"model {zipped}: its input {value.name} is none of the exported tasks' inputs {sorted(plain)}")
+        feeds[value.name] = found
+    _save_arrays(scratch / "feeds_multi.npz", feeds)
     return dict(base, kind="multi", models={"multi": str(zipped)}, outputs=outputs, feeds=str(scratch / "feeds_multi.npz"),
                 files={t.name: [str(zipped)] for t in manifest.tasks})
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` file with one array per name."""
+    save: Any = np.savez  # numpy's stubs do not type **arrays
+    save(path, **arrays)
 
 
 def _probe(spec: dict[str, Any] | list[dict[str, Any]], out: Path) -> dict[str, Any]:

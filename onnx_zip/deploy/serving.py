@@ -115,11 +115,14 @@ class TaskSwitcher:
         """OrtValues viewing the shared weights mapping, for the shared tensors one model reads."""
         shared = [t for t in external_tensors(onnx.load(str(model_path), load_external_data=False))
                   if t.location == self.manifest.shared_file]
-        if self._shared_map is None and shared:
+        if not shared:
+            return {}
+        if self._shared_map is None:
             self._shared_map = np.memmap(self.directory / self.manifest.shared_file, dtype=np.uint8, mode="r")
+        mapping = self._shared_map
         for tensor in shared:
             if tensor.name not in self._shared_values:
-                array = mapped_array(self._shared_map, tensor)
+                array = mapped_array(mapping, tensor)
                 self._shared_values[tensor.name] = runtime.ort().OrtValue.ortvalue_from_numpy(array)
         return {t.name: self._shared_values[t.name] for t in shared}
 
