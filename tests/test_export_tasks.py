@@ -111,15 +111,32 @@ def test_a_model_that_is_not_zipped_is_refused_and_nothing_is_written(tmp_path: 
 @pytest.mark.slow
 def test_three_zoo_tasks_at_share_0_9_export_exactly(zoo, tmp_path: Path):
     entries = [zoo_model(zoo, n) for n in ("lenet5_mnist_s0", "lenet5_fashion", "lenet5_fashion_super4")]
-    zip_models([e["file"] for e in entries], [e["data"]["train"] for e in entries], tmp_path / "z.onnx",
-               names=list(TASKS), share=0.9, calibration_limit=128)
+    result = zip_models([e["file"] for e in entries], [e["data"]["train"] for e in entries], tmp_path / "z.onnx",
+                        names=list(TASKS), share=0.9, calibration_limit=128)
     export = export_tasks(tmp_path / "z.onnx", tmp_path / "out")
+    shared_data = 4 * result.report["params"]["shared"]
+    assert shared_data <= export.manifest.shared_bytes < shared_data + PAGE * export.manifest.shared_tensors
     x = {"image": np.load(entries[1]["data"]["test"])["image"][:32]}
     both = _exact(tmp_path / "z.onnx", x)
     for t, (task, entry) in enumerate(zip(TASKS, entries)):
         (y,) = _exact(export.directory / f"{task}.onnx", x)
         np.testing.assert_allclose(y, both[t], rtol=0, atol=1e-6)
         assert export.manifest.task(task).outputs == [entry["output"]]
+
+
+def test_a_narrower_task_keeps_reading_the_shared_weight(tmp_path: Path):
+    a, b = builders.mlp([8, 12, 6, 3], seed=1), builders.mlp([6, 12, 6, 3], seed=2)
+    calib = [builders.random_inputs(a, 64, seed=1), builders.random_inputs(b, 64, seed=2)]
+    zipped = zip_models([a, b], calib, tmp_path / "z.onnx", share=0.5, separate_inputs=True).model
+    export = export_tasks(tmp_path / "z.onnx", tmp_path / "out")
+    feeds = {"a/x": calib[0]["x"][:7], "b/x": calib[1]["x"][:7]}
+    both = _exact(zipped, feeds)
+    for t, task in enumerate(("a", "b")):
+        assert export.manifest.task(task).inputs == ["x"]
+        (y,) = _exact(export.directory / f"{task}.onnx", {"x": feeds[f"{task}/x"]})
+        np.testing.assert_allclose(y, both[t], rtol=0, atol=1e-6)
+    model_b = onnx.load(str(export.directory / "b.onnx"), load_external_data=False)
+    assert "Slice" in [n.op_type for n in model_b.graph.node]  # the shared weight is stored once, sliced at run time
 
 
 RUNNER = """
