@@ -1,7 +1,8 @@
 """``onnx-zip export-tasks``: one ONNX model per task over one shared external-data file.
 
-Every initializer that two or more tasks read (the shared weights merged by MTZ) is stored once in
-``shared.weights``; each task's own initializers go to ``<task>.weights``. Each task model
+Every weight that two or more tasks read (the shared weights merged by MTZ) is stored once in
+``shared.weights``; each task's own weights go to ``<task>.weights`` (integer constants such as
+Slice bounds stay inside the model). Each task model
 ``<task>.onnx`` is the task's part of the zipped graph with the original input and output names
 (no ``<task>/`` prefix) and its initializers pointing into those two files at page-aligned offsets,
 so onnxruntime sessions of several tasks memory-map the shared bytes once (with
@@ -29,7 +30,7 @@ from onnx_zip.deploy.manifest import (
     Manifest,
     TaskRecord,
 )
-from onnx_zip.deploy.weights import PAGE, can_be_external, point_to, write_tensors
+from onnx_zip.deploy.weights import PAGE, is_weight, point_to, write_tensors
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.model_io import load_model, serialize, sha256_file, stamp_versions
 from onnx_zip.zipper.extract import strip_task_prefix, task_subgraph, zipped_tasks
@@ -76,9 +77,9 @@ def task_models(model: onnx.ModelProto, tasks: Sequence[str], *, label: str) -> 
 
 
 def shared_names(model: onnx.ModelProto, singles: Sequence[onnx.ModelProto]) -> list[str]:
-    """Initializers read by two or more tasks, in the zipped model's order."""
+    """Floating-point initializers read by two or more tasks, in the zipped model's order."""
     counts = Counter(t.name for single in singles for t in single.graph.initializer)
-    return [t.name for t in model.graph.initializer if counts[t.name] >= 2 and can_be_external(t)]
+    return [t.name for t in model.graph.initializer if counts[t.name] >= 2 and is_weight(t)]
 
 
 def export_tasks(zipped: str | os.PathLike[str] | onnx.ModelProto, directory: str | os.PathLike[str]) -> ExportResult:
@@ -121,7 +122,7 @@ def _write_folder(model: onnx.ModelProto, tasks: Sequence[str], folder: Path, so
     records = []
     for task, single in zip(tasks, singles):
         weights = f"{task}.weights"
-        own = [t for t in single.graph.initializer if t.name not in shared_at and can_be_external(t)]
+        own = [t for t in single.graph.initializer if t.name not in shared_at and is_weight(t)]
         with open(folder / weights, "wb") as handle:
             own_at = {p.name: p for p in write_tensors(handle, own)}
         for tensor in single.graph.initializer:

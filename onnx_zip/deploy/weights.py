@@ -47,9 +47,13 @@ def raw_bytes(tensor: onnx.TensorProto) -> bytes:
     return np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
-def can_be_external(tensor: onnx.TensorProto) -> bool:
-    """Whether a tensor may live in an external-data file (string tensors may not)."""
-    return tensor.data_type != onnx.TensorProto.STRING
+def is_weight(tensor: onnx.TensorProto) -> bool:
+    """Whether a tensor goes to a weights file: floating-point tensors (weights and biases).
+
+    Integer tensors (Slice bounds, shapes, indices) stay inside the model: they are small, and
+    shape inference (onnx's checker, onnxruntime's constant folding) must read them.
+    """
+    return bool(np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type), np.floating))
 
 
 def write_tensors(handle: BinaryIO, tensors: Sequence[onnx.TensorProto]) -> list[Placement]:
