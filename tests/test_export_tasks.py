@@ -106,6 +106,10 @@ def test_a_model_that_is_not_zipped_is_refused_and_nothing_is_written(tmp_path: 
     assert main(["export-tasks", str(plain), "-o", str(tmp_path / "out")]) == 2
     assert "not a zipped model" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx"]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(InputError, match="not empty.*; .*not a zipped model"):  # every blocker at once
+        export_tasks(plain, tmp_path / "full")
 
 
 @pytest.mark.slow

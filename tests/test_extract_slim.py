@@ -15,7 +15,7 @@ from onnx_zip import runtime
 from onnx_zip.cli.main import main
 from onnx_zip.errors import InputError
 from onnx_zip.zipper.api import zip_models
-from onnx_zip.zipper.extract import extract_file, extract_task, fold_constants, task_subgraph
+from onnx_zip.zipper.extract import extract_file, extract_task, fold_constants, strip_task_prefix, task_subgraph
 
 #: What an extracted model may add to its original: the provenance metadata.
 METADATA_ALLOWANCE = 10 * 1024
@@ -93,6 +93,19 @@ def test_every_bundled_task_is_no_larger_than_its_original(zoo, tmp_path: Path):
         assert [o.name for o in slim.graph.output] == [entry["output"]]
         (y,) = _run(out, {"image": x})
         np.testing.assert_allclose(y, both[t], rtol=0, atol=1e-6)
+
+
+def test_stripping_the_prefix_renames_an_inner_tensor_that_has_the_wanted_name():
+    x = onnx.helper.make_tensor_value_info("t/x", onnx.TensorProto.FLOAT, [1, 2])
+    y = onnx.helper.make_tensor_value_info("t/y", onnx.TensorProto.FLOAT, [1, 2])
+    nodes = [onnx.helper.make_node("Relu", ["t/x"], ["y"]), onnx.helper.make_node("Neg", ["y"], ["t/y"])]
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert strip_task_prefix(model, "t") == {"t/x": "x", "t/y": "y"}
+    assert [list(n.input) + list(n.output) for n in model.graph.node] == [["x", "y__1"], ["y__1", "y"]]
+    onnx.checker.check_model(model, full_check=True)
+    (out,) = _run(model, {"x": np.array([[1.0, -2.0]], dtype=np.float32)})
+    np.testing.assert_array_equal(out, [[-1.0, 0.0]])
 
 
 def test_a_model_that_is_not_zipped_is_refused(tmp_path: Path):

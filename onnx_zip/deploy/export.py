@@ -95,10 +95,23 @@ def export_tasks(zipped: str | os.PathLike[str] | onnx.ModelProto, directory: st
     Raises:
         InputError: ``directory`` exists and is not empty; the model is not zipped.
     """
-    out = check_destination(directory)
     label = f"model {zipped}" if not isinstance(zipped, onnx.ModelProto) else "model"
-    model = zipped if isinstance(zipped, onnx.ModelProto) else load_model(zipped)
-    tasks = zipped_tasks(model, label=label)
+    problems: list[InputError] = []
+    out = Path(directory)
+    try:
+        out = check_destination(directory)
+    except InputError as exc:
+        problems.append(exc)
+    tasks: list[str] = []
+    try:
+        model = zipped if isinstance(zipped, onnx.ModelProto) else load_model(zipped)
+        tasks = zipped_tasks(model, label=label)
+    except InputError as exc:
+        problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputError("; ".join(str(p) for p in problems))
     source = {"sha256": sha256_file(zipped), "file": Path(zipped).name} if not isinstance(zipped, onnx.ModelProto) else {}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
     try:
