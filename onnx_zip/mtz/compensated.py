@@ -183,16 +183,17 @@ class CompensatedLayer:
         y = tt.y.reshape(tt.n, self.taps, -1)[idx].reshape(-1, tt.zsize)
         w = tt.w.reshape(tt.n, self.taps, -1)[idx].reshape(-1, tt.w.shape[1])
         fit = tt.solver.solve(y.T).T
-        return SpecificFit(rows=self._out(fit, idx.size), error=tt.error(fit, w).reshape(idx.size, -1).sum(axis=1))
+        return SpecificFit(rows=self._out(fit, idx.size), error=tt.error(fit, w).reshape(idx.size, self.taps).sum(axis=1))
 
     # -- shared neurons across tasks --------------------------------------------------------------
-    def pair_costs(self, ta: int = 0, tb: int = 1) -> np.ndarray:
-        """``(N_a, N_b)`` cost ``Δ(i, j)`` of sharing neuron ``i`` of task ``ta`` with ``j`` of ``tb``."""
+    def pair_costs(self, ta: int = 0, tb: int = 1, *, clip: bool = True) -> np.ndarray:
+        """``(N_a, N_b)`` cost ``Δ(i, j)`` of sharing neuron ``i`` of task ``ta`` with ``j`` of ``tb``
+        (clipped at 0 unless ``clip=False``, as the matchers require)."""
         groups = np.arange(self.task_terms(ta).n)[:, None]
-        return self.group_costs(groups, (ta,), tb)
+        return self.group_costs(groups, (ta,), tb, clip=clip)
 
     def group_costs(
-        self, groups: np.ndarray, tasks: Sequence[int], new_task: int, *, chunk: int = 4096
+        self, groups: np.ndarray, tasks: Sequence[int], new_task: int, *, chunk: int = 4096, clip: bool = True
     ) -> np.ndarray:
         """Marginal cost ``R(g ∪ j) − R(g) − r(j)`` of adding neuron ``j`` of ``new_task`` to each group.
 
@@ -201,6 +202,7 @@ class CompensatedLayer:
             tasks: ``m`` distinct task indices (the columns of ``groups``).
             new_task: A task not in ``tasks``.
             chunk: Groups per block (bounds the ``(chunk, N_new)`` intermediates).
+            clip: Clip at 0 (rounding, and the order-ρ negative values the ridge allows).
 
         Returns:
             ``(k, N_new)`` float64.
@@ -227,7 +229,7 @@ class CompensatedLayer:
             ) - self._tap_sum(np.einsum("ij,ij->i", vg, kvg), g[sl].shape[0]) - r_before[sl]
             cross = after.lam * self._flat(pg) @ self._flat(pj).T - self._flat(kvg) @ self._flat(vj).T
             out[sl] = base_g[:, None] + base_j[None, :] + 2.0 * cross
-        return out
+        return np.maximum(out, 0.0) if clip else out
 
     def fit_shared(self, groups: np.ndarray, tasks: Sequence[int] | None = None) -> SharedFit:
         """Fit the shared neurons ``θ* = (Ĝ + λI)⁻¹ Σ_t (P_t C_t w_t + λ p_t)``.
@@ -247,7 +249,7 @@ class CompensatedLayer:
             tt = self._tasks[t]
             w = tt.w.reshape(tt.n, self.taps, -1)[g[:, col]].reshape(-1, tt.w.shape[1])
             view = theta[:, place]
-            errors.append(tt.error(view, w).reshape(g.shape[0], -1).sum(axis=1))
+            errors.append(tt.error(view, w).reshape(g.shape[0], self.taps).sum(axis=1))
             views.append(self._out(view, g.shape[0]))
         theta = self._out(theta, g.shape[0], bias_at=self.n_shared if self.bias else None)
         sb = self.n_shared + int(self.bias)
@@ -262,9 +264,10 @@ class CompensatedLayer:
         )
 
     # -- within-model merges ----------------------------------------------------------------------
-    def within_costs(self, t: int) -> np.ndarray:
+    def within_costs(self, t: int, *, clip: bool = True) -> np.ndarray:
         """``(N_t, N_t)`` symmetric cost of merging two neurons of task ``t`` (diagonal 0):
-        ``½[(y_i − y_j)ᵀ K_t (y_i − y_j) − λ_t ‖w̄_i − w̄_j‖²]``, summed over taps."""
+        ``½[(y_i − y_j)ᵀ K_t (y_i − y_j) − λ_t ‖w̄_i − w̄_j‖²]``, summed over taps (clipped at 0 unless
+        ``clip=False``)."""
         tt = self.task_terms(t)
         ky = tt.solver.solve(tt.y.T).T
         d_y = self._tap_sum(np.einsum("ij,ij->i", tt.y, ky), tt.n)
@@ -275,7 +278,7 @@ class CompensatedLayer:
         out = 0.5 * ((d_y - tt.lam * d_w)[:, None] + (d_y - tt.lam * d_w)[None, :] - 2.0 * cross)
         out = 0.5 * (out + out.T)
         np.fill_diagonal(out, 0.0)
-        return out
+        return np.maximum(out, 0.0) if clip else out
 
     def fit_within(self, t: int, pairs: np.ndarray) -> SpecificFit:
         """Fit one neuron per pair ``(i, j)`` of task ``t`` to both outputs: ``θ* = K_t (y_i + y_j)/2``.
@@ -289,7 +292,7 @@ class CompensatedLayer:
         w3 = tt.w.reshape(tt.n, self.taps, -1)
         fit = tt.solver.solve((0.5 * (y3[p[:, 0]] + y3[p[:, 1]])).reshape(-1, tt.zsize).T).T
         err = sum(tt.error(fit, w3[p[:, c]].reshape(-1, tt.w.shape[1])) for c in (0, 1))
-        return SpecificFit(rows=self._out(fit, p.shape[0]), error=np.asarray(err).reshape(p.shape[0], -1).sum(axis=1))
+        return SpecificFit(rows=self._out(fit, p.shape[0]), error=np.asarray(err).reshape(p.shape[0], self.taps).sum(axis=1))
 
     # -- internals ---------------------------------------------------------------------------------
     def _check_task(self, t: int) -> int:
@@ -349,8 +352,8 @@ class CompensatedLayer:
     def _out(self, fit: np.ndarray, n: int, bias_at: int | None = -1) -> np.ndarray:
         """Fitted ``(n·P, X)`` → ``(n, X)`` or ``(n, P, X)`` with the per-channel conv bias joined."""
         if self.taps == 1:
-            return fit.reshape(n, -1)
-        out = fit.reshape(n, self.taps, -1).copy()
+            return fit.reshape(n, fit.shape[-1])
+        out = fit.reshape(n, self.taps, fit.shape[-1]).copy()
         if self.bias and bias_at is not None:
             out[:, :, bias_at] = out[:, :, bias_at].sum(axis=1, keepdims=True)
         return out
