@@ -32,7 +32,7 @@ from onnx_zip.mtz.layout import dense_rows
 from onnx_zip.mtz.matching import greedy_matching
 from onnx_zip.mtz.merge import merge_pairs
 
-__all__ = ["DenseLayer", "ChainZip", "zip_mlp_pair", "forward_rows"]
+__all__ = ["ChainZip", "DenseLayer", "forward_rows", "zip_mlp_pair"]
 
 DenseLayer = tuple[np.ndarray, np.ndarray]  # weight (out, in), bias (out,)
 
@@ -141,7 +141,7 @@ def zip_mlp_pair(
     if len(models) != 2 or len(models[0]) != len(models[1]) or len(calib) != 2:
         raise InputError("zip_mlp_pair needs two models of the same depth and two calibration sets")
     depth = len(models[0])
-    shares = [float(share)] * (depth - 1) if np.isscalar(share) else [float(s) for s in share]  # type: ignore[arg-type]
+    shares = [float(share)] * (depth - 1) if isinstance(share, (int, float)) else [float(s) for s in share]
     d_in = models[0][0][0].shape[1]
     pos = [np.arange(d_in), np.arange(d_in)]
     counts, n_shared = [d_in, d_in], d_in

@@ -22,7 +22,7 @@ import numpy as np
 from onnx_zip.errors import InputError
 from onnx_zip.mtz._checks import as_f64, where
 
-__all__ = ["zipped_positions", "dense_target", "patch_target", "embed_rows"]
+__all__ = ["dense_target", "embed_rows", "patch_target", "zipped_positions"]
 
 
 def _index(arr: object, name: str, layer: str | None, ndim: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from onnx_zip.mtz._linalg import checked_cholesky, chol_solve, pinv_psd
 if TYPE_CHECKING:
     from onnx_zip.mtz.compensated import TaskLayer
 
-__all__ = ["SpdSolver", "CompensationView", "TaskTerms", "prepare_task", "build_stage"]
+__all__ = ["CompensationView", "SpdSolver", "Stage", "TaskTerms", "build_stage", "prepare_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _rows(arr: np.ndarray, name: str, label: str, taps: int, size: int) -> np.nd
     a = np.array(as_f64(arr, name, None, ndim=(2, 3)), dtype=np.float64, copy=True)
     want = 2 if taps == 1 else 3
     if a.ndim != want or (taps > 1 and a.shape[1] != taps) or a.shape[-1] != size:
-        shape = "(N, {0})".format(size) if taps == 1 else f"(N, {taps}, {size})"
+        shape = f"(N, {size})" if taps == 1 else f"(N, {taps}, {size})"
         raise InputError(f"{label}: {name} has shape {a.shape}, expected {shape} to fit the moments")
     return a.reshape(-1, size)
 
@@ -192,13 +192,31 @@ def _merge_maps(terms: Sequence[TaskTerms], sbs: Sequence[np.ndarray], layer: st
     return [np.eye(size) / m + solver.solve(b - total / m) for b in blocks]
 
 
-def build_stage(terms: Sequence[TaskTerms], n_shared: int, bias: bool, layer: str | None) -> dict[str, object]:
-    """The joint-fit quantities for tasks ``terms`` (in θ order): fields of ``compensated._Stage``.
+@dataclass(frozen=True)
+class Stage:
+    """Everything for one set of tasks fitted jointly (a shared neuron joins one neuron of each).
 
-    Returns:
-        ``place`` (per task ``(D̃_t,)``), ``solver`` (``(Ĝ + λI)⁻¹``, Θ×Θ), ``lam``, ``p`` and ``v``
-        (per task ``(N_t·P, Θ)``).
+    Attributes:
+        tasks: The task indices, in θ order.
+        place: Per task ``(D̃_t,)``: θ index of each zipped coordinate (``P_t``).
+        solver: ``(Ĝ + λI)⁻¹``, Θ × Θ.
+        lam: ``λ = Σ_t λ_t``.
+        p: Per task ``(N_t·P, Θ)``: the prior parts ``p_t`` (``θ₀ = Σ_t p_t``).
+        v: Per task ``(N_t·P, Θ)``: ``P_t C_t w + λ p_t``.
     """
+
+    tasks: tuple[int, ...]
+    place: tuple[np.ndarray, ...]
+    solver: SpdSolver
+    lam: float
+    p: tuple[np.ndarray, ...]
+    v: tuple[np.ndarray, ...]
+
+
+def build_stage(
+    terms: Sequence[TaskTerms], tasks: tuple[int, ...], n_shared: int, bias: bool, layer: str | None
+) -> Stage:
+    """The joint-fit quantities for the tasks ``tasks`` whose terms are ``terms`` (in θ order)."""
     sb = n_shared + int(bias)
     places, off = [], sb
     for t in terms:
@@ -223,4 +241,4 @@ def build_stage(terms: Sequence[TaskTerms], n_shared: int, bias: bool, layer: st
         v[:, pl] += t.cw
         ps.append(p)
         vs.append(v)
-    return {"place": tuple(places), "solver": solver, "lam": lam, "p": tuple(ps), "v": tuple(vs)}
+    return Stage(tasks=tasks, place=tuple(places), solver=solver, lam=lam, p=tuple(ps), v=tuple(vs))

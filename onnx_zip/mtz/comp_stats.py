@@ -37,10 +37,10 @@ from onnx_zip.mtz.hessian import _conv_params, im2col_columns
 
 __all__ = [
     "CompensationStats",
-    "MomentAccumulator",
-    "DenseMoments",
-    "ConvPatchMoments",
     "ConvChannelMoments",
+    "ConvPatchMoments",
+    "DenseMoments",
+    "MomentAccumulator",
     "moment_accumulator",
 ]
 
@@ -91,12 +91,9 @@ class MomentAccumulator:
     def __init__(self, *, bias: bool = True, layer: str | None = None) -> None:
         self.bias = bool(bias)
         self.layer = layer
-        self._dims: tuple[int, int] | None = None
-        self._zz: np.ndarray | None = None
-        self._zx: np.ndarray | None = None
-        self._xx: np.ndarray | None = None
-        self._sz: np.ndarray | None = None
-        self._sx: np.ndarray | None = None
+        self._dims: tuple[int, int] | None = None  # None until the first batch fixes the sizes
+        self._zz = self._zx = self._xx = np.zeros((0, 0))
+        self._sz = self._sx = np.zeros(0)
         self._n = 0
 
     def _config(self) -> tuple:
@@ -156,8 +153,8 @@ class MomentAccumulator:
                 continue
             if out._dims is None:
                 out._dims = acc._dims
-                out._zz, out._zx, out._xx = acc._zz.copy(), acc._zx.copy(), acc._xx.copy()  # type: ignore[union-attr]
-                out._sz, out._sx = acc._sz.copy(), acc._sx.copy()  # type: ignore[union-attr]
+                out._zz, out._zx, out._xx = acc._zz.copy(), acc._zx.copy(), acc._xx.copy()
+                out._sz, out._sx = acc._sz.copy(), acc._sx.copy()
             else:
                 out._zz += acc._zz
                 out._zx += acc._zx
@@ -184,7 +181,7 @@ class MomentAccumulator:
         g, c, h = np.empty((dz + b, dz + b)), np.empty((dz + b, dx + b)), np.empty((dx + b, dx + b))
         g[:dz, :dz], c[:dz, :dx], h[:dx, :dx] = self._zz / n, self._zx / n, self._xx / n
         if b:
-            mz, mx = self._sz / n, self._sx / n  # type: ignore[operator]
+            mz, mx = self._sz / n, self._sx / n
             g[:dz, dz] = g[dz, :dz] = mz
             h[:dx, dx] = h[dx, :dx] = mx
             c[:dz, dx], c[dz, :dx] = mz, mx

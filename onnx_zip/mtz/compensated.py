@@ -46,7 +46,6 @@ repeated at every tap, so :func:`~onnx_zip.mtz.layout.channel_rows_to_conv` (mea
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,12 +53,11 @@ import numpy as np
 
 from onnx_zip.errors import InputError
 from onnx_zip.mtz._checks import where
-from onnx_zip.mtz.comp_solve import SpdSolver, TaskTerms, build_stage, prepare_task
+from onnx_zip.mtz.comp_solve import Stage, TaskTerms, build_stage, prepare_task
 from onnx_zip.mtz.comp_stats import CompensationStats
 
-__all__ = ["TaskLayer", "SpecificFit", "SharedFit", "CompensatedLayer", "DEFAULT_RHO"]
+__all__ = ["DEFAULT_RHO", "CompensatedLayer", "SharedFit", "SpecificFit", "TaskLayer"]
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_RHO = 1e-2
 
@@ -115,18 +113,6 @@ class SharedFit:
     tasks: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class _Stage:
-    """Everything for one set of tasks fitted jointly: θ placement, ``K``, ``p_t``, ``v_t``."""
-
-    tasks: tuple[int, ...]
-    place: tuple[np.ndarray, ...]  # per task (D̃_t,) θ index of each zipped coordinate
-    solver: SpdSolver  # (Ĝ + λI)⁻¹, Θ × Θ
-    lam: float
-    p: tuple[np.ndarray, ...]  # per task (N_t·P, Θ)
-    v: tuple[np.ndarray, ...]  # per task (N_t·P, Θ)
-
-
 class CompensatedLayer:
     """The compensated fit of one layer for T ≥ 1 tasks.
 
@@ -156,7 +142,7 @@ class CompensatedLayer:
             prepare_task(t, self.n_shared, self.bias, self.taps, self.rho, f"{where(layer)}task {t.name or i}")
             for i, t in enumerate(tasks)
         ]
-        self._stages: dict[tuple[int, ...], _Stage] = {}
+        self._stages: dict[tuple[int, ...], Stage] = {}
 
     # -- task-specific neurons ------------------------------------------------------------------
     @property
@@ -316,19 +302,19 @@ class CompensatedLayer:
             self._neurons(g[:, col], self.task_terms(t).n, f"task {t}")
         return g
 
-    def _stage(self, tasks: tuple[int, ...]) -> _Stage:
+    def _stage(self, tasks: tuple[int, ...]) -> Stage:
         if tasks not in self._stages:
-            parts = build_stage([self._tasks[t] for t in tasks], self.n_shared, self.bias, self.layer)
-            self._stages[tasks] = _Stage(tasks=tasks, **parts)
+            terms = [self._tasks[t] for t in tasks]
+            self._stages[tasks] = build_stage(terms, tasks, self.n_shared, self.bias, self.layer)
         return self._stages[tasks]
 
-    def _sum_members(self, st: _Stage, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _sum_members(self, st: Stage, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``Σ_t p_t``, ``Σ_t v_t`` over the members of each group: ``(k·P, Θ)`` each."""
         pg = sum(self._pick(st.p[c], g[:, c]) for c in range(g.shape[1]))
         vg = sum(self._pick(st.v[c], g[:, c]) for c in range(g.shape[1]))
         return np.asarray(pg), np.asarray(vg)
 
-    def _objective(self, st: _Stage, g: np.ndarray) -> np.ndarray:
+    def _objective(self, st: Stage, g: np.ndarray) -> np.ndarray:
         """``(k,)`` R of each group over the stage's tasks."""
         pg, vg = self._sum_members(st, g)
         kv = st.solver.solve(vg.T).T
