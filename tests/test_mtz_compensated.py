@@ -480,3 +480,49 @@ def test_identical_rows_cost_nothing_with_identity_inputs(seed: int, rho: float)
     c = comp.pair_costs(clip=False)
     assert np.abs(np.diag(c)).max() <= 1e-9 * max(float(np.abs(c).max()), 1.0)
     np.testing.assert_allclose(comp.fit_shared(np.c_[np.arange(3), np.arange(3)]).shared, a, atol=1e-10)
+
+
+def test_duplicate_neuron_is_merged_within_its_model_without_error() -> None:
+    """A neuron duplicated inside A: the within pair costs 0, is taken first, the next layer sums its
+    two columns, and both tasks' outputs are unchanged."""
+    rng = np.random.default_rng(10)
+    a, b = mlp(rng, [4, 5, 4, 2]), mlp(rng, [4, 6, 3, 2])
+    w1, b1 = a[0]
+    w1[3], b1[3] = w1[1], b1[1]
+    xa, xb = rng.normal(size=(200, 4)), rng.normal(size=(150, 4))
+    z = zip_mlp_pair([a, b], [xa, xb], [0.2, 0.0], within=True)  # one merge in layer 1, none in layer 2
+    assert z.within[0][0].tolist() == [[1, 3]] and z.cross[0].size == 0
+    assert z.nets[0][0].shape[0] == 4 and z.nets[0][1].shape[1] == 5
+    for t, (m, x) in enumerate(((a, xa), (b, xb))):
+        ref = [dense_rows(*layer) for layer in m]
+        assert np.abs(forward_rows(z.nets[t], x) - forward_rows(ref, x)).max() <= 1e-5
+
+
+def test_patch_reading_partially_shared_permuted_copy() -> None:
+    """Second conv of a permuted copy when the layer below shared 2 of its 3 channels: the true pairs cost
+    0 and the fit returns the original kernels, own channels in the inter weights."""
+    rng = np.random.default_rng(11)
+    geo = {"kernel_shape": (2, 2), "pads": (0, 0, 1, 1)}
+    x = conv_data(rng, 5, 3, 5)  # original input of A's conv (channels 0, 1, 2)
+    w, bias = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=4)
+    perm_in, perm_out = np.array([2, 0, 1]), np.array([1, 3, 0, 2])
+    xb = x[:, perm_in]  # B's channel i is A's channel perm_in[i]
+    wb, bb = w[perm_out][:, perm_in], bias[perm_out]
+    # layer below: A's channels 2, 0 shared (in that order) with B's 0, 1; own: A's 1, B's 2
+    pos_a, pos_b = np.array([1, 2, 0]), np.array([0, 1, 2])
+    zipped = x[:, [2, 0, 1]]  # both tasks' zipped input: [shared 2 ; own 1]
+    layers = []
+    for rows_w, rows_b, xo, pos in ((w, bias, x, pos_a), (wb, bb, xb, pos_b)):
+        rows = conv_patch_rows(rows_w, rows_b)
+        prior = embed_rows(rows, patch_target(pos, 3, (2, 2)), 13)
+        stats = ConvPatchMoments(**geo).update(zipped, xo).stats()
+        layers.append(TaskLayer(rows, stats, prior))
+    comp = CompensatedLayer(layers, n_shared=8, layer="conv2")
+    costs = comp.pair_costs()
+    true = np.argsort(perm_out)
+    assert costs[np.arange(4), true].max() <= 1e-9 * costs.max()
+    fs = comp.fit_shared(np.c_[np.arange(4), true])
+    np.testing.assert_allclose(fs.shared[:, :8].reshape(4, 2, 2, 2), w[:, [2, 0]], atol=1e-9)
+    np.testing.assert_allclose(fs.shared[:, 8], bias, atol=1e-9)
+    np.testing.assert_allclose(fs.inter[0].reshape(4, 1, 2, 2), w[:, [1]], atol=1e-9)
+    np.testing.assert_allclose(fs.inter[1].reshape(4, 1, 2, 2), w[:, [1]], atol=1e-9)
