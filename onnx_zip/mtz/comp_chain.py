@@ -67,7 +67,7 @@ def forward_rows(rows: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
 def _layer_rows(shared: np.ndarray, own_rows: dict[int, np.ndarray],
                 pos: np.ndarray) -> np.ndarray:
     """Rows of a zipped layer in output order: shared then own neurons at their zipped positions."""
-    out = np.empty((int(pos.max()) + 1, shared.shape[1]))
+    out = np.empty((int(pos.max()) + 1,) + shared.shape[1:])
     out[: shared.shape[0]] = shared
     for i, row in own_rows.items():
         out[pos[i]] = row
@@ -83,8 +83,20 @@ def _choose(layer: CompensatedLayer, k: int, within: bool, name: str) -> tuple[n
     return mp.cross, [mp.within_a, mp.within_b], mp.cost
 
 
-def _compensated_layer(layer: CompensatedLayer, k: int, within: bool, name: str, sizes: Sequence[int]) -> tuple:
-    """Pairs, within pairs, cost, and per task (rows in output order, positions, zipped count)."""
+def fit_layer_pair(layer: CompensatedLayer, k: int, within: bool, name: str, sizes: Sequence[int]) -> tuple:
+    """Choose ``k`` merges of a two-task layer and fit it.
+
+    Args:
+        layer: The layer's :class:`CompensatedLayer` (tasks 0 and 1).
+        k: Merges to take (cross pairs, plus within-model pairs when ``within``).
+        within: Allow within-model merges.
+        name: Layer name for messages.
+        sizes: ``(N_A, N_B)``.
+
+    Returns:
+        ``(pairs (k_c, 2), [within_A (m_A, 2), within_B (m_B, 2)], total cost, per task (rows in output
+        order ``(N̄_t, ...)``, positions ``(N_t,)``, zipped count))``.
+    """
     pairs, wpairs, cost = _choose(layer, k, within, name)
     shared = layer.fit_shared(pairs)
     out = []
@@ -163,7 +175,7 @@ def zip_mlp_pair(
         sizes = [rows[0].shape[0], rows[1].shape[0]]
         k = int(np.floor(shares[li] * min(sizes) + 0.5))
         if method == "compensated":
-            pairs, wp, cost, per = _compensated_layer(comp, k, within, name, sizes)
+            pairs, wp, cost, per = fit_layer_pair(comp, k, within, name, sizes)
         else:
             pairs, wp, cost, per = _paper_layer(stats, priors, inv, n_shared, k, name, sizes)
         for t in (0, 1):

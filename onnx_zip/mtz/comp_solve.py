@@ -37,14 +37,15 @@ class SpdSolver:
     Args:
         a: The matrix.
         what: Its name for the warning (with the layer).
+        hint: What the fallback means or how to avoid it, for the warning.
     """
 
-    def __init__(self, a: np.ndarray, what: str) -> None:
+    def __init__(self, a: np.ndarray, what: str, hint: str = "rho > 0 regularises it") -> None:
         self._low, reason = checked_cholesky(a)
         self._pinv: np.ndarray | None = None
         if self._low is None:
-            logger.warning("%s (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse "
-                           "(rho > 0 regularises it)", what, a.shape[0], a.shape[0], reason)
+            logger.warning("%s (%dx%d) is singular or ill-conditioned (%s); using the pseudo-inverse (%s)",
+                           what, a.shape[0], a.shape[0], reason, hint)
             v, inv_w = pinv_psd(a)
             self._pinv = (v * inv_w) @ v.T
 
@@ -188,7 +189,8 @@ def _merge_maps(terms: Sequence[TaskTerms], sbs: Sequence[np.ndarray], layer: st
         return [np.eye(size)]
     blocks = [t.stats.g[np.ix_(sb, sb)] for t, sb in zip(terms, sbs)]
     total = np.sum(blocks, axis=0)
-    solver = SpdSolver(total, f"{where(layer)}Σ_t G_t over the shared inputs (prior merge)")
+    solver = SpdSolver(total, f"{where(layer)}Σ_t G_t over the shared inputs (prior merge)",
+                       "usual with inputs that never vary; their prior stays at the plain mean")
     return [np.eye(size) / m + solver.solve(b - total / m) for b in blocks]
 
 
