@@ -7,6 +7,18 @@ one neuron of that model whose output feeds the next layer through the SUM of th
 :meth:`~onnx_zip.mtz.compensated.CompensatedLayer.within_costs`) are both extra squared output errors, so
 one greedy scan over all candidates, cheapest first (stable: ties by kind cross < within A < within B,
 then by index), taking a pair when both its neurons are still free, chooses among them.
+
+What the rewrite needs for a within pair ``(i, j)`` of task t at layer l (``i < j``):
+
+* layer l, task t: ONE task-specific neuron with the fitted row
+  (:meth:`~onnx_zip.mtz.compensated.CompensatedLayer.fit_within`), placed at the position of ``i`` among
+  t's own neurons (:func:`~onnx_zip.mtz.comp_embed.zipped_positions`); neuron ``j`` disappears;
+* layer l+1, task t (and every layer reading l's output: for a residual group, the tied layers and the
+  shortcut must take the same pair): the input column of ``i`` becomes ``W[:, i] + W[:, j]`` and column
+  ``j`` is dropped — for a conv, the input channel ``i``'s kernel slice plus ``j``'s; after a flatten,
+  the whole block of ``H·W`` columns of channel ``j`` is added to channel ``i``'s. With the compensated
+  fit this needs no separate step: the next layer's prior :func:`~onnx_zip.mtz.comp_embed.embed_rows`
+  adds the columns (both map to one zipped position) and the fit refits them.
 """
 
 from __future__ import annotations
