@@ -167,6 +167,7 @@ def test_three_tasks_group_costs_match_literal() -> None:
     comp = CompensatedLayer(layers, n_shared=2, layer="fc")
     groups = np.array([[0, 2], [2, 1], [1, 0]])
     got = comp.group_costs(groups, (0, 1), 2, clip=False)
+    np.testing.assert_allclose(comp.group_costs(groups, (0, 1), 2, clip=False, chunk=2), got, rtol=1e-12)
     for gi, (a, b) in enumerate(groups):
         r2 = lit_group(lits[:2], [a, b], 2)[1]
         for j in range(4):
