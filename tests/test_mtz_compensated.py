@@ -555,3 +555,16 @@ def test_permuted_convnet_copy_is_recovered_exactly(reading: str, share: float) 
     assert z.cross[1][:, 1].tolist() == p2.argsort()[z.cross[1][:, 0]].tolist()
     for t, x in ((0, xa), (1, xb)):
         assert np.abs(net_forward(z.nets[t], x) - net_forward(a, x)).max() <= 1e-5
+
+
+def test_layer_without_bias_gives_the_paper_merge() -> None:
+    rng = np.random.default_rng(13)
+    xa, xb = rng.normal(size=(80, 4)) + 1, rng.normal(size=(90, 4)) * 2
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(2, 4))
+    sa = DenseMoments(bias=False).update(xa, xa).stats()
+    sb = DenseMoments(bias=False).update(xb, xb).stats()
+    comp = CompensatedLayer([TaskLayer(a, sa, a), TaskLayer(b, sb, b)], n_shared=4)
+    op = pair_operator(sa.h, sb.h)
+    np.testing.assert_allclose(comp.pair_costs(), 2 * cost_matrix(a, b, op), rtol=1e-9, atol=1e-12)
+    fs = comp.fit_shared(np.array([[2, 1]]))
+    np.testing.assert_allclose(fs.shared, merged_vectors(a[[2]], b[[1]], op), rtol=1e-9, atol=1e-12)
