@@ -25,6 +25,7 @@ from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair
 from onnx_zip.mtz.comp_embed import (
     dense_target,
     embed_rows,
+    flatten_positions,
     patch_target,
     zipped_positions,
 )
@@ -364,6 +365,7 @@ def test_positions_and_embedding_sum_within_merged_columns() -> None:
     assert out[0].tolist() == [4, 1, 0, 2 + 5, 3, 6]
     tgt = patch_target([1, -1], 2, (1, 2))
     assert tgt.tolist() == [2, 3, -1, -1, 4]
+    assert flatten_positions([1, -1, 0], 2).tolist() == [2, 3, -1, -1, 0, 1]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -76,6 +76,25 @@ def zipped_positions(
     return pos, nxt
 
 
+def flatten_positions(
+    positions: Sequence[int] | np.ndarray, per_channel: int, *, layer: str | None = None
+) -> np.ndarray:
+    """Channel positions → positions of the flattened features (channel-major, ``per_channel = H·W``).
+
+    After a Conv → Flatten boundary the dense layer's zipped input has ``count·H·W`` features and its
+    shared features are the first ``S·H·W``.
+
+    Args:
+        positions: ``(C,)`` zipped channel of each original channel (``-1`` = none).
+        per_channel: Features per channel.
+
+    Returns:
+        ``(C·per_channel,)`` int64.
+    """
+    pos = _index(positions, "positions", layer, 1)
+    return np.where(pos[:, None] >= 0, pos[:, None] * per_channel + np.arange(per_channel)[None, :], -1).ravel()
+
+
 def dense_target(
     positions: Sequence[int] | np.ndarray, zipped_features: int, *, bias: bool = True, layer: str | None = None
 ) -> np.ndarray:

@@ -19,7 +19,12 @@ import numpy as np
 
 from onnx_zip.errors import InputError
 from onnx_zip.mtz.comp_chain import fit_layer_pair
-from onnx_zip.mtz.comp_embed import dense_target, embed_rows, patch_target
+from onnx_zip.mtz.comp_embed import (
+    dense_target,
+    embed_rows,
+    flatten_positions,
+    patch_target,
+)
 from onnx_zip.mtz.comp_stats import MomentAccumulator, moment_accumulator
 from onnx_zip.mtz.compensated import DEFAULT_RHO, CompensatedLayer, TaskLayer
 from onnx_zip.mtz.hessian import im2col
@@ -123,12 +128,6 @@ def _to_layer(layer: NetLayer, rows: np.ndarray, reading: str, count: int) -> Ne
     return replace(layer, weight=w, bias=b)  # type: ignore[arg-type]
 
 
-def _expand(pos: np.ndarray, count: int, n_shared: int, per: int) -> tuple[np.ndarray, int, int]:
-    """Channel positions → flattened feature positions (channel-major, ``per`` features per channel)."""
-    feat = np.where(pos[:, None] >= 0, pos[:, None] * per + np.arange(per)[None, :], -1).ravel()
-    return feat, count * per, n_shared * per
-
-
 def zip_net_pair(
     models: Sequence[Sequence[NetLayer]],
     calib: Sequence[np.ndarray],
@@ -163,10 +162,8 @@ def zip_net_pair(
         layers = [models[t][li] for t in (0, 1)]
         if layers[0].kind == "dense" and li and models[0][li - 1].flatten:
             per = layers[0].weight.shape[1] // models[0][li - 1].weight.shape[0]
-            expanded = [_expand(pos[t], counts[t], n_shared, per) for t in (0, 1)]
-            pos = [e[0] for e in expanded]
-            counts = [e[1] for e in expanded]
-            n_shared = expanded[0][2]
+            pos = [flatten_positions(pos[t], per, layer=name) for t in (0, 1)]
+            counts, n_shared = [counts[0] * per, counts[1] * per], n_shared * per
         kind = "dense" if layers[0].kind == "dense" else f"conv_{reading}"
         stats = [_moments(kind, layers[t], models[t][:li], nets[t], calib[t], batch, name).stats() for t in (0, 1)]
         tasks = [_task_layer(layers[t], reading, pos[t], counts[t], stats[t], name) for t in (0, 1)]
