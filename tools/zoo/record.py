@@ -28,6 +28,15 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo_common as zc  # noqa: E402
 
+INFER_PYTHON = Path("/work/venv-infer/bin/python")  # optional: the newest onnxruntime (requirements-record.txt)
+NEWEST_CODE = """
+import sys, numpy as np, onnxruntime as ort
+for p, x, out in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    s = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+    i = s.get_inputs()[0]
+    np.save(out, s.run([s.get_outputs()[0].name], {i.name: np.load(x)})[0])
+print(ort.__version__)
+"""
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
@@ -88,6 +97,34 @@ def measure(entry: dict) -> dict:
     return rec
 
 
+def newest_ort(entries: list[dict]) -> dict[str, dict]:
+    """Run every model in the newest onnxruntime (separate venv) on 8 test samples and compare with 1.19.2.
+
+    Returns {name: {"onnxruntime": version, "max_abs_diff_vs_1_19_2": float}}; empty when INFER_PYTHON is missing.
+    """
+    import subprocess
+    import tempfile
+    if not INFER_PYTHON.is_file():
+        zc.log(f"(skipping the newest-onnxruntime check: {INFER_PYTHON} missing)")
+        return {}
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp, args, refs = Path(tmpd), [], {}
+        for e in entries:
+            path = zc.REPO / "models" / e["file"]
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            x = zc.load_split(e["task"], "test")[0][:1 if sess.get_inputs()[0].shape[0] == 1 else 8]
+            np.save(tmp / f"{e['name']}.x.npy", x)
+            refs[e["name"]] = sess.run([sess.get_outputs()[0].name], {sess.get_inputs()[0].name: x})[0]
+            args += [str(path), str(tmp / f"{e['name']}.x.npy"), str(tmp / f"{e['name']}.y.npy")]
+        res = subprocess.run([str(INFER_PYTHON), "-c", NEWEST_CODE, *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError("newest onnxruntime failed:\n" + res.stderr)
+        version = res.stdout.strip().splitlines()[-1]
+        return {n: {"onnxruntime": version,
+                    "max_abs_diff_vs_1_19_2": float(np.abs(np.load(tmp / f"{n}.y.npy") - r).max())}
+                for n, r in refs.items()}
+
+
 def write_maps() -> None:
     """models/zoo/maps_test.npz: bit-packed (np.packbits over the flattened (N, 1, 28, 28) bool map) test maps."""
     arrays = {}
@@ -119,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     doc = json.loads(zc.MANIFEST.read_text())
     bad = 0
-    for entry in doc["models"]:
-        if args.only and entry["name"] not in args.only:
-            continue
+    chosen = [e for e in doc["models"] if not args.only or e["name"] in args.only]
+    newest = newest_ort(chosen)
+    for entry in chosen:
         rec = measure(entry)
+        if entry["name"] in newest:
+            rec["newest_onnxruntime"] = newest[entry["name"]]
+            if rec["newest_onnxruntime"]["max_abs_diff_vs_1_19_2"] > 1e-4:
+                raise RuntimeError(f"{entry['name']}: newest onnxruntime disagrees: {rec['newest_onnxruntime']}")
         if args.check:
+            rec.pop("newest_onnxruntime", None)
             same = rec["sha256"] == entry.get("sha256") and rec["metric"] == entry.get("metric")
             bad += not same
             zc.log(f"{entry['name']}: {rec['metric']} {'ok' if same else 'MISMATCH'}")
