@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import zoo_common as zc  # noqa: E402
+import zoo_common as zc
 
 OPSET = 17
 BATCH = 64
@@ -39,7 +39,7 @@ ARCH_DOC = ("PP-LCNet-like: Conv 3x3 s2 16 + BN + HardSwish (14x14); depthwise 3
 
 
 def build(n_out: int):
-    import paddle.nn as nn
+    from paddle import nn
 
     def cbh(cin: int, cout: int, k: int, s: int = 1, groups: int = 1):
         return [nn.Conv2D(cin, cout, k, s, k // 2, groups=groups, bias_attr=False), nn.BatchNorm2D(cout),

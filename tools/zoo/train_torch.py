@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import zoo_common as zc  # noqa: E402
+import zoo_common as zc
 
 OPSET = 17
 BATCH = 64
