@@ -119,10 +119,12 @@ def split_record(data: str) -> dict:
     if data == "mnist16":
         rec["input_transform"] = "zero-pad 2 px each side to 32x32, then 2x2 average pool -> (N,1,16,16)"
     if data == "mnist_stroke":
-        rec["target"] = "stroke mask: image >= 0.5 (test maps committed in zoo/maps_test.npz, key mnist_stroke)"
+        rec["target"] = ("stroke mask: image >= 0.5, a per-pixel rule of the input (the model learns it through its "
+                         "FPN; the rule itself scores IoU 1); test maps in zoo/maps_test.npz, key mnist_stroke")
     if data == "fashion_silhouette":
         rec["target"] = ("silhouette: image > 0.1 with holes filled (background = below-threshold pixels "
-                         "4-connected to the border); test maps in zoo/maps_test.npz, key fashion_silhouette")
+                         "4-connected to the border); test maps in zoo/maps_test.npz, key fashion_silhouette. "
+                         "Mostly per-pixel: image > 0.1 without the filling scores IoU 0.976 on the test split")
     return rec
 
 
