@@ -32,6 +32,7 @@ PAIRS = [
     ("paddle_lcnet_mnist", "paddle_lcnet_fashion", "paddle2onnx (Constant-node weights): MNIST vs Fashion"),
     ("crnn_mnist", "crnn_fashion", "CRNN (CNN + LSTM): MNIST vs Fashion"),
     ("digitcnn28_mnist", "digitcnn16_mnist", "digit CNN: 28x28 vs 16x16 input"),
+    ("digitcnn28_mnist", "digitcnn28_mnist_s1_b1", "digit CNN: dynamic batch vs fixed batch 1 (two seeds)"),
 ]
 TIMEOUT = 600
 
@@ -84,9 +85,12 @@ def run(args: list[str]) -> tuple[int, str, float]:
     return res.returncode, first.strip(), time.time() - t0
 
 
-def probe_zip(a: str, b: str, tmp: Path) -> list[str]:
-    """`zip --share 0.5` of the pair (again with --separate-inputs when the tool asks for it): table rows."""
+def probe_zip(a: str, b: str, tmp: Path) -> tuple[list[str], int, str]:
+    """`zip --share 0.5` of the pair (again with --separate-inputs when the tool asks for it).
+
+    Returns (table rows, last exit code, last first line when it failed)."""
     rows = []
+    rc, first = -1, ""
     base = ["zip", f"models/zoo/{a}.onnx", f"models/zoo/{b}.onnx", "--share", "0.5", "--calib",
             str(calib_file(a, tmp)), "--calib", str(calib_file(b, tmp)), "--calib-limit", "512",
             "-o", str(tmp / "z.onnx")]
@@ -98,7 +102,7 @@ def probe_zip(a: str, b: str, tmp: Path) -> list[str]:
         rows.append(f"| `{shown}` | {rc} | {secs:.0f} | {first.replace('|', '/')[:400]} |")
         if rc == 0 or "--separate-inputs" not in first:
             break
-    return rows
+    return rows, rc, first if rc else ""
 
 
 def main() -> int:
@@ -110,6 +114,8 @@ def main() -> int:
              "first error line on stderr (exit != 0) or the first output lines (exit 0). \"contains\" lists each "
              "model's ops other than dense Conv/Gemm/MatMul, Relu, Add, Flatten, MaxPool and Identity (the "
              "constructs issue 13 has to handle, beyond the first one the tool reports)."), ""]
+    summary = ["## Summary", "", "| pair | align exit | zip exit | first blocker |", "|---|---|---|---|"]
+    body: list[str] = []
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         for a, b, what in PAIRS:
@@ -117,22 +123,27 @@ def main() -> int:
             if not all((zc.REPO / p).is_file() for p in (pa, pb)):
                 zc.log(f"skip {a} / {b}: not built")
                 continue
-            lines += [f"## {what}", ""]
-            lines += [f"- `{n}` contains: {constructs(zc.REPO / p)}" for n, p in ((a, pa), (b, pb))]
-            lines += ["", "| command | exit | s | first line |", "|---|---|---|---|"]
-            cmds = [["inspect", pa], ["inspect", pb], ["align", pa, pb]]
-            for cmd in cmds:
+            body += [f"## {what}", ""]
+            body += [f"- `{n}` contains: {constructs(zc.REPO / p)}" for n, p in ((a, pa), (b, pb))]
+            body += ["", "| command | exit | s | first line |", "|---|---|---|---|"]
+            zip_rc, blocker = "-", ""
+            for cmd in (["inspect", pa], ["inspect", pb], ["align", pa, pb]):
                 rc, first, secs = run(cmd)
                 zc.log(f"{' '.join(cmd)} -> {rc}: {first[:150]}")
-                lines.append(f"| `{' '.join(cmd).replace('models/zoo/', '')}` | {rc} | {secs:.0f} | "
-                             f"{first.replace('|', '/')[:400]} |")
-                if cmd[0] == "align" and rc == 0:
-                    lines += probe_zip(a, b, tmp)
-            lines.append("")
+                body.append(f"| `{' '.join(cmd).replace('models/zoo/', '')}` | {rc} | {secs:.0f} | "
+                            f"{first.replace('|', '/')[:400]} |")
+                if cmd[0] == "align":
+                    align_rc, blocker = rc, first if rc else ""
+                    if rc == 0:
+                        rows, zip_rc, blocker = probe_zip(a, b, tmp)
+                        body += rows
+            summary.append(f"| {what} | {align_rc} | {zip_rc} | {blocker.replace('onnx-zip: error: ', '')[:160]} |")
+            body.append("")
             for cmd_text, out in FULL_OUTPUTS:
-                lines += [f"Output of `{cmd_text.replace('models/zoo/', '')}` (exit 0):", "", "```", out, "```", ""]
+                body += [f"Output of `{cmd_text.replace('models/zoo/', '')}` (exit 0):", "", "```", out, "```", ""]
             FULL_OUTPUTS.clear()
-    (Path(__file__).resolve().parent / "PROBE.md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines + summary + [""] + body) + "\n"
+    (Path(__file__).resolve().parent / "PROBE.md").write_text(text)
     return 0
 
 

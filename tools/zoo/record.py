@@ -53,9 +53,10 @@ def graph_facts(path: Path) -> dict:
         raise RuntimeError(f"{path.name}: IR {m.ir_version} / opset {opset} too new for onnxruntime 1.19.2")
     ops: dict[str, int] = {}
     const_vals = 0
+    resize_args = {i for n in m.graph.node if n.op_type == "Resize" for i in n.input[1:]}
     for n in m.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-        if n.op_type == "Constant":
+        if n.op_type == "Constant" and n.output[0] not in resize_args:  # Resize scales are no weights
             for a in n.attribute:
                 if a.name == "value" and a.t.data_type in FLOAT_TYPES:
                     const_vals += int(np.prod(a.t.dims))

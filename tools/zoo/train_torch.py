@@ -2,9 +2,9 @@
 """Train and export the torch families of the exporter zoo (run with the torch venv, see README.md).
 
 Families: MobileNetV3-style classifier (torchvision-style blocks), DBNet-style segmenter, YOLO/CSP block stack,
-CRNN (CNN + LSTM), plain digit CNNs at 28x28 and 16x16. Every model is exported with the legacy exporter
-(``dynamo=False``, opset 17), input ``image`` (N, 1, H, W), output ``logits`` (N, classes) or ``prob``
-(N, 1, 28, 28). Writes models/zoo/<name>.onnx, its manifest entry (training part) and a reference output
+CRNN (CNN + LSTM), plain digit CNNs at 28x28 and 16x16 (and one at 28x28 with a fixed batch of 1 in its graph
+input). Every model is exported with the legacy exporter (``dynamo=False``, opset 17), input ``image``
+(N, 1, H, W), output ``logits`` (N, classes) or ``prob`` (N, 1, 28, 28). Writes models/zoo/<name>.onnx, its manifest entry (training part) and a reference output
 (.cache/zoo_ref/<name>.npz) that tools/zoo/record.py compares with onnxruntime.
 
     python tools/zoo/train_torch.py                 # every torch model
@@ -44,6 +44,8 @@ SPECS: dict[str, dict] = {
     "crnn_fashion": dict(family="crnn", arch="crnn", data="fashion", seed=0, steps=1200, lr=3e-3),
     "digitcnn28_mnist": dict(family="digit-cnn", arch="digitcnn", data="mnist", seed=0, steps=1000, lr=2e-3),
     "digitcnn16_mnist": dict(family="digit-cnn", arch="digitcnn", data="mnist16", seed=0, steps=1000, lr=2e-3),
+    "digitcnn28_mnist_s1_b1": dict(family="digit-cnn", arch="digitcnn", data="mnist", seed=1, steps=1000, lr=2e-3,
+                                   fixed_batch=True),
 }
 
 ARCH_DOC = {
@@ -303,14 +305,15 @@ def metric(data: str, out: np.ndarray, y: np.ndarray) -> dict:
 
 
 # ----------------------------------------------------------------------------- export
-def export(model: nn.Module, name: str, side: int, out_name: str) -> Path:
+def export(model: nn.Module, name: str, side: int, out_name: str, fixed_batch: bool) -> Path:
+    """Legacy exporter; a dynamic batch dimension named "batch", or a fixed batch of 1 in the graph."""
     path = zc.ZOO / f"{name}.onnx"
-    dummy = torch.zeros(2, 1, side, side)
+    dummy = torch.zeros(1 if fixed_batch else 2, 1, side, side)
+    axes = None if fixed_batch else {"image": {0: "batch"}, out_name: {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=[out_name],
-                          dynamic_axes={"image": {0: "batch"}, out_name: {0: "batch"}})
+                          input_names=["image"], output_names=[out_name], dynamic_axes=axes)
     zc.fix_ir(path)
     return path
 
@@ -324,10 +327,11 @@ def run(name: str) -> None:
     m = metric(spec["data"], predict(model, xt), yt)
     zc.log(f"{name}: torch test {m} ({secs:.0f}s)")
     out_name = "prob" if is_map(spec["data"]) else "logits"
-    export(model, name, x.shape[-1], out_name)
+    export(model, name, x.shape[-1], out_name, spec.get("fixed_batch", False))
     ref_dir = zc.REPO / ".cache" / "zoo_ref"
     ref_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(ref_dir / f"{name}.npz", x=xt[:64], y=predict(model, xt[:64]))
+    n_ref = 1 if spec.get("fixed_batch") else 64
+    np.savez(ref_dir / f"{name}.npz", x=xt[:n_ref], y=predict(model, xt[:n_ref]))
     zc.update_manifest(name, {
         "file": f"zoo/{name}.onnx", "family": spec["family"], "arch": ARCH_DOC[spec["arch"]],
         "framework": f"pytorch {torch.__version__.split('+')[0]}",
@@ -337,7 +341,7 @@ def run(name: str) -> None:
                      "max_lr": spec["lr"], "loss": "binary cross-entropy" if is_map(spec["data"]) else "cross-entropy",
                      "samples": "uniform with replacement from the train split", "threads": 1,
                      "seconds": round(secs, 1)},
-        "framework_metric": m, "fixed_batch": False,
+        "framework_metric": m, "fixed_batch": spec.get("fixed_batch", False),
     })
 
 
