@@ -132,7 +132,18 @@ def write_maps() -> None:
         _, y = zc.load_split(task, "test")
         arrays[task] = np.packbits(y.astype(bool).reshape(len(y), -1), axis=1)
         arrays[task + "_shape"] = np.array(y.shape, dtype=np.int64)
-    np.savez_compressed(zc.MAPS_FILE, **arrays)
+    # like np.savez_compressed, but with fixed zip timestamps so that a rebuild is byte-identical
+    import io
+    import zipfile
+    tmp = zc.MAPS_FILE.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arrays[key], allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())
+    tmp.replace(zc.MAPS_FILE)
 
 
 def table(entries: list[dict]) -> str:
