@@ -43,3 +43,30 @@ def test_bounded_fuzz_run():
     ours = [k for k in summary["failures"] if any(f in k for f in GUARDED)]
     assert not ours, ours
     assert totals["refused"] + totals["success"] > 0
+
+
+@pytest.mark.slow
+def test_loader_survives_mutants(tmp_path):
+    """400 mutants of the bundled models through load_model alone: loaded, or one ModelError line naming the file."""
+    from onnx_zip import model_io
+    from onnx_zip.errors import ModelError
+
+    fuzz = load_fuzz()
+    models = {p.stem: p.read_bytes() for p in sorted((REPO_ROOT / "models").glob("*.onnx"))}
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(400):
+        rng = random.Random(10_000 + i)
+        name = rng.choice(sorted(models))
+        data, side = fuzz.mutate(models[name], rng.choice(fuzz.MUTATIONS), rng)
+        folder = tmp_path / f"c{i}"
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(data)
+        for side_name, payload in side.items():
+            (folder / side_name).write_bytes(payload)
+        try:
+            model_io.load_model(folder / "m.onnx")
+            outcomes["loaded"] += 1
+        except ModelError as exc:
+            assert str(folder / "m.onnx") in str(exc) and "\n" not in str(exc), str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["loaded"] > 0 and outcomes["refused"] > 0, outcomes
