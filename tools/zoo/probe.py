@@ -25,6 +25,8 @@ import zoo_common as zc
 PAIRS = [
     ("mbv3_mnist_s0", "mbv3_fashion", "MobileNetV3: MNIST vs Fashion"),
     ("mbv3_mnist_s0", "mbv3_mnist_s1", "MobileNetV3: two seeds of MNIST"),
+    ("mbv3_fashion", "mbv3clip_fashion_super4",
+     "MobileNetV3: Fashion-10 (HardSwish ops) vs Fashion-super4 (HardSwish spelled Add/Clip/Mul/Div)"),
     ("dbnet_mnist_stroke", "dbnet_fashion_silhouette", "DBNet-like maps: MNIST stroke vs Fashion silhouette"),
     ("csp_fashion", "csp_fashion_super4", "YOLO/CSP: Fashion-10 vs Fashion-super4"),
     ("keras_mlp_mnist_s0", "keras_mlp_fashion", "Keras LayerNorm MLP: MNIST vs Fashion"),

@@ -4,7 +4,7 @@ onnxruntime 1.19.2 from onnxruntime-training-cpu, onnx).
 
 For each manifest entry written by a train_*.py script: check IR <= 10 and opset <= 21, run the whole
 test split through onnxruntime, record the metric, the graph's input/output names and shapes, op counts,
-parameter count (float values in initializers and in Constant nodes), file size and sha256, and compare
+parameter count (float values of the non-scalar initializers and Constant nodes, Resize scales excluded), file size and sha256, and compare
 onnxruntime with the framework's own output on 64 test samples (.cache/zoo_ref/<name>.npz, when present).
 Also writes models/zoo/maps_test.npz (the test target maps of the map tasks, bit-packed).
 
@@ -57,10 +57,11 @@ def graph_facts(path: Path) -> dict:
     for n in m.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
         if n.op_type == "Constant" and n.output[0] not in resize_args:  # Resize scales are no weights
-            for a in n.attribute:
-                if a.name == "value" and a.t.data_type in FLOAT_TYPES:
+            for a in n.attribute:  # nor are scalars (the 3 and 6 of a written-out HardSwish)
+                if a.name == "value" and a.t.data_type in FLOAT_TYPES and len(a.t.dims) > 0:
                     const_vals += int(np.prod(a.t.dims))
-    init_vals = sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in FLOAT_TYPES)
+    init_vals = sum(int(np.prod(t.dims)) for t in m.graph.initializer
+                    if t.data_type in FLOAT_TYPES and len(t.dims) > 0)  # no scalars (LayerNorm's epsilon)
     init_names = {t.name for t in m.graph.initializer}
     return {"ir_version": m.ir_version, "opset": opset, "ops": dict(sorted(ops.items())),
             "inputs": [value_info(v) for v in m.graph.input if v.name not in init_names],

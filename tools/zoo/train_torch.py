@@ -35,6 +35,8 @@ SPECS: dict[str, dict] = {
     "mbv3_mnist_s0": dict(family="mobilenetv3", arch="mbv3", data="mnist", seed=0, steps=1200, lr=3e-3),
     "mbv3_mnist_s1": dict(family="mobilenetv3", arch="mbv3", data="mnist", seed=1, steps=1200, lr=3e-3),
     "mbv3_fashion": dict(family="mobilenetv3", arch="mbv3", data="fashion", seed=0, steps=1200, lr=3e-3),
+    "mbv3clip_fashion_super4": dict(family="mobilenetv3", arch="mbv3clip", data="fashion_super4", seed=0, steps=1200,
+                                    lr=3e-3),
     "dbnet_mnist_stroke": dict(family="dbnet", arch="dbnet", data="mnist_stroke", seed=0, steps=500, lr=3e-3),
     "dbnet_fashion_silhouette": dict(family="dbnet", arch="dbnet", data="fashion_silhouette", seed=0, steps=500,
                                      lr=3e-3),
@@ -54,6 +56,9 @@ ARCH_DOC = {
              "(3,16,16,SE,ReLU,2) (3,48,24,-,ReLU,1) (5,64,24,SE,HS,1, residual) (5,96,32,SE,HS,2); "
              "1x1 conv 192 + HardSwish; GAP; Linear 128 + HardSwish; Dropout; Linear. Depthwise convs, "
              "squeeze-excitation (GAP, 1x1, ReLU, 1x1, HardSigmoid, Mul), BN folded by the exporter."),
+    "mbv3clip": ("The mbv3 architecture with HardSwish written x * clamp(x + 3, 0, 6) / 6 and the SE gate's "
+                 "HardSigmoid clamp(x + 3, 0, 6) / 6 (exported as Add/Clip/Mul/Div instead of HardSwish and "
+                 "HardSigmoid ops)."),
     "dbnet": ("DBNet-like: depthwise-separable MobileNet backbone (C1 16ch 14x14, C2 24ch 7x7, C3 32ch 7x7, "
               "HardSwish), FPN (1x1 laterals to 16ch, top-down Add with nearest Resize x2), 3x3 smoothing convs "
               "to 8ch, Resize x2 of the 7x7 levels, channel Concat (24ch at 14x14); head Conv 3x3 + BN + ReLU, "
@@ -71,30 +76,44 @@ ARCH_DOC = {
 
 
 # ----------------------------------------------------------------------------- architectures
+class HardSwishClip(nn.Module):
+    """HardSwish written out, x * clamp(x + 3, 0, 6) / 6: exported as Add, Clip, Mul, Div (no HardSwish op)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def hardsigmoid_clip(x: torch.Tensor) -> torch.Tensor:
+    """HardSigmoid written out, clamp(x + 3, 0, 6) / 6: exported as Add, Clip, Div."""
+    return torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
 class SqueezeExcitation(nn.Module):
     """x * HardSigmoid(W2 ReLU(W1 GAP(x))) (as torchvision's SqueezeExcitation in MobileNetV3)."""
 
-    def __init__(self, c: int, squeeze: int) -> None:
+    def __init__(self, c: int, squeeze: int, clip_spelling: bool = False) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(c, squeeze, 1)
         self.fc2 = nn.Conv2d(squeeze, c, 1)
+        self.gate = hardsigmoid_clip if clip_spelling else F.hardsigmoid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.adaptive_avg_pool2d(x, 1)
-        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * self.gate(self.fc2(F.relu(self.fc1(s))))
 
 
 class InvertedResidual(nn.Module):
     """MobileNetV3 block: [1x1 expand + BN + act] -> depthwise kxk + BN + act -> [SE] -> 1x1 project + BN."""
 
-    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, act: type[nn.Module], s: int) -> None:
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, act: type[nn.Module], s: int,
+                 clip_spelling: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if exp != cin:
             layers.append(conv_bn(cin, exp, 1, act=act))
         layers.append(conv_bn(exp, exp, k, s, groups=exp, act=act))
         if se:
-            layers.append(SqueezeExcitation(exp, max(8, (exp // 4 + 4) // 8 * 8)))
+            layers.append(SqueezeExcitation(exp, max(8, (exp // 4 + 4) // 8 * 8), clip_spelling))
         layers.append(conv_bn(exp, cout, 1, act=None))
         self.block = nn.Sequential(*layers)
         self.residual = s == 1 and cin == cout
@@ -104,17 +123,19 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-def build_mbv3(n_out: int) -> nn.Module:
-    """MobileNetV3-small-like, scaled down for 28x28 gray input."""
+def build_mbv3(n_out: int, clip_spelling: bool = False) -> nn.Module:
+    """MobileNetV3-small-like, scaled down for 28x28 gray input; ``clip_spelling`` writes HardSwish and
+    HardSigmoid out with clamp (same modules and parameters, another ONNX spelling)."""
+    hs = HardSwishClip if clip_spelling else nn.Hardswish
     return nn.Sequential(
-        conv_bn(1, 16, 3, 2),                                             # 14x14
-        InvertedResidual(16, 3, 16, 16, True, nn.ReLU, 2),                # 7x7
-        InvertedResidual(16, 3, 48, 24, False, nn.ReLU, 1),
-        InvertedResidual(24, 5, 64, 24, True, nn.Hardswish, 1),           # residual
-        InvertedResidual(24, 5, 96, 32, True, nn.Hardswish, 2),           # 4x4
-        conv_bn(32, 192, 1),
+        conv_bn(1, 16, 3, 2, act=hs),                                     # 14x14
+        InvertedResidual(16, 3, 16, 16, True, nn.ReLU, 2, clip_spelling),  # 7x7
+        InvertedResidual(16, 3, 48, 24, False, nn.ReLU, 1, clip_spelling),
+        InvertedResidual(24, 5, 64, 24, True, hs, 1, clip_spelling),       # residual
+        InvertedResidual(24, 5, 96, 32, True, hs, 2, clip_spelling),       # 4x4
+        conv_bn(32, 192, 1, act=hs),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(192, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, n_out))
+        nn.Linear(192, 128), hs(), nn.Dropout(0.2), nn.Linear(128, n_out))
 
 
 def conv_bn(cin: int, cout: int, k: int, s: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.Hardswish):
@@ -248,8 +269,8 @@ def build_digitcnn(side: int) -> nn.Sequential:
 
 
 def build(arch: str, n_out: int, side: int) -> nn.Module:
-    if arch == "mbv3":
-        return build_mbv3(n_out)
+    if arch in ("mbv3", "mbv3clip"):
+        return build_mbv3(n_out, clip_spelling=arch == "mbv3clip")
     if arch == "dbnet":
         return DBNet()
     if arch == "csp":
