@@ -41,7 +41,7 @@ def _normalise(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def installed_runtimes() -> tuple[str, ...]:
     """Names of the installed distributions that provide the ``onnxruntime`` package, sorted.
 
@@ -90,7 +90,7 @@ def check_installation() -> str:
     return found[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ort() -> types.ModuleType:
     """Return the ``onnxruntime`` module after checking the installation."""
     check_installation()
@@ -116,7 +116,7 @@ class TrainingModules:
     onnxblock: Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_modules() -> TrainingModules:
     """Import ``onnxruntime.training`` without torch.
 
@@ -138,7 +138,7 @@ def training_modules() -> TrainingModules:
     stub_name = "onnxruntime.training.optim"
     if stub_name not in sys.modules:
         try:
-            import torch  # noqa: F401, PLC0415
+            import torch  # type: ignore[import-not-found, unused-ignore]  # noqa: F401, PLC0415
         except ImportError:
             sys.modules[stub_name] = types.ModuleType(stub_name)
     ort()

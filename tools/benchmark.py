@@ -34,7 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.bench.common import PAIRS, fmt_s, is_conv, write_json  # noqa: E402
-from tools.bench.grid import BUDGETS, METHODS, N_SEEDS, SHARES, all_cells, cache_path, estimate_seconds, run_cell, select  # noqa: E402
+from tools.bench.grid import (  # noqa: E402
+    METHODS,
+    N_SEEDS,
+    all_cells,
+    cache_path,
+    estimate_seconds,
+    run_cell,
+    select,
+)
 
 DEFAULT_COMMAND = "python tools/benchmark.py --sections speed,inference,grid,vgg --jobs 2"
 

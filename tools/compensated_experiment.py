@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair
-from onnx_zip.mtz.comp_net import NetLayer, zip_net_pair
-from onnx_zip.mtz.comp_net import forward as net_forward
-from onnx_zip.mtz.layout import dense_rows
+from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair  # noqa: E402
+from onnx_zip.mtz.comp_net import NetLayer, zip_net_pair  # noqa: E402
+from onnx_zip.mtz.comp_net import forward as net_forward  # noqa: E402
+from onnx_zip.mtz.layout import dense_rows  # noqa: E402
 
 
 def load_mlp(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -49,7 +49,7 @@ from onnx import TensorProto
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from onnx_zip.cli.main import main as cli_main
+from onnx_zip.cli.main import main as cli_main  # noqa: E402
 
 #: Same-architecture partners (a mutant of the first is zipped with the second).
 PARTNERS = {

@@ -313,8 +313,8 @@ def permute_hidden(model, arch: str, seed: int) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- export
 def export_torch(model, spec: dict, path: Path) -> None:
-    import torch
     import onnx
+    import torch
     model.eval()
     dummy = torch.zeros(2, 1, 28, 28)
     with warnings.catch_warnings():
@@ -344,9 +344,9 @@ def export_torch(model, spec: dict, path: Path) -> None:
 
 def train_sklearn(spec: dict, x: np.ndarray, y: np.ndarray, xv, yv, path: Path):
     import torch
-    from sklearn.neural_network import MLPClassifier
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
 
     # Light augmentation for the shallow MLP too: the original 7,000 digits plus 2 shifted copies each.
     gen = torch.Generator().manual_seed(spec["seed"])
@@ -442,8 +442,8 @@ def build(name: str, n_val: int, save: bool) -> dict | None:
     t0 = time.time()
     entry = {"name": name, "file": path.name, "task": spec["task"], "arch": spec["arch"]}
     if spec["exporter"] == "skl2onnx":
-        import sklearn
         import skl2onnx
+        import sklearn
         train_sklearn(spec, x, y, xv, yv, path)
         train_s = time.time() - t0
         entry.update(framework=f"scikit-learn {sklearn.__version__}",

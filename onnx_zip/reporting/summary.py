@@ -69,6 +69,12 @@ def check_report(report: object, label: str = "report") -> None:
         raise InputError(f"{label}: no 'tasks' list of task names", hint="pass the --report file of zip, run or sweep")
     if "layers" not in report and "sweep" not in report:
         raise InputError(f"{label}: neither 'layers' (a zip report) nor 'sweep' (a sweep report)")
+    _check_layers(report, tasks, label)
+    _check_sweep(report, label)
+
+
+def _check_layers(report: Mapping[str, Any], tasks: list[str], label: str) -> None:
+    """Check the ``layers`` entries and ``params`` of a zip report (nothing when ``layers`` is absent)."""
     for i, layer in enumerate(report.get("layers") or []):
         for key in ("layer", "kind", "neurons", "shared"):
             if not isinstance(layer, Mapping) or key not in layer:
@@ -79,6 +85,10 @@ def check_report(report: object, label: str = "report") -> None:
         params = report.get("params")
         if not isinstance(params, Mapping) or any(k not in params for k in [*tasks, "zipped", "shared"]):
             raise InputError(f"{label}: 'params' must hold every task, 'zipped' and 'shared'")
+
+
+def _check_sweep(report: Mapping[str, Any], label: str) -> None:
+    """Check the ``sweep`` levels of a sweep report (nothing when ``sweep`` is absent)."""
     for i, level in enumerate(report.get("sweep") or []):
         for key in ("share", "params", "shared_fraction", "accuracy"):
             if not isinstance(level, Mapping) or key not in level:

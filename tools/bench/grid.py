@@ -118,9 +118,8 @@ def no_sharing_model(pair: Pair):
     import onnx
     from onnx import compose
 
-    from onnx_zip.zipper.report import write_metadata
-
     from onnx_zip.model_io import convert_opset, default_opset
+    from onnx_zip.zipper.report import write_metadata
 
     ma, mb = onnx.load(str(model_path(pair.a))), onnx.load(str(model_path(pair.b)))
     opset = max(default_opset(ma), default_opset(mb))  # merge_models needs one opset (zoo: 17/18/20)
@@ -140,8 +139,8 @@ def run_cell(cell: Cell, *, calibration_limit: int | None = 4096, eval_limit: in
     import onnx
 
     from onnx_zip.finetune import evaluate_tasks, finetune
-    from onnx_zip.zipper.api import zip_models
     from onnx_zip.pipeline.layerwise import zip_layerwise
+    from onnx_zip.zipper.api import zip_models
     from onnx_zip.zipper.report import parameter_count
     from tools.bench.common import quiet_ort
 

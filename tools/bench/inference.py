@@ -62,7 +62,7 @@ def pair_latency(pair_key: str, shares=(0.5, 0.75, 1.0), batches=(1, 64), rounds
             z_inputs = [i.name for i in zs.get_inputs()]
             extracted = {}
             if not separate:
-                for t, m in zip(TASKS, models):
+                for t in TASKS:
                     extracted[t] = runtime.make_session(extract_task(zipped, t).SerializeToString(), threads=threads)
             for batch in batches:
                 x = np.ascontiguousarray(images[:batch])

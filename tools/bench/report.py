@@ -258,7 +258,7 @@ def goals_section(results, rows) -> list[str]:
     zoo = speed.get("zoo", {}).get("measurements", [])
     if zoo:
         worst = max(zoo, key=lambda m: m["calibration_over_forward"])
-        L.append(f"| calibration ≤ 1.5× a plain forward pass (zoo) | " + ", ".join(f"{m['label']} {m['calibration_over_forward']:.1f}×" for m in zoo)
+        L.append("| calibration ≤ 1.5× a plain forward pass (zoo) | " + ", ".join(f"{m['label']} {m['calibration_over_forward']:.1f}×" for m in zoo)
                  + f" | {_fmt_goal(worst['calibration_over_forward'] <= 1.5)} |")
     else:
         L.append(f"| calibration ≤ 1.5× forward (zoo) | – | {_fmt_goal(None)} |")

@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench.common import PAIR_BY_KEY, RssSampler, TASKS, data_path, load_split, maxrss_bytes, model_path, quiet_ort, rss_bytes
+from tools.bench.common import (
+    PAIR_BY_KEY,
+    TASKS,
+    RssSampler,
+    load_split,
+    maxrss_bytes,
+    model_path,
+    quiet_ort,
+    rss_bytes,
+)
 
 STAGES = ("validate", "calibrate", "plan", "rewrite", "save")
 

@@ -12,7 +12,6 @@ FC_PLAN = (4096, 4096, 1000)
 
 def build_vgg16(seed: int, *, size: int = 224, classes: int = 1000, width: float = 1.0):
     """VGG-16 (13 convs 3×3 + ReLU, 5 max-pools, Flatten, fc6/fc7 + ReLU, fc8) built with onnx.helper."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
