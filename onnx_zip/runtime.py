@@ -127,7 +127,8 @@ def training_modules() -> TrainingModules:
         raise RuntimeSetupError(
             f"fine-tuning needs {TRAINING_PIN}, which has wheels for Python 3.10 to 3.12 only; this is Python "
             f"{sys.version_info[0]}.{sys.version_info[1]} (inference works here with the infer extra)",
-            hint='fine-tune in a Python 3.12 environment: python3.12 -m venv .venv && . .venv/bin/activate && pip install -e ".[train]"',
+            hint="fine-tune in a Python 3.12 environment: python3.12 -m venv .venv && . .venv/bin/activate"
+            ' && pip install -e ".[train]"',
         )
     name = check_installation()
     if name not in TRAIN_DISTRIBUTIONS:

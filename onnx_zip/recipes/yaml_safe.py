@@ -112,7 +112,8 @@ def load_yaml(text: str, label: str) -> Any:
             return None
         size, depth = expanded_shape(node)
         if size > MAX_EXPANDED_NODES:
-            raise _Refused(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} entries (an alias bomb?)", node.start_mark)
+            raise _Refused(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} entries (an alias bomb?)",
+                           node.start_mark)
         if depth > MAX_DEPTH:
             raise _Refused(f"its aliases nest more than {MAX_DEPTH} levels deep", node.start_mark)
         return loader.construct_document(node)

@@ -51,7 +51,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     except IsADirectoryError:
         raise InputError(f"report {path}: is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"report {path}: not valid JSON ({exc})", hint="pass the --report file of zip, run or sweep") from None
+        raise InputError(f"report {path}: not valid JSON ({exc})",
+                         hint="pass the --report file of zip, run or sweep") from None
     check_report(report, f"report {path}")
     return report
 
@@ -113,7 +114,8 @@ def render_markdown(report: Mapping[str, Any], *, title: str | None = None, imag
     settings = report.get("settings") or {}
     lines += [f"A {kind} of {len(tasks)} tasks ({', '.join(tasks)}) written by onnx-zip"
               + (f" {report['version']}" if report.get("version") else "")
-              + (f"; pairing {settings.get('pairing')}, matching {settings.get('match')}" if settings else "") + ".", ""]
+              + (f"; pairing {settings.get('pairing')}, matching {settings.get('match')}" if settings else "")
+              + ".", ""]
     if plots_note:
         lines += [plots_note, ""]
     captions = {suffix: caption for suffix, caption, _ in plots.PLOTS}
