@@ -22,7 +22,9 @@ from onnx_zip.zipper.views import task_views
 ATOL = 1e-5
 
 
-def with_channel_mul(model: onnx.ModelProto, tensor: str = "conv0_out", channels: int = 4, seed: int = 0) -> onnx.ModelProto:
+def with_channel_mul(
+    model: onnx.ModelProto, tensor: str = "conv0_out", channels: int = 4, seed: int = 0
+) -> onnx.ModelProto:
     """``model`` with ``tensor`` multiplied by one positive value per channel (shape (C, 1, 1))."""
     scale = np.random.default_rng(seed).uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32)
     mul = helper.make_node("Mul", [f"{tensor}_pre", "chan_scale"], [tensor], name="chan_mul")
@@ -34,7 +36,8 @@ def with_layer_norm(model: onnx.ModelProto, tensor: str, channels: int, seed: in
     rng = np.random.default_rng(seed)
     params = [numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), "ln_scale"),
               numpy_helper.from_array(rng.uniform(-0.5, 0.5, channels).astype(np.float32), "ln_bias")]
-    norm = helper.make_node("LayerNormalization", [f"{tensor}_pre", "ln_scale", "ln_bias"], [tensor], name="ln", axis=-1)
+    norm = helper.make_node("LayerNormalization", [f"{tensor}_pre", "ln_scale", "ln_bias"], [tensor], name="ln",
+                            axis=-1)
     return inserted(model, tensor, norm, params)
 
 
@@ -108,7 +111,8 @@ def test_layer_norm_between_dense_layers_is_zipped_per_task(share: float) -> Non
     if share == 0.0:
         for t, original in enumerate((a, b)):
             np.testing.assert_allclose(zipped[t], _run(original, x)[0], rtol=0, atol=ATOL)
-    assert {"a/layer1_dense/all/ln_scale", "b/layer1_dense/all/ln_bias"} <= {t.name for t in result.model.graph.initializer}
+    assert ({"a/layer1_dense/all/ln_scale", "b/layer1_dense/all/ln_bias"}
+            <= {t.name for t in result.model.graph.initializer})
     job = prepare_job([a, b], calib, share=share)
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     for t, view in enumerate(views):

@@ -168,7 +168,8 @@ def run_cell(cell: Cell, *, calibration_limit: int | None = 4096, eval_limit: in
 
         hidden = len(prepare(models, None, names=list(TASKS), config=ZipConfig(pairing="l2")).hidden)
         steps = layer_steps(cell.budget, hidden)
-        result = zip_layerwise(models, calib, train, retrain_steps=steps, finetune_options=ft, pairing="mtz", **zip_opts)
+        result = zip_layerwise(models, calib, train, retrain_steps=steps, finetune_options=ft, pairing="mtz",
+                               **zip_opts)
         model = result.model
         record["layer_steps"] = steps
         record["layerwise"] = result.report.get("layerwise")
