@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper
 
 import builders
 from onnx_zip import runtime
-from onnx_zip.zipper.api import prepare_job, zip_models
+from onnx_zip.config import ZipConfig
+from onnx_zip.pipeline import prepare, zip_models
 from onnx_zip.zipper.views import task_views
 
 ATOL = 1e-5
@@ -76,7 +77,7 @@ def test_per_channel_mul_between_layers_is_zipped(share: float) -> None:
     names = {t.name for t in result.model.graph.initializer}
     parts = (["shared"] if share else []) + (["specific"] if share < 1 else [])
     assert {f"{t}/layer1_conv/{part}/chan_scale" for t in "ab" for part in parts} <= names
-    job = prepare_job([a, b], calib, share=share)
+    job = prepare([a, b], calib, config=ZipConfig.from_mapping({"share": share}))
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     for t, view in enumerate(views):
         np.testing.assert_allclose(_run(view, x)[0], zipped[t], rtol=0, atol=ATOL)
@@ -94,7 +95,7 @@ def test_unfolded_batchnorm_in_a_residual_net_is_zipped(share: float) -> None:
     if share == 0.0:
         for t, original in enumerate((a, b)):
             np.testing.assert_allclose(zipped[t], _run(original, x)[0], rtol=0, atol=ATOL)
-    job = prepare_job([a, b], calib, share=share, fold_batchnorm=False)
+    job = prepare([a, b], calib, config=ZipConfig.from_mapping({"share": share, "fold_batchnorm": False}))
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     for t, view in enumerate(views):
         np.testing.assert_allclose(_run(view, x)[0], zipped[t], rtol=0, atol=ATOL)
@@ -113,7 +114,7 @@ def test_layer_norm_between_dense_layers_is_zipped_per_task(share: float) -> Non
             np.testing.assert_allclose(zipped[t], _run(original, x)[0], rtol=0, atol=ATOL)
     assert ({"a/layer1_dense/all/ln_scale", "b/layer1_dense/all/ln_bias"}
             <= {t.name for t in result.model.graph.initializer})
-    job = prepare_job([a, b], calib, share=share)
+    job = prepare([a, b], calib, config=ZipConfig.from_mapping({"share": share}))
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     for t, view in enumerate(views):
         np.testing.assert_allclose(_run(view, x)[0], zipped[t], rtol=0, atol=ATOL)
