@@ -58,7 +58,7 @@ class SpdSolver:
         """``A⁻¹ rhs`` for ``rhs (D,)`` or ``(D, k)``."""
         if self._low is not None:
             return chol_solve(self._low, rhs)
-        return self._pinv @ rhs
+        return self._pinv @ rhs  # type: ignore[operator]
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,7 @@ def _conv_params(
         raise InputError(
             f"{where(layer)}invalid conv parameters kernel_shape {ks}, strides {st}, pads {pd}, dilations {dl}"
         )
-    return ks, st, pd, dl
+    return ks, st, pd, dl  # type: ignore[return-value]
 
 
 def _windows(
