@@ -107,7 +107,9 @@ def find_files(models_dir: str | os.PathLike[str] | None = None) -> dict[str, di
     return files
 
 
-def _latency(sessions: list[tuple[Any, str]], zipped: tuple[Any, str], batch: np.ndarray, runs: int) -> dict[str, float]:
+def _latency(
+    sessions: list[tuple[Any, str]], zipped: tuple[Any, str], batch: np.ndarray, runs: int
+) -> dict[str, float]:
     """Median ms of the originals one after the other, and of the zipped model, interleaved."""
     originals, joint = [], []
     for _ in range(2):  # warm-up
@@ -190,7 +192,8 @@ def run_demo(
     test = {t: load_dataset(files[t]["test"], originals[t], need_labels=True).take(eval_limit) for t in tasks}
     train = {t: load_dataset(files[t]["train"], originals[t], need_labels=True) for t in tasks}
     out.mkdir(exist_ok=True)
-    accuracy = {t: {"original": evaluate_dataset(originals[t], test[t], threads=threads, label=f"model {t}").accuracy} for t in tasks}
+    accuracy = {t: {"original": evaluate_dataset(originals[t], test[t], threads=threads, label=f"model {t}").accuracy}
+                for t in tasks}
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -221,7 +224,8 @@ def run_demo(
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
     summary = write_summary(report, out / "summary.md", title="onnx-zip demo: LeNet-5 MNIST + LeNet-5 Fashion-MNIST")
     demo = DemoResult(tasks=tasks, accuracy=accuracy, params=params, bytes=sizes, latency_ms=latency,
-                      outputs=[zipped_path, tuned_path, report_path, summary.markdown, *summary.images, out / "demo.json"],
+                      outputs=[zipped_path, tuned_path, report_path, summary.markdown, *summary.images,
+                               out / "demo.json"],
                       seconds=seconds, settings=settings)
     atomic_write_bytes(out / "demo.json", (json.dumps(demo.to_dict(), indent=2) + "\n").encode())
     logger.info("demo done: %s", seconds)
@@ -238,7 +242,8 @@ def format_table(demo: DemoResult) -> str:
     rows.append(("parameters", f"{p['original']:,} (2 models)", f"{p['zipped']:,}", f"{p['zipped']:,}"))
     rows.append(("file size", f"{b['original'] / 1e6:.2f} MB (2 files)", "-", f"{b['zipped'] / 1e6:.2f} MB"))
     for batch, ms in demo.latency_ms.items():
-        rows.append((f"latency batch {batch}", f"{ms['originals']:.2f} ms (both, in turn)", "-", f"{ms['zipped']:.2f} ms"))
+        rows.append((f"latency batch {batch}", f"{ms['originals']:.2f} ms (both, in turn)", "-",
+                     f"{ms['zipped']:.2f} ms"))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))) for r in rows]
     saved = 1 - p["zipped"] / p["original"]

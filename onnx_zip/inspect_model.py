@@ -198,7 +198,8 @@ def format_inspection(info: dict[str, Any]) -> str:
             lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if v is not None))
         if prov.get("finetune"):
             ft = prov["finetune"]
-            lines.append(f"  fine-tuned: {ft.get('steps')} steps, {ft.get('optimizer')}, lr {ft.get('lr')}" if isinstance(ft, dict) else f"  fine-tuned: {ft}")
+            lines.append(f"  fine-tuned: {ft.get('steps')} steps, {ft.get('optimizer')}, lr {ft.get('lr')}"
+                         if isinstance(ft, dict) else f"  fine-tuned: {ft}")
         if prov.get("extracted_task"):
             lines.append(f"  extracted task: {prov['extracted_task']}")
         lines.append("  recipe: " + ("stored (see --json)" if prov.get("recipe") else "none"))
@@ -212,7 +213,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         ]
         lines.append(_table(header, rows))
         if info["channel_groups"]:
-            lines.append("channel groups (residual Adds/Concats): " + "; ".join("+".join(g) for g in info["channel_groups"]))
+            lines.append("channel groups (residual Adds/Concats): "
+                         + "; ".join("+".join(g) for g in info["channel_groups"]))
         lines.append(f"parameters: {info['params']['total']:,}")
     return "\n".join(lines)
 

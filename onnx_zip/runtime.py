@@ -41,7 +41,7 @@ def _normalise(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def installed_runtimes() -> tuple[str, ...]:
     """Names of the installed distributions that provide the ``onnxruntime`` package, sorted.
 
@@ -90,7 +90,7 @@ def check_installation() -> str:
     return found[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ort() -> types.ModuleType:
     """Return the ``onnxruntime`` module after checking the installation."""
     check_installation()
@@ -116,7 +116,7 @@ class TrainingModules:
     onnxblock: Any
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_modules() -> TrainingModules:
     """Import ``onnxruntime.training`` without torch.
 
@@ -127,7 +127,8 @@ def training_modules() -> TrainingModules:
         raise RuntimeSetupError(
             f"fine-tuning needs {TRAINING_PIN}, which has wheels for Python 3.10 to 3.12 only; this is Python "
             f"{sys.version_info[0]}.{sys.version_info[1]} (inference works here with the infer extra)",
-            hint='fine-tune in a Python 3.12 environment: python3.12 -m venv .venv && . .venv/bin/activate && pip install -e ".[train]"',
+            hint="fine-tune in a Python 3.12 environment: python3.12 -m venv .venv && . .venv/bin/activate"
+            ' && pip install -e ".[train]"',
         )
     name = check_installation()
     if name not in TRAIN_DISTRIBUTIONS:
@@ -138,7 +139,7 @@ def training_modules() -> TrainingModules:
     stub_name = "onnxruntime.training.optim"
     if stub_name not in sys.modules:
         try:
-            import torch  # noqa: F401, PLC0415
+            import torch  # type: ignore[import-not-found, unused-ignore]  # noqa: F401, PLC0415
         except ImportError:
             sys.modules[stub_name] = types.ModuleType(stub_name)
     ort()

@@ -46,7 +46,8 @@ def parse_shares(text: str) -> list[float]:
     try:
         shares = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"--shares {text!r}: expected comma-separated fractions", hint="for example 0,0.25,0.5,0.75,1") from None
+        raise InputError(f"--shares {text!r}: expected comma-separated fractions",
+                         hint="for example 0,0.25,0.5,0.75,1") from None
     if not shares:
         raise InputError("--shares is empty", hint="for example 0,0.25,0.5,0.75,1")
     if len(set(shares)) != len(shares):
@@ -58,7 +59,8 @@ def _bind_all(paths: Mapping[str, Any], job: ZipJob, what: str, limit: int | Non
     bound = {}
     for prepared in job.prepared:
         if prepared.task not in paths:
-            raise InputError(f"no {what} data for task {prepared.task!r}", hint=f"give --{what} {prepared.task}=FILE for every task")
+            raise InputError(f"no {what} data for task {prepared.task!r}",
+                             hint=f"give --{what} {prepared.task}=FILE for every task")
         item = paths[prepared.task]
         if isinstance(item, Dataset):
             data = item
@@ -87,7 +89,9 @@ def _configs(
     return config or ZipConfig(), calibration_config or CalibrationConfig()
 
 
-def _finetune_config(steps: int, options: Mapping[str, Any] | None, threads: int | None) -> tuple[FinetuneConfig | None, bool]:
+def _finetune_config(
+    steps: int, options: Mapping[str, Any] | None, threads: int | None
+) -> tuple[FinetuneConfig | None, bool]:
     extra = dict(options or {})
     progress = bool(extra.pop("progress", False))
     if not steps:
@@ -108,7 +112,8 @@ def _original_accuracy(job: ZipJob, test: Mapping[str, Dataset], threads: int | 
 
 
 def _check_sweep(
-    shares: Sequence[float], finetune_steps: int, train: Mapping[str, Any] | None, save_models: str | os.PathLike[str] | None
+    shares: Sequence[float], finetune_steps: int, train: Mapping[str, Any] | None,
+    save_models: str | os.PathLike[str] | None,
 ) -> None:
     if not shares:
         raise InputError("no sharing levels to sweep")

@@ -1,4 +1,5 @@
-"""tools/benchmark.py --quick end to end into a temp dir (issue 8): cache, results.json, RESULTS.md, --report-only, --only."""
+"""tools/benchmark.py --quick end to end into a temp dir (issue 8): cache, results.json, RESULTS.md, --report-only,
+--only."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def test_cnn_hessians_match_brute_force(reading: str) -> None:
     feeds = builders.random_inputs(model, 9, seed=4)
     values = intermediates(model, feeds)
     accs = calibrate(model, list(chain.layers), feeds, reading=reading, batch_size=4, progress=False)
-    assert set(accs) == {l.node for l in chain.layers}
+    assert set(accs) == {layer.node for layer in chain.layers}
     for layer in chain.layers:
         expected = brute_hessian(layer, values[layer.input], reading)
         np.testing.assert_allclose(accs[layer.node].hessian(), expected, rtol=1e-5, atol=1e-6, err_msg=layer.node)

@@ -101,7 +101,8 @@ def test_matmul_becomes_gemm_with_transposed_weight() -> None:
 def test_rank3_matmul_stays_matmul_with_1d_bias() -> None:
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.arange(3, dtype=np.float32).reshape(1, 1, 3), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("Add", ["m", "b"], ["y"], name="add")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="add")]
     model = builders.make_model(
         nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 3])], [w, b])
@@ -133,8 +134,10 @@ def test_batchnorm_fold_formula() -> None:
     gamma, beta, mean, var = (init(model, f"bn_conv0.{k}").astype(np.float64) for k in ("scale", "B", "mean", "var"))
     sigma = np.sqrt(var + 1e-5)
     conv = out.graph.node[0]
-    np.testing.assert_allclose(init(out, conv.input[1]), init(model, "conv0.weight") * (gamma / sigma)[:, None, None, None], rtol=1e-6)
-    np.testing.assert_allclose(init(out, conv.input[2]), (init(model, "conv0.bias") - mean) * gamma / sigma + beta, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(init(out, conv.input[1]),
+                               init(model, "conv0.weight") * (gamma / sigma)[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(init(out, conv.input[2]), (init(model, "conv0.bias") - mean) * gamma / sigma + beta,
+                               rtol=1e-6, atol=1e-7)
     kept = canonicalize(model, fold_batchnorm=False)
     assert "BatchNormalization" in ops(kept)
     assert_same_outputs(model, kept)

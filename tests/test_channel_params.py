@@ -23,7 +23,9 @@ from onnx_zip.zipper.views import task_views
 ATOL = 1e-5
 
 
-def with_channel_mul(model: onnx.ModelProto, tensor: str = "conv0_out", channels: int = 4, seed: int = 0) -> onnx.ModelProto:
+def with_channel_mul(
+    model: onnx.ModelProto, tensor: str = "conv0_out", channels: int = 4, seed: int = 0
+) -> onnx.ModelProto:
     """``model`` with ``tensor`` multiplied by one positive value per channel (shape (C, 1, 1))."""
     scale = np.random.default_rng(seed).uniform(0.5, 1.5, (channels, 1, 1)).astype(np.float32)
     mul = helper.make_node("Mul", [f"{tensor}_pre", "chan_scale"], [tensor], name="chan_mul")
@@ -35,7 +37,8 @@ def with_layer_norm(model: onnx.ModelProto, tensor: str, channels: int, seed: in
     rng = np.random.default_rng(seed)
     params = [numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), "ln_scale"),
               numpy_helper.from_array(rng.uniform(-0.5, 0.5, channels).astype(np.float32), "ln_bias")]
-    norm = helper.make_node("LayerNormalization", [f"{tensor}_pre", "ln_scale", "ln_bias"], [tensor], name="ln", axis=-1)
+    norm = helper.make_node("LayerNormalization", [f"{tensor}_pre", "ln_scale", "ln_bias"], [tensor], name="ln",
+                            axis=-1)
     return inserted(model, tensor, norm, params)
 
 

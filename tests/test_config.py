@@ -44,7 +44,8 @@ def test_every_problem_is_reported_at_once_naming_the_keys():
     with pytest.raises(InputError) as info:
         ZipConfig.from_mapping({"share": 1.5, "max_cost": 0.1, "pairng": "mtz", "match": "best"})
     text = str(info.value)
-    for part in ("zip.share", "within [0, 1]", "did you mean 'pairing'", "zip.match", "greedy, optimal", "only one sharing policy"):
+    for part in ("zip.share", "within [0, 1]", "did you mean 'pairing'", "zip.match", "greedy, optimal",
+                 "only one sharing policy"):
         assert part in text
 
 

@@ -22,7 +22,8 @@ def test_demo_with_defaults_prints_the_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     labels = [line.split("  ")[0].strip() for line in lines[2:8]]
-    assert labels == ["mnist accuracy", "fashion accuracy", "parameters", "file size", "latency batch 1", "latency batch 64"]
+    assert labels == ["mnist accuracy", "fashion accuracy", "parameters", "file size", "latency batch 1",
+                      "latency batch 64"]
     assert lines[8].startswith("parameters saved: ")
     assert lines[1].split() == ["original", "zipped", "zipped", "+", "fine-tuned"]
     for line in lines[2:4]:

@@ -153,7 +153,8 @@ options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 feeds = dict(np.load(sys.argv[1]))
 out = {"version": ort.__version__}
 for path in sys.argv[2:]:
-    out[path] = [o.tolist() for o in ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)]
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    out[path] = [o.tolist() for o in session.run(None, feeds)]
 print(json.dumps(out))
 """
 
@@ -164,7 +165,8 @@ def test_exported_models_run_in_the_other_runtime(three, tmp_path: Path):
     feeds = builders.random_inputs(result.model, 3, seed=4)
     np.savez(tmp_path / "in.npz", **feeds)
     paths = [str(export.directory / f"{t}.onnx") for t in TASKS]
-    done = subprocess.run([OTHER, "-c", RUNNER, str(tmp_path / "in.npz"), *paths], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([OTHER, "-c", RUNNER, str(tmp_path / "in.npz"), *paths], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["version"] != runtime.runtime_version()

@@ -59,13 +59,15 @@ def test_folding_keeps_a_weight_other_nodes_still_read():
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
     w = onnx.numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "w")
-    consts = [onnx.numpy_helper.from_array(np.array([v], dtype=np.int64), n) for n, v in (("s", 0), ("e", 2), ("ax", 1))]
+    consts = [onnx.numpy_helper.from_array(np.array([v], dtype=np.int64), n)
+              for n, v in (("s", 0), ("e", 2), ("ax", 1))]
     nodes = [
         onnx.helper.make_node("Slice", ["w", "s", "e", "ax"], ["w2"]),
         onnx.helper.make_node("MatMul", ["x", "w"], ["h"]),
         onnx.helper.make_node("MatMul", ["h", "w2"], ["y"]),
     ]
-    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y], [w, *consts]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y], [w, *consts]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     feeds = {"x": np.ones((1, 4), dtype=np.float32)}
     (expected,) = _run(model, feeds)
@@ -99,7 +101,8 @@ def test_stripping_the_prefix_renames_an_inner_tensor_that_has_the_wanted_name()
     x = onnx.helper.make_tensor_value_info("t/x", onnx.TensorProto.FLOAT, [1, 2])
     y = onnx.helper.make_tensor_value_info("t/y", onnx.TensorProto.FLOAT, [1, 2])
     nodes = [onnx.helper.make_node("Relu", ["t/x"], ["y"]), onnx.helper.make_node("Neg", ["y"], ["t/y"])]
-    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     assert strip_task_prefix(model, "t") == {"t/x": "x", "t/y": "y"}
     assert [list(n.input) + list(n.output) for n in model.graph.node] == [["x", "y__1"], ["y__1", "y"]]

@@ -29,7 +29,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         np.savez(folder / f"{name}.npz", **builders.random_inputs(model, 64, seed=seed))
         paths[name] = folder / f"{name}.onnx"
     zipped = folder / "zipped.onnx"
-    zip_models([paths["a"], paths["b"]], [folder / "a.npz", folder / "b.npz"], zipped, names=["left", "right"], share=0.5)
+    zip_models([paths["a"], paths["b"]], [folder / "a.npz", folder / "b.npz"], zipped, names=["left", "right"],
+               share=0.5)
     paths["zipped"] = zipped
     return paths
 
@@ -69,7 +70,8 @@ def test_inspect_plain_model_lists_its_layers(models):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["zipped"] is False
-    assert [(x["role"], x["neurons"], x["inputs"]) for x in info["layers"]] == [("hidden", 16, 12), ("hidden", 10, 16), ("head", 4, 10)]
+    assert [(x["role"], x["neurons"], x["inputs"]) for x in info["layers"]] == [
+        ("hidden", 16, 12), ("hidden", 10, 16), ("head", 4, 10)]
     text = cli("inspect", models["a"])
     assert text.returncode == 0 and "not a zipped model" in text.stdout and "head" in text.stdout
 

@@ -19,7 +19,8 @@ def tiny_model(opset: int = 17, ir_version: int = 8) -> onnx.ModelProto:
     w = numpy_helper.from_array(rng.standard_normal((2, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+         helper.make_node("Relu", ["h"], ["y"], name="relu")],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
@@ -28,7 +29,8 @@ def tiny_model(opset: int = 17, ir_version: int = 8) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
 
 
-@pytest.mark.parametrize(("opset", "want_opset", "want_ir"), [(13, 17, 8), (17, 17, 8), (18, 18, 8), (20, 20, 9), (21, 21, 10)])
+@pytest.mark.parametrize(("opset", "want_opset", "want_ir"),
+                         [(13, 17, 8), (17, 17, 8), (18, 18, 8), (20, 20, 9), (21, 21, 10)])
 def test_save_stamps_opset_and_ir_and_loads(tmp_path, opset, want_opset, want_ir):
     model = tiny_model(opset=opset, ir_version=7)
     path = tmp_path / "m.onnx"

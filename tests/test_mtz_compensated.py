@@ -436,7 +436,7 @@ def test_mlp_pair_matches_literal_transcription(share: float) -> None:
     nets, pairs = lit_zip([a, b], [xa, xb], share)
     for got, want in zip(z.cross, pairs):
         assert got.tolist() == want.tolist()
-    for t, x in ((0, xa), (1, xb)):
+    for t in (0, 1):
         for got, want in zip(z.nets[t], nets[t]):
             np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
         test_x = rng.normal(size=(64, 5))

@@ -30,7 +30,8 @@ def small_recipe(zoo, folder: Path, **changes) -> dict:
         "description": "test recipe",
         "seed": 0,
         "models": [
-            {"task": t, "model": e["file"], "calibration": e["data"]["train"], "train": e["data"]["train"], "eval": e["data"]["test"]}
+            {"task": t, "model": e["file"], "calibration": e["data"]["train"], "train": e["data"]["train"],
+             "eval": e["data"]["test"]}
             for t, e in (("s0", a), ("s1", b))
         ],
         "zip": {"share": 0.5, "calibration_limit": 256},
@@ -92,9 +93,11 @@ def test_bad_values_name_the_key(zoo, tmp_path, change, needles):
 def test_missing_file_and_bad_data_exit_2_and_write_nothing(zoo, tmp_path):
     recipe = small_recipe(zoo, tmp_path)
     recipe["models"][1]["calibration"] = "nowhere.npz"
-    assert_one_error_line(cli("run", write(tmp_path, recipe, "missing.yaml")), "models[1].calibration", "nowhere.npz not found")
+    assert_one_error_line(cli("run", write(tmp_path, recipe, "missing.yaml")), "models[1].calibration",
+                          "nowhere.npz not found")
     recipe = small_recipe(zoo, tmp_path)
-    recipe["models"][0]["eval"] = str(REPO_ROOT / "models" / "data" / "mnist_flat_test.npz")  # (N, 784) for (N, 1, 28, 28)
+    # (N, 784) for (N, 1, 28, 28)
+    recipe["models"][0]["eval"] = str(REPO_ROOT / "models" / "data" / "mnist_flat_test.npz")
     result = cli("run", write(tmp_path, recipe, "shape.yaml"))
     assert_one_error_line(result, "mnist_flat_test.npz", "shape")
     assert not (tmp_path / "out").exists()
@@ -151,7 +154,8 @@ def test_a_run_prepares_each_model_once_and_reads_each_data_file_once(zoo, tmp_p
     import onnx_zip.recipes.run as run_module
 
     calls = {"prepare": 0, "data": 0}
-    real_prepare, real_job_load, real_run_load = job_module.prepare_model, job_module.load_dataset, run_module.load_dataset
+    real_prepare = job_module.prepare_model
+    real_job_load, real_run_load = job_module.load_dataset, run_module.load_dataset
 
     def counting(real, key):
         def wrapped(*args, **kwargs):

@@ -40,7 +40,8 @@ def layerwise_and_sweep_report() -> dict:
         "tasks": ["a", "b"],
         "params": {"a": 100, "b": 100, "zipped": 150, "shared": 50},
         "layers": [
-            {"layer": "layer1_dense", "kind": "dense", "neurons": [10, 10], "shared": 7, "costs": list(np.linspace(0.1, 2, 7))},
+            {"layer": "layer1_dense", "kind": "dense", "neurons": [10, 10], "shared": 7,
+             "costs": list(np.linspace(0.1, 2, 7))},
             {"layer": "layer2_dense", "kind": "dense", "neurons": [6, 8], "shared": 2, "costs": [0.0, 0.5]},
         ],
         "layerwise": [
@@ -54,7 +55,8 @@ def layerwise_and_sweep_report() -> dict:
              "accuracy": {"a": 0.9 - 0.1 * s, "b": 0.8 - 0.2 * s}} for s in (0.0, 0.5, 1.0)
         ],
         "original_accuracy": {"a": 0.9, "b": 0.8},
-        "evaluation": {"a": {"original": 0.9, "zipped": 0.85, "finetuned": 0.89}, "b": {"original": 0.8, "zipped": 0.7}},
+        "evaluation": {"a": {"original": 0.9, "zipped": 0.85, "finetuned": 0.89},
+                       "b": {"original": 0.8, "zipped": 0.7}},
     }
 
 
@@ -84,7 +86,8 @@ def test_report_command_writes_tables_and_plots(pair, tmp_path):
 def test_every_plot_is_drawn_from_a_full_report(tmp_path):
     pytest.importorskip("matplotlib")
     summary = write_summary(layerwise_and_sweep_report(), tmp_path / "card.md")
-    assert [p.name for p in summary.images] == ["card_shared.png", "card_costs.png", "card_layerwise.png", "card_sweep.png"]
+    assert [p.name for p in summary.images] == ["card_shared.png", "card_costs.png", "card_layerwise.png",
+                                                "card_sweep.png"]
     assert all(p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size > 5000 for p in summary.images)
     text = summary.markdown.read_text()
     assert "| layer1_dense | 7 | 10 | 90.00% | 80.00% | 95.00% | 85.00% |" in text

@@ -25,8 +25,9 @@ cli = run_cli
 
 def base_args(zoo) -> list[str]:
     a, b = zoo_model(zoo, "lenet300_mnist_s0"), zoo_model(zoo, "lenet300_mnist_s1")
-    return ["sweep", a["file"], b["file"], "--calib", a["data"]["train"], "--calib", b["data"]["train"], "--names", "s0,s1",
-            "--eval", f"s0={a['data']['test']}", "--eval", f"s1={b['data']['test']}", "--calib-limit", "256", "--eval-limit", "200"]
+    return ["sweep", a["file"], b["file"], "--calib", a["data"]["train"], "--calib", b["data"]["train"],
+            "--names", "s0,s1", "--eval", f"s0={a['data']['test']}", "--eval", f"s1={b['data']['test']}",
+            "--calib-limit", "256", "--eval-limit", "200"]
 
 
 @pytest.mark.slow

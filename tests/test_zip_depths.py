@@ -1,6 +1,6 @@
-"""Models of different depths, image sizes and input widths (mtz-method §7): the first ``m`` hidden layers are zipped (``m`` the
-fewest); a deeper model's next layer becomes its head, so it and every layer after it stay
-task-specific."""
+"""Models of different depths, image sizes and input widths (mtz-method §7): the first ``m`` hidden layers
+are zipped (``m`` the fewest); a deeper model's next layer becomes its head, so it and every layer after it
+stay task-specific."""
 
 from __future__ import annotations
 
@@ -64,13 +64,15 @@ def _one_conv(seed: int = 0):
         builders._init("fc.weight", rng.standard_normal((10, 4)) * 0.3), builders._init("fc.bias", np.zeros(10)),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "c.weight", "c.bias"], ["c_out"], name="c", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "c.weight", "c.bias"], ["c_out"], name="c", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c_out"], ["r_out"], name="r"),
         helper.make_node("GlobalAveragePool", ["r_out"], ["g_out"], name="g"),
         helper.make_node("Flatten", ["g_out"], ["f_out"], name="f", axis=1),
         helper.make_node("Gemm", ["f_out", "fc.weight", "fc.bias"], ["y"], name="fc", transB=1),
     ]
-    return builders.make_model(nodes, [builders._tensor("x", ["N", 1, 8, 8])], [builders._tensor("y", ["N", 10])], inits)
+    return builders.make_model(nodes, [builders._tensor("x", ["N", 1, 8, 8])], [builders._tensor("y", ["N", 10])],
+                               inits)
 
 
 def test_a_skip_connection_across_the_cut_is_refused_with_the_layers_named():

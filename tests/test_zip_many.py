@@ -90,14 +90,16 @@ def _reference_layer(vectors: list[np.ndarray], hessians: list[np.ndarray], k: i
     chosen = literal_greedy(cost_table(vectors[0], vectors[1], operator(hessians[0], hessians[1])), k)
     pairs = [[i, j] for i, j, _ in chosen]
     costs = [c for _, _, c in chosen]
-    merged = [np.linalg.solve(hessians[0] + hessians[1], hessians[0] @ vectors[0][i] + hessians[1] @ vectors[1][j]) for i, j, _ in chosen]
+    merged = [np.linalg.solve(hessians[0] + hessians[1], hessians[0] @ vectors[0][i] + hessians[1] @ vectors[1][j])
+              for i, j, _ in chosen]
     joint = hessians[0] + hessians[1]
     for t in range(2, len(vectors)):
         table = cost_table(merged, vectors[t], operator(joint, hessians[t]))
         step = sorted(literal_greedy(table, min(len(merged), len(vectors[t]))))
         pairs = [pairs[i] + [j] for i, j, _ in step]
         costs = [costs[i] + c for i, _, c in step]
-        merged = [np.linalg.solve(joint + hessians[t], joint @ merged[i] + hessians[t] @ vectors[t][j]) for i, j, _ in step]
+        merged = [np.linalg.solve(joint + hessians[t], joint @ merged[i] + hessians[t] @ vectors[t][j])
+                  for i, j, _ in step]
         joint = joint + hessians[t]
     return np.array(pairs), np.array(costs), np.array(merged)
 
@@ -106,7 +108,8 @@ def test_three_mlps_match_an_independent_numpy_transcription():
     sizes, ks = [6, 9, 7, 3], [5, 4]
     models = [builders.mlp(sizes, seed=s) for s in (11, 12, 13)]
     rng = np.random.default_rng(0)
-    xs = [(rng.standard_normal((400, 6)) * scale + shift).astype(np.float32) for scale, shift in ((1, 0), (2, 0.5), (0.5, -1))]
+    xs = [(rng.standard_normal((400, 6)) * scale + shift).astype(np.float32)
+          for scale, shift in ((1, 0), (2, 0.5), (0.5, -1))]
     result = zip_models(models, [{"x": x} for x in xs], names=["a", "b", "c"], share_per_layer=ks)
     w = [{k: v.astype(np.float64) for k, v in initializers(m).items()} for m in models]
     relu = lambda z: np.maximum(z, 0)  # noqa: E731
@@ -149,7 +152,8 @@ def test_three_mlps_match_an_independent_numpy_transcription():
 
 def _noisy(model, seed: int):
     rng = np.random.default_rng(seed)
-    return with_initializers(model, {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in initializers(model).items()})
+    return with_initializers(model,
+                             {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in initializers(model).items()})
 
 
 def test_the_merged_weights_do_not_depend_on_the_order_the_models_come_in():
@@ -174,7 +178,8 @@ def test_the_merged_weights_do_not_depend_on_the_order_the_models_come_in():
         rows = [index[tuple(p)] for p in back_pairs]
         if tag == "layer1_dense":
             np.testing.assert_allclose(
-                initializers(backward.model)[f"shared/{tag}/weight"], initializers(forward.model)[f"shared/{tag}/weight"][rows],
+                initializers(backward.model)[f"shared/{tag}/weight"],
+                initializers(forward.model)[f"shared/{tag}/weight"][rows],
                 rtol=1e-4, atol=1e-6,
             )
         np.testing.assert_allclose(

@@ -91,7 +91,8 @@ def test_zoo_resnets_half_shared_keep_the_groups_consistent_and_extract(zoo):
                   ("/layer3/shortcut/shortcut.0/Conv", "/layer3/conv2/Conv")):
         assert layers[group[0]]["pairs"] == layers[group[1]]["pairs"] and layers[group[0]]["shared"] > 0
     meta = read_metadata(result.model)
-    assert meta["residual_groups"] == [["layer1_conv", "layer3_conv"], ["layer5_conv", "layer6_conv"], ["layer8_conv", "layer9_conv"]]
+    assert meta["residual_groups"] == [["layer1_conv", "layer3_conv"], ["layer5_conv", "layer6_conv"],
+                                       ["layer8_conv", "layer9_conv"]]
     x = np.load(entries[0]["data"]["test"])[entries[0]["input"]][:50]
     both = run_model(result.model, {entries[0]["input"]: x})
     for t, task in enumerate(("mnist", "fashion")):

@@ -34,7 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.bench.common import PAIRS, fmt_s, is_conv, write_json  # noqa: E402
-from tools.bench.grid import BUDGETS, METHODS, N_SEEDS, SHARES, all_cells, cache_path, estimate_seconds, run_cell, select  # noqa: E402
+from tools.bench.grid import (  # noqa: E402
+    METHODS,
+    N_SEEDS,
+    all_cells,
+    cache_path,
+    estimate_seconds,
+    run_cell,
+    select,
+)
 
 DEFAULT_COMMAND = "python tools/benchmark.py --sections speed,inference,grid,vgg --jobs 2"
 
@@ -44,22 +52,28 @@ def _csv(kind):
 
 
 def parse(argv):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks")
     ap.add_argument("--cache", type=Path, default=None, help="default OUT/cache")
     ap.add_argument("--sections", type=_csv(str), default=["speed", "inference", "grid"])
     ap.add_argument("--quick", action="store_true", help="one pair, share 1.0, budgets 0/10, one seed, small data")
-    ap.add_argument("--pairs", type=_csv(str)); ap.add_argument("--methods", type=_csv(str))
-    ap.add_argument("--shares", type=_csv(float)); ap.add_argument("--budgets", type=_csv(int))
-    ap.add_argument("--seeds", type=_csv(int)); ap.add_argument("--n-seeds", type=int, default=N_SEEDS)
-    ap.add_argument("--only", action="append", help="PAIR/METHOD/READING/SHARE/BUDGET/SEED glob (repeatable; implies --sections grid)")
+    ap.add_argument("--pairs", type=_csv(str))
+    ap.add_argument("--methods", type=_csv(str))
+    ap.add_argument("--shares", type=_csv(float))
+    ap.add_argument("--budgets", type=_csv(int))
+    ap.add_argument("--seeds", type=_csv(int))
+    ap.add_argument("--n-seeds", type=int, default=N_SEEDS)
+    ap.add_argument("--only", action="append",
+                    help="PAIR/METHOD/READING/SHARE/BUDGET/SEED glob (repeatable; implies --sections grid)")
     ap.add_argument("--rerun", action="store_true", help="recompute selected cells/measurements even if cached")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--jobs", type=int, default=1, help="grid cells in parallel (each cell uses one thread)")
     ap.add_argument("--calib-limit", type=int, default=4096)
     ap.add_argument("--eval-limit", type=int, default=None, help="test samples per task (default: full splits)")
     ap.add_argument("--max-cells", type=int, default=None, help="stop after this many new grid cells")
-    ap.add_argument("--vgg-dir", default="/tmp/onnx_zip_bench_vgg", help="where the synthetic VGG-16s are written (not committed)")
+    ap.add_argument("--vgg-dir", default="/tmp/onnx_zip_bench_vgg",
+                    help="where the synthetic VGG-16s are written (not committed)")
     ap.add_argument("--vgg-batch", type=int, default=8)
     ap.add_argument("--vgg-calib", type=int, default=256)
     ap.add_argument("--vgg-fc6-share", type=float, default=0.0, help="0 skips fc6's 25089² Hessian")
@@ -100,7 +114,8 @@ def run_grid(args, command):
     todo = [c for c in cells if args.rerun or not cache_path(args.cache, c).exists()]
     if args.max_cells is not None:
         todo = todo[: args.max_cells]
-    print(f"grid: {len(cells)} cells selected, {len(cells) - len(todo)} cached, {len(todo)} to run with {args.jobs} job(s)", flush=True)
+    print(f"grid: {len(cells)} cells selected, {len(cells) - len(todo)} cached, {len(todo)} to run with "
+          f"{args.jobs} job(s)", flush=True)
     if not todo:
         return
     prior_total = sum(estimate_seconds(c) for c in todo)
@@ -160,7 +175,8 @@ def run_speed(args):
                 rec = pool.submit(zoo_speed, key, reading, calibration_limit=args.calib_limit).result()
         write_json(path, rec)
         print(f"speed [{i + 1}/{len(jobs)}] {key}/{reading}: calibrate {rec['stages']['calibrate']['seconds']:.1f}s "
-              f"(forward {rec['forward_seconds']:.1f}s, {rec['calibration_over_forward']:.1f}×), plan {rec['stages']['plan']['seconds']:.1f}s, "
+              f"(forward {rec['forward_seconds']:.1f}s, {rec['calibration_over_forward']:.1f}×), "
+              f"plan {rec['stages']['plan']['seconds']:.1f}s, "
               f"peak RSS {rec['rss_peak_mib']:.0f} MiB ({time.perf_counter() - t:.0f}s)", flush=True)
 
 
@@ -170,7 +186,8 @@ def collect_speed(args):
     order = {p.key: i for i, p in enumerate(PAIRS)}
     ms.sort(key=lambda m: (order.get(m["pair_key"], 99), str(m["reading"])))
     if ms:
-        write_json(args.cache / "speed" / "zoo.json", {"calibration_limit": ms[0]["calibration_samples"][0], "batch": ms[0]["batch_size"], "measurements": ms})
+        write_json(args.cache / "speed" / "zoo.json", {"calibration_limit": ms[0]["calibration_samples"][0],
+                                                       "batch": ms[0]["batch_size"], "measurements": ms})
 
 
 def run_inference(args):
@@ -185,10 +202,12 @@ def run_inference(args):
     results = []
     for key in keys:
         if args.quick:
-            results.append(pair_latency(key, shares=shares, rounds=rounds, calibration_limit=min(args.calib_limit, 1024)))
+            results.append(pair_latency(key, shares=shares, rounds=rounds,
+                                        calibration_limit=min(args.calib_limit, 1024)))
             continue
         with _pool(1, fresh=True) as pool:
-            results.append(pool.submit(pair_latency, key, shares=shares, rounds=rounds, calibration_limit=min(args.calib_limit, 1024)).result())
+            results.append(pool.submit(pair_latency, key, shares=shares, rounds=rounds,
+                                       calibration_limit=min(args.calib_limit, 1024)).result())
     write_json(path, {"pairs": results})
 
 
@@ -216,10 +235,12 @@ def report(args, command):
 
     collect_speed(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    expected = expected_cells(args) if (args.quick or args.pairs or args.methods or args.shares or args.budgets or args.seeds) else all_cells()
+    selected = args.quick or args.pairs or args.methods or args.shares or args.budgets or args.seeds
+    expected = expected_cells(args) if selected else all_cells()
     res = write_report(args.out, args.cache, command, expected)
     c = res["cells"]
-    print(f"report: {args.out / 'RESULTS.md'} ({c['finished']}/{c['expected']} cells, {c['missing']} missing)", flush=True)
+    print(f"report: {args.out / 'RESULTS.md'} ({c['finished']}/{c['expected']} cells, {c['missing']} missing)",
+          flush=True)
 
 
 def main(argv=None):
@@ -231,7 +252,9 @@ def main(argv=None):
             if section not in args.sections:
                 continue
             print(f"== {section} ==", flush=True)
-            {"speed": run_speed, "inference": run_inference, "grid": lambda a: run_grid(a, command), "vgg": run_vgg}[section](args)
+            runners = {"speed": run_speed, "inference": run_inference, "grid": lambda a: run_grid(a, command),
+                       "vgg": run_vgg}
+            runners[section](args)
         print(f"sections done in {fmt_s(time.perf_counter() - t)}", flush=True)
     report(args, command)
     return 0

@@ -50,7 +50,8 @@ def check(pair: str, steps: int, seeds: list[int], lr: float | None, optimizer: 
     test = {t: str(ROOT / "models" / e["data"]["test"]) for t, e in zip(names, entries)}
     orig = {t: evaluate(f, test[t]).accuracy for t, f in zip(names, files)}
     start = time.perf_counter()
-    zipped = zip_models(files, list(train.values()), names=list(names), share=share, calibration_limit=calib_limit).model
+    zipped = zip_models(files, list(train.values()), names=list(names), share=share,
+                        calibration_limit=calib_limit).model
     zip_seconds = time.perf_counter() - start
     before = evaluate_tasks(zipped, test)
     rows = []
@@ -58,8 +59,9 @@ def check(pair: str, steps: int, seeds: list[int], lr: float | None, optimizer: 
         result = finetune(zipped, train, steps=steps, eval=test, lr=lr, optimizer=optimizer, seed=seed, threads=threads,
                           progress=True)
         rows.append({
-            "pair": pair, "share": share, "seed": seed, "steps": steps, "lr": result.record["lr"], "optimizer": optimizer,
-            "orig": orig, "zipped": before, "tuned": result.accuracy, "seconds": result.seconds, "zip_seconds": zip_seconds,
+            "pair": pair, "share": share, "seed": seed, "steps": steps, "lr": result.record["lr"],
+            "optimizer": optimizer, "orig": orig, "zipped": before, "tuned": result.accuracy,
+            "seconds": result.seconds, "zip_seconds": zip_seconds,
             "ok": all(result.accuracy[t] >= orig[t] - 0.01 for t in names),
         })
         print_row(rows[-1], names)
@@ -70,7 +72,8 @@ def print_row(row: dict, names: tuple[str, str]) -> None:
     for t in names:
         print(f"{row['pair']:<9}{row['share']:>6.2f}{row['seed']:>5}{row['steps']:>6}  {t:<8}"
               f"{100 * row['orig'][t]:>7.2f}{100 * row['zipped'][t]:>8.2f}{100 * row['tuned'][t]:>8.2f}"
-              f"{100 * (row['tuned'][t] - row['orig'][t]):>+8.2f}{row['seconds']:>8.1f}  {'yes' if row['ok'] else 'NO'}",
+              f"{100 * (row['tuned'][t] - row['orig'][t]):>+8.2f}{row['seconds']:>8.1f}"
+              f"  {'yes' if row['ok'] else 'NO'}",
               flush=True)
 
 
@@ -86,7 +89,8 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(f"{'pair':<9}{'share':>6}{'seed':>5}{'steps':>6}  {'task':<8}{'orig':>7}{'zipped':>8}{'tuned':>8}{'delta':>8}{'sec':>8}  ok")
+    print(f"{'pair':<9}{'share':>6}{'seed':>5}{'steps':>6}  {'task':<8}{'orig':>7}{'zipped':>8}{'tuned':>8}"
+          f"{'delta':>8}{'sec':>8}  ok")
     rows = []
     for pair in args.pairs:
         rows += check(pair, args.steps, args.seeds, args.lr, args.optimizer, args.threads, args.calib_limit)

@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair
-from onnx_zip.mtz.comp_net import NetLayer, zip_net_pair
-from onnx_zip.mtz.comp_net import forward as net_forward
-from onnx_zip.mtz.layout import dense_rows
+from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair  # noqa: E402
+from onnx_zip.mtz.comp_net import NetLayer, zip_net_pair  # noqa: E402
+from onnx_zip.mtz.comp_net import forward as net_forward  # noqa: E402
+from onnx_zip.mtz.layout import dense_rows  # noqa: E402
 
 
 def load_mlp(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -78,7 +78,8 @@ def run_lenet5(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     calib = [d["image"][rng.choice(len(d["image"]), size=args.calib, replace=False)].astype(np.float64)
              for d in (data[0], data[2])]
-    tests = [(data[1]["image"].astype(np.float64), data[1]["label"]), (data[3]["image"].astype(np.float64), data[3]["label"])]
+    tests = [(data[1]["image"].astype(np.float64), data[1]["label"]),
+             (data[3]["image"].astype(np.float64), data[3]["label"])]
     orig = [net_accuracy(models[t], *tests[t]) for t in (0, 1)]
     print(f"LeNet-5 MNIST + Fashion: calibration {args.calib} train images per task (seed {args.seed}), "
           f"test {len(tests[0][1])} / {len(tests[1][1])} images, rho {args.rho}")
@@ -92,7 +93,8 @@ def run_lenet5(args: argparse.Namespace) -> None:
                 dt = time.perf_counter() - t0
                 acc = [net_accuracy(z.nets[t], *tests[t]) for t in (0, 1)]
                 label = f"compensated {reading}" + (" + within" if within else "")
-                extra = ("  within pairs per layer: " + ", ".join(f"{len(a)}+{len(b)}" for a, b in z.within)) if within else ""
+                extra = ("  within pairs per layer: " + ", ".join(f"{len(a)}+{len(b)}" for a, b in z.within)
+                         if within else "")
                 print(f"{label:<30}{share:>6.2f}{acc[0]:>9.2f}{acc[1]:>9.2f}{dt:>8.1f}{extra}", flush=True)
 
 

@@ -49,7 +49,7 @@ from onnx import TensorProto
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from onnx_zip.cli.main import main as cli_main
+from onnx_zip.cli.main import main as cli_main  # noqa: E402
 
 #: Same-architecture partners (a mutant of the first is zipped with the second).
 PARTNERS = {
@@ -149,7 +149,8 @@ def edit_external(model: onnx.ModelProto, rng: random.Random) -> Side:
     if t is None or not t.raw_data:
         return {}
     payload = t.raw_data
-    location = rng.choice(["w.bin", "w.bin", "../w.bin", "/etc/hostname", "missing.bin", "sub/../w.bin", "", "w.bin\x00x"])
+    location = rng.choice(["w.bin", "w.bin", "../w.bin", "/etc/hostname", "missing.bin", "sub/../w.bin", "",
+                           "w.bin\x00x"])
     t.ClearField("raw_data")
     t.data_location = TensorProto.EXTERNAL
     t.external_data.add(key="location", value=location)
@@ -215,7 +216,8 @@ def to_sparse(model: onnx.ModelProto, rng: random.Random) -> Side:
     if rng.random() < 0.3 and flat.size:
         flat[rng.randrange(flat.size)] = array.size + rng.randrange(5)
     values = onnx.numpy_helper.from_array(array.reshape(-1)[np.clip(flat, 0, max(array.size - 1, 0))], t.name)
-    sparse = onnx.helper.make_sparse_tensor(values, onnx.numpy_helper.from_array(flat.astype(np.int64), "i"), list(t.dims))
+    sparse = onnx.helper.make_sparse_tensor(values, onnx.numpy_helper.from_array(flat.astype(np.int64), "i"),
+                                            list(t.dims))
     keep = [x for x in model.graph.initializer if x.name != t.name]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
@@ -372,7 +374,8 @@ def run_case(index: int, seed: int, zoo: Zoo, workdir: Path, *, timeout: float, 
         result = run_one(argv, folder, output, timeout)
         outcome = str(result.get("outcome") or {0: "success", 2: "refused"}.get(int(result["code"]), "unhandled"))  # type: ignore[call-overload]
         runs.append(Run(index, kind, name, command, outcome, result.get("exception"), result.get("message"),  # type: ignore[arg-type]
-                        result.get("where"), round(float(result.get("seconds", timeout)), 3), list(result.get("flags", []))))  # type: ignore[arg-type]
+                        result.get("where"), round(float(result.get("seconds", timeout)), 3),  # type: ignore[arg-type]
+                        list(result.get("flags", []))))  # type: ignore[arg-type]
         if output is not None and output.exists():
             output.unlink()
     for path in sorted(folder.iterdir()):

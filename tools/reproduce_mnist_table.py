@@ -101,7 +101,8 @@ def run_pair(name: str, spec: dict, seeds: int, quick: bool, limit: int) -> dict
         onepass.append(mean_error(evaluate_tasks(finetune(zipped.model, train, steps=budget, seed=seed).model, test)))
         mtz_small.append(mean_error(evaluate_tasks(finetune(zipped.model, train, steps=small, seed=seed).model, test)))
         random_zip = zip_models(files, None, share=1.0, pairing="random", seed=seed)
-        random_small.append(mean_error(evaluate_tasks(finetune(random_zip.model, train, steps=small, seed=seed).model, test)))
+        random_small.append(mean_error(evaluate_tasks(finetune(random_zip.model, train, steps=small, seed=seed).model,
+                                                      test)))
     out.update(layerwise=layerwise, onepass=onepass, small_steps=small, mtz_small=mtz_small, random_small=random_small)
     out["seconds"] = time.perf_counter() - started
     return out
@@ -116,7 +117,8 @@ def table(results: list[dict], seeds: int) -> str:
         f"fine-tuned rows: mean ± std over {seeds} seed(s). Paper: He, Zhou & Thiele (NeurIPS 2018), §5.1.",
         "Command: `python tools/reproduce_mnist_table.py`" + (f" --seeds {seeds}" if seeds != 3 else ""),
         "",
-        "| | " + " | ".join(f"{r['pair']} (ours)" for r in results) + " | " + " | ".join(f"{r['pair']} (paper)" for r in results) + " |",
+        "| | " + " | ".join(f"{r['pair']} (ours)" for r in results) + " | "
+        + " | ".join(f"{r['pair']} (paper)" for r in results) + " |",
         "|---|" + "---|" * (2 * len(results)),
     ]
 
@@ -149,7 +151,8 @@ def table(results: list[dict], seeds: int) -> str:
     lines.append(row(
         "first layer shared, no retraining: MTZ / L2 / random",
         [f"{r['first_layer_mtz']:.2f} / {r['first_layer_l2']:.2f} / {r['first_layer_random']:.2f}" for r in results],
-        [f"+{p['first_layer_delta']:.2f} (MTZ) / – / {p['first_layer_random']:.2f}" if "first_layer_delta" in p else "–" for p in papers],
+        [f"+{p['first_layer_delta']:.2f} (MTZ) / – / {p['first_layer_random']:.2f}" if "first_layer_delta" in p else "–"
+         for p in papers],
     ))
     lines.append("")
     lines.append("Seconds per pair: " + ", ".join(f"{r['pair']} {r['seconds']:.0f}" for r in results))

@@ -313,8 +313,8 @@ def permute_hidden(model, arch: str, seed: int) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- export
 def export_torch(model, spec: dict, path: Path) -> None:
-    import torch
     import onnx
+    import torch
     model.eval()
     dummy = torch.zeros(2, 1, 28, 28)
     with warnings.catch_warnings():
@@ -344,9 +344,9 @@ def export_torch(model, spec: dict, path: Path) -> None:
 
 def train_sklearn(spec: dict, x: np.ndarray, y: np.ndarray, xv, yv, path: Path):
     import torch
-    from sklearn.neural_network import MLPClassifier
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
 
     # Light augmentation for the shallow MLP too: the original 7,000 digits plus 2 shifted copies each.
     gen = torch.Generator().manual_seed(spec["seed"])
@@ -409,7 +409,8 @@ def check_newest_ort(paths: list[Path]) -> None:
         "for p in sys.argv[1:]:\n"
         "    s = ort.InferenceSession(p, providers=['CPUExecutionProvider'])\n"
         "    i = s.get_inputs()[0]\n"
-        "    x = np.random.default_rng(0).random((5, 784) if i.name == 'input' else (5, 1, 28, 28)).astype(np.float32)\n"
+        "    x = np.random.default_rng(0).random((5, 784) if i.name == 'input' else (5, 1, 28, 28))"
+        ".astype(np.float32)\n"
         "    np.save(p + '.chk.npy', s.run(None, {i.name: x})[-1])\n"
         "print(ort.__version__)\n")
     res = subprocess.run([str(INFER_PYTHON), "-c", code, *map(str, paths)], capture_output=True, text=True)
@@ -442,8 +443,8 @@ def build(name: str, n_val: int, save: bool) -> dict | None:
     t0 = time.time()
     entry = {"name": name, "file": path.name, "task": spec["task"], "arch": spec["arch"]}
     if spec["exporter"] == "skl2onnx":
-        import sklearn
         import skl2onnx
+        import sklearn
         train_sklearn(spec, x, y, xv, yv, path)
         train_s = time.time() - t0
         entry.update(framework=f"scikit-learn {sklearn.__version__}",
@@ -485,8 +486,8 @@ def build(name: str, n_val: int, save: bool) -> dict | None:
     acc, in_name, ort_v, correct, count = ort_accuracy(path, test_rel, entry["output"])
     assert in_name == entry["input"]
     facts = graph_facts(path)
-    entry.update(seed=spec["seed"], data={"train": train_rel, "test": test_rel}, accuracy=acc, correct=correct, count=count,
-                 floor=spec["floor"], floor_met=bool(acc >= spec["floor"]),
+    entry.update(seed=spec["seed"], data={"train": train_rel, "test": test_rel}, accuracy=acc, correct=correct,
+                 count=count, floor=spec["floor"], floor_met=bool(acc >= spec["floor"]),
                  accuracy_measured_with=f"onnxruntime {ort_v}, committed test split, argmax of '{entry['output']}'",
                  trained_on=src + (f" minus {n_val} held out" if n_val else ""),
                  epochs=spec["epochs"], train_seconds=round(train_s, 1),
@@ -528,7 +529,8 @@ def update_readme(entries: dict[str, dict]) -> None:
             continue
         e = entries[n]
         ops = ", ".join(f"{k} {v}" for k, v in e["opset"].items())
-        rows.append(f"| `{n}` | {e['task']} | {e['arch']} | {e['framework']} / {e['exporter']} | {ops} / IR {e['ir_version']} "
+        rows.append(f"| `{n}` | {e['task']} | {e['arch']} | {e['framework']} / {e['exporter']} "
+                    f"| {ops} / IR {e['ir_version']} "
                     f"| `{e['input']}` → `{e['output']}` | {100 * e['accuracy']:.2f}% | "
                     f"{100 * e['floor']:.1f}%{'' if e['floor_met'] else ' (NOT met)'} |")
     head, rest = text.split(start, 1)
@@ -540,7 +542,8 @@ def print_table(entries: list[dict]) -> None:
     print(f"\n{'name':24s} {'exporter':40s} {'IR':>3s} {'opset':>5s} {'accuracy':>9s} {'floor':>6s} met  train_s")
     for e in entries:
         print(f"{e['name']:24s} {e['exporter'][:40]:40s} {e['ir_version']:3d} {e['opset'].get('ai.onnx', 0):5d} "
-              f"{e['accuracy']:9.4f} {e['floor']:6.3f} {'yes' if e['floor_met'] else 'NO ':3s}  {e['train_seconds']:7.1f}")
+              f"{e['accuracy']:9.4f} {e['floor']:6.3f} {'yes' if e['floor_met'] else 'NO ':3s}"
+              f"  {e['train_seconds']:7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

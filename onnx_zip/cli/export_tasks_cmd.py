@@ -19,9 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = export_tasks(args.model, args.output)
     manifest = result.manifest
-    print(f"wrote {result.directory}: {len(manifest.tasks)} tasks; {manifest.shared_file} {manifest.shared_bytes:,} bytes "
+    print(f"wrote {result.directory}: {len(manifest.tasks)} tasks; "
+          f"{manifest.shared_file} {manifest.shared_bytes:,} bytes "
           f"({manifest.shared_tensors} shared tensors, stored once)")
     for task in manifest.tasks:
-        print(f"  {task.model}: inputs {task.inputs}, outputs {task.outputs}; own weights {task.weights} {task.specific_bytes:,} bytes")
-    print('open each task with the session option session.disable_prepacking = "1" (onnx_zip.serving.TaskSwitcher does)')
+        print(f"  {task.model}: inputs {task.inputs}, outputs {task.outputs}; "
+              f"own weights {task.weights} {task.specific_bytes:,} bytes")
+    print('open each task with the session option session.disable_prepacking = "1" '
+          "(onnx_zip.serving.TaskSwitcher does)")
     return 0

@@ -16,7 +16,8 @@ HELP = ("measure task-switch latency (cold and warm) and resident memory of a fo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="a folder written by onnx-zip export-tasks")
-    parser.add_argument("--zipped", help="the multi-output zipped model (default: the source named in the manifest, next to the folder)")
+    parser.add_argument("--zipped", help="the multi-output zipped model "
+                        "(default: the source named in the manifest, next to the folder)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of one switch per task (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
     parser.add_argument("--json", help="also write the figures to this JSON file")

@@ -3,8 +3,9 @@ stand-alone models and the one multi-output model.
 
 Measured in fresh processes (:mod:`onnx_zip.deploy.probe`) with a warm file cache (every file is
 read once first): memory in one process per way of serving, latency in one process with the ways
-interleaved round by round; the figures are medians over ``repeats`` rounds of one switch per task. Stand-alone models are the exported task models with their weights embedded
-(what one deploys without zipping), opened with onnxruntime's default options.
+interleaved round by round; the figures are medians over ``repeats`` rounds of one switch per task.
+Stand-alone models are the exported task models with their weights embedded (what one deploys without
+zipping), opened with onnxruntime's default options.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
         tensor = value.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-        feeds[value.name] = rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(shape, dtype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[value.name] = np.zeros(shape, dtype)
     return feeds
 
 
@@ -138,17 +142,20 @@ def _multi_spec(base: dict[str, Any], zipped: Path, manifest: Manifest, scratch:
     outputs = {t.name: [f"{t.name}/{o}" for o in t.outputs] for t in manifest.tasks}
     missing = sorted(o for outs in outputs.values() for o in outs if o not in names)
     if missing:
-        raise InputError(f"model {zipped}: not the zipped model of this folder (no outputs {missing})", hint="pass the model the folder was exported from")
+        raise InputError(f"model {zipped}: not the zipped model of this folder (no outputs {missing})",
+                         hint="pass the model the folder was exported from")
     plain = dict(np.load(base["feeds"]))
     feeds: dict[str, np.ndarray] = {}
     for value in model.graph.input:
         found = plain.get(value.name, plain.get(value.name.split("/", 1)[-1]))
         if found is None:
-            raise InputError(f"model {zipped}: its input {value.name} is none of the exported tasks' inputs {sorted(plain)}")
+            raise InputError(
+                f"model {zipped}: its input {value.name} is none of the exported tasks' inputs {sorted(plain)}"
+            )
         feeds[value.name] = found
     _save_arrays(scratch / "feeds_multi.npz", feeds)
-    return dict(base, kind="multi", models={"multi": str(zipped)}, outputs=outputs, feeds=str(scratch / "feeds_multi.npz"),
-                files={t.name: [str(zipped)] for t in manifest.tasks})
+    return dict(base, kind="multi", models={"multi": str(zipped)}, outputs=outputs,
+                feeds=str(scratch / "feeds_multi.npz"), files={t.name: [str(zipped)] for t in manifest.tasks})
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -188,6 +195,7 @@ def format_table(bench: ServeBench) -> str:
     ]
     for row in bench.rows:
         mem = row["memory_all_open_mib"]
-        lines.append(f"| {row['label']} | {row['cold_ms']:.1f} | {row['cold_dropped_cache_ms']:.1f} | {row['warm_ms']:.2f} "
+        lines.append(f"| {row['label']} | {row['cold_ms']:.1f} | {row['cold_dropped_cache_ms']:.1f} "
+                     f"| {row['warm_ms']:.2f} "
                      f"| {mem.get('rss', float('nan')):.1f} | {mem.get('pss', float('nan')):.1f} |")
     return "\n".join(lines) + "\n"

@@ -112,7 +112,8 @@ def export_tasks(zipped: str | os.PathLike[str] | onnx.ModelProto, directory: st
         raise problems[0]
     if problems:
         raise InputError("; ".join(str(p) for p in problems))
-    source = {"sha256": sha256_file(zipped), "file": Path(zipped).name} if not isinstance(zipped, onnx.ModelProto) else {}
+    source = ({"sha256": sha256_file(zipped), "file": Path(zipped).name}
+              if not isinstance(zipped, onnx.ModelProto) else {})
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
     try:
         manifest = _write_folder(model, tasks, staging, source, label=label)
@@ -125,7 +126,9 @@ def export_tasks(zipped: str | os.PathLike[str] | onnx.ModelProto, directory: st
     return ExportResult(out, manifest)
 
 
-def _write_folder(model: onnx.ModelProto, tasks: Sequence[str], folder: Path, source: dict[str, str], *, label: str) -> Manifest:
+def _write_folder(
+    model: onnx.ModelProto, tasks: Sequence[str], folder: Path, source: dict[str, str], *, label: str
+) -> Manifest:
     """Write the weights files, the task models and the manifest into ``folder``."""
     singles = task_models(model, tasks, label=label)
     shared = shared_names(model, singles)

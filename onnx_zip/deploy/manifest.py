@@ -87,15 +87,18 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """
     path = Path(directory) / MANIFEST
     if not Path(directory).is_dir():
-        raise InputError(f"exported folder {directory}: not a folder", hint="pass a folder written by onnx-zip export-tasks")
+        raise InputError(f"exported folder {directory}: not a folder",
+                         hint="pass a folder written by onnx-zip export-tasks")
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(f"exported folder {directory}: no {MANIFEST}", hint="pass a folder written by onnx-zip export-tasks") from None
+        raise InputError(f"exported folder {directory}: no {MANIFEST}",
+                         hint="pass a folder written by onnx-zip export-tasks") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable manifest ({exc})", hint="export the tasks again") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"{path}: not an export-tasks manifest (format {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
+        found = data.get("format") if isinstance(data, dict) else None
+        raise InputError(f"{path}: not an export-tasks manifest (format {found!r}, expected {FORMAT!r})")
     try:
         tasks = [TaskRecord(**t) for t in data["tasks"]]
         files = {name: FileRecord(**rec) for name, rec in data["files"].items()}
@@ -121,8 +124,10 @@ def verify_files(directory: str | os.PathLike[str], manifest: Manifest, *, check
             continue
         size = path.stat().st_size
         if size != record.bytes:
-            problems.append(f"{name} has {size} bytes, the manifest says {record.bytes} ({'truncated' if size < record.bytes else 'altered'})")
+            how = "truncated" if size < record.bytes else "altered"
+            problems.append(f"{name} has {size} bytes, the manifest says {record.bytes} ({how})")
         elif checksums and sha256_file(path) != record.sha256:
             problems.append(f"{name} does not match its sha256 in the manifest (altered or corrupted)")
     if problems:
-        raise InputError(f"exported folder {directory}: " + "; ".join(problems), hint="copy the folder again or re-run onnx-zip export-tasks")
+        raise InputError(f"exported folder {directory}: " + "; ".join(problems),
+                         hint="copy the folder again or re-run onnx-zip export-tasks")

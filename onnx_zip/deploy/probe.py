@@ -72,7 +72,8 @@ class _Server:
         self.kind = spec["kind"]
         self.sessions: dict[str, Any] = {}
         if self.kind in ("switcher", "files"):
-            self.switcher = TaskSwitcher(spec["directory"], verify=False, threads=spec["threads"], map_shared=self.kind == "switcher")
+            self.switcher = TaskSwitcher(spec["directory"], verify=False, threads=spec["threads"],
+                                         map_shared=self.kind == "switcher")
         self.options = session_options({}, threads=spec["threads"])
 
     def open(self, task: str) -> Any:
@@ -81,7 +82,8 @@ class _Server:
         key = "multi" if self.kind == "multi" else task
         if key not in self.sessions:
             path = self.spec["models"][key]
-            self.sessions[key] = self.rt.InferenceSession(path, sess_options=self.options, providers=["CPUExecutionProvider"])
+            self.sessions[key] = self.rt.InferenceSession(path, sess_options=self.options,
+                                                          providers=["CPUExecutionProvider"])
         return self.sessions[key]
 
     def close(self, task: str) -> None:
@@ -139,7 +141,8 @@ def measure_latency(specs: Sequence[dict[str, Any]]) -> dict[str, dict[str, floa
         for server, spec, feed in zip(servers, specs, feeds):
             _one_round(server, spec["tasks"], spec["files"], feed, samples[spec["kind"]])
     return {
-        kind: {"cold_ms": _median_ms(t["cold"]), "cold_dropped_cache_ms": _median_ms(t["dropped"]), "warm_ms": _median_ms(t["warm"])}
+        kind: {"cold_ms": _median_ms(t["cold"]), "cold_dropped_cache_ms": _median_ms(t["dropped"]),
+               "warm_ms": _median_ms(t["warm"])}
         for kind, t in samples.items()
     }
 

@@ -102,7 +102,8 @@ class TaskSwitcher:
                 if self._map_shared:
                     for name, value in self._shared_for(path).items():
                         options.add_initializer(name, value)
-                self._sessions[task] = runtime.ort().InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+                self._sessions[task] = runtime.ort().InferenceSession(str(path), sess_options=options,
+                                                                      providers=["CPUExecutionProvider"])
             except InputError:
                 raise
             except Exception as exc:  # onnxruntime and onnx raise their own exception types

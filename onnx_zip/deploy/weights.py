@@ -114,7 +114,8 @@ def external_tensors(model: onnx.ModelProto) -> list[ExternalTensor]:
         entries = {e.key: e.value for e in tensor.external_data}
         found.append(ExternalTensor(
             name=tensor.name, location=entries["location"], offset=int(entries.get("offset", 0)),
-            length=int(entries["length"]), dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<"),
+            length=int(entries["length"]),
+            dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<"),
             shape=tuple(int(d) for d in tensor.dims),
         ))
     return found

@@ -167,7 +167,8 @@ def zip_mlp_pair(
         stats = [DenseMoments(layer=name).update(zipped[t], orig[t]).stats() for t in (0, 1)]
         rows = [dense_rows(*models[t][li], layer=name) for t in (0, 1)]
         priors = [embed_rows(rows[t], dense_target(pos[t], counts[t]), counts[t] + 1, layer=name) for t in (0, 1)]
-        comp = CompensatedLayer([TaskLayer(rows[t], stats[t], priors[t]) for t in (0, 1)], n_shared, rho=rho, layer=name)
+        comp = CompensatedLayer([TaskLayer(rows[t], stats[t], priors[t]) for t in (0, 1)], n_shared,
+                                rho=rho, layer=name)
         if li == depth - 1:
             for t in (0, 1):
                 nets[t].append(comp.refit(t).rows if method == "compensated" else priors[t])

@@ -169,7 +169,8 @@ class CompensatedLayer:
         y = tt.y.reshape(tt.n, self.taps, -1)[idx].reshape(-1, tt.zsize)
         w = tt.w.reshape(tt.n, self.taps, -1)[idx].reshape(-1, tt.w.shape[1])
         fit = tt.solver.solve(y.T).T
-        return SpecificFit(rows=self._out(fit, idx.size), error=tt.error(fit, w).reshape(idx.size, self.taps).sum(axis=1))
+        return SpecificFit(rows=self._out(fit, idx.size),
+                           error=tt.error(fit, w).reshape(idx.size, self.taps).sum(axis=1))
 
     # -- shared neurons across tasks --------------------------------------------------------------
     def pair_costs(self, ta: int = 0, tb: int = 1, *, clip: bool = True) -> np.ndarray:
@@ -278,7 +279,8 @@ class CompensatedLayer:
         w3 = tt.w.reshape(tt.n, self.taps, -1)
         fit = tt.solver.solve((0.5 * (y3[p[:, 0]] + y3[p[:, 1]])).reshape(-1, tt.zsize).T).T
         err = sum(tt.error(fit, w3[p[:, c]].reshape(-1, tt.w.shape[1])) for c in (0, 1))
-        return SpecificFit(rows=self._out(fit, p.shape[0]), error=np.asarray(err).reshape(p.shape[0], self.taps).sum(axis=1))
+        return SpecificFit(rows=self._out(fit, p.shape[0]),
+                           error=np.asarray(err).reshape(p.shape[0], self.taps).sum(axis=1))
 
     # -- internals ---------------------------------------------------------------------------------
     def _check_task(self, t: int) -> int:

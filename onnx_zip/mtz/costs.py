@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from onnx_zip.errors import InputError, NumericalError
 from onnx_zip.mtz._checks import as_f64, check_square, where
 from onnx_zip.mtz._linalg import checked_cholesky, chol_solve, lower_solve, pinv_psd
@@ -78,7 +79,7 @@ class PairOperator:
         """Apply ``(H_A + H_B)⁻¹`` (or its pseudo-inverse) to ``rhs`` ``(D,)`` or ``(D, k)``."""
         if self._chol is not None:
             return chol_solve(self._chol, rhs)
-        return self._pinv @ rhs  # type: ignore[operator]
+        return self._pinv @ rhs
 
 
 def pair_operator(

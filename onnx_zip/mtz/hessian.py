@@ -385,7 +385,9 @@ class ConvPatchHessian(HessianAccumulator):
         step = max(1, _CHUNK_BYTES // max(per_sample, 1))
         for s in range(0, x.shape[0], step):
             self._add_columns(
-                im2col_columns(x[s : s + step], self.kernel_shape, self.strides, self.pads, self.dilations, layer=self.layer)
+                im2col_columns(
+                    x[s : s + step], self.kernel_shape, self.strides, self.pads, self.dilations, layer=self.layer
+                )
             )
         return self
 

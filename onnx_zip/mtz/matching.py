@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -282,7 +282,7 @@ class ShareThreshold:
     epsilon: float
 
 
-SharePolicy = Union[ShareCount, ShareFraction, ShareThreshold]
+SharePolicy = ShareCount | ShareFraction | ShareThreshold
 
 
 def share_count(policy: SharePolicy, n_a: int, n_b: int, *, layer: str | None = None) -> int | None:

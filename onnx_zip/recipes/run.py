@@ -99,7 +99,9 @@ class RunResult:
 _CALIBRATION_IN_ZIP = {"calibration_limit": "limit", "calibration_batch": "batch_size", "conv_hessian": "conv_hessian"}
 
 
-def recipe_configs(data: Mapping[str, Any]) -> tuple[ZipConfig, CalibrationConfig, RetrainConfig | None, FinetuneConfig | None]:
+def recipe_configs(
+    data: Mapping[str, Any],
+) -> tuple[ZipConfig, CalibrationConfig, RetrainConfig | None, FinetuneConfig | None]:
     """The settings of a normalised recipe (``seed`` and ``threads`` at the top level feed every group).
 
     Raises:
@@ -129,7 +131,8 @@ def _bind(recipe: Recipe, job: ZipJob, key: str, limit: int | None = None) -> di
     bound = {}
     for i, (task, path) in enumerate(zip(job.tasks, files)):
         if path is None:
-            raise InputError(f"{recipe.label}: models[{i}].{key} is missing", hint=f"give {key} data for every model or none")
+            raise InputError(f"{recipe.label}: models[{i}].{key} is missing",
+                             hint=f"give {key} data for every model or none")
         same = job.calibration is not None and path == recipe.model_file(i, "calibration")
         if same and job.calibration is not None and job.calibration[i].labels is not None:
             bound[task] = job.calibration[i].take(limit)

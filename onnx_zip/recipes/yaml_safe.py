@@ -40,12 +40,12 @@ class _GuardedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _Refused(f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -112,7 +112,8 @@ def load_yaml(text: str, label: str) -> Any:
             return None
         size, depth = expanded_shape(node)
         if size > MAX_EXPANDED_NODES:
-            raise _Refused(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} entries (an alias bomb?)", node.start_mark)
+            raise _Refused(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} entries (an alias bomb?)",
+                           node.start_mark)
         if depth > MAX_DEPTH:
             raise _Refused(f"its aliases nest more than {MAX_DEPTH} levels deep", node.start_mark)
         return loader.construct_document(node)

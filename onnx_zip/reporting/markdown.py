@@ -16,7 +16,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """A GitHub-flavoured Markdown table (numbers right-aligned)."""
     cells = [[_cell(v) for v in row] for row in rows]
     align = ["---:" if rows and all(_numeric(r[i]) for r in rows) else "---" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + ["| " + " | ".join(r) + " |" for r in cells]
+    return (["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+            + ["| " + " | ".join(r) + " |" for r in cells])
 
 
 def _numeric(value: object) -> bool:
@@ -48,9 +49,11 @@ def params_section(report: dict[str, Any]) -> list[str]:
     tasks = report["tasks"]
     original = sum(params[t] for t in tasks)
     rows = [[f"original {t}", params[t]] for t in tasks]
-    rows += [["originals together", original], ["zipped (stored)", params["zipped"]], ["shared (stored once)", params["shared"]]]
+    rows += [["originals together", original], ["zipped (stored)", params["zipped"]],
+             ["shared (stored once)", params["shared"]]]
     saved = 1 - params["zipped"] / original if original else 0.0
-    return ["## Parameters", "", *table(["", "parameters"], rows), "", f"{100 * saved:.1f}% of the parameters saved.", ""]
+    return ["## Parameters", "", *table(["", "parameters"], rows), "",
+            f"{100 * saved:.1f}% of the parameters saved.", ""]
 
 
 def cost_stats(costs: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -74,7 +77,8 @@ def layers_section(report: dict[str, Any]) -> list[str]:
         neurons = list(layer["neurons"])
         low, mid, high = cost_stats(layer.get("costs") or [])
         kind = layer["kind"] + (f" ({layer['conv_hessian']})" if layer.get("conv_hessian") else "")
-        rows.append([layer["layer"], kind, *neurons, layer["shared"], *[n - layer["shared"] for n in neurons], low, mid, high])
+        own = [n - layer["shared"] for n in neurons]
+        rows.append([layer["layer"], kind, *neurons, layer["shared"], *own, low, mid, high])
     return ["## Layers", "", *table(header, rows), ""]
 
 

@@ -104,7 +104,8 @@ def layerwise_accuracy(report: dict[str, Any]) -> bytes | None:
     for t, task in enumerate(report["tasks"]):
         ys = []
         for r in records:
-            ys += [(r.get("accuracy_before") or {}).get(task, np.nan), (r.get("accuracy_after") or {}).get(task, np.nan)]
+            ys += [(r.get("accuracy_before") or {}).get(task, np.nan),
+                   (r.get("accuracy_after") or {}).get(task, np.nan)]
         ax.plot(range(len(ys)), 100 * np.asarray(ys, dtype=float), marker="o", color=f"C{t + 1}", label=task)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylabel("accuracy (%)")

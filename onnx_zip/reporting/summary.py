@@ -51,7 +51,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     except IsADirectoryError:
         raise InputError(f"report {path}: is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"report {path}: not valid JSON ({exc})", hint="pass the --report file of zip, run or sweep") from None
+        raise InputError(f"report {path}: not valid JSON ({exc})",
+                         hint="pass the --report file of zip, run or sweep") from None
     check_report(report, f"report {path}")
     return report
 
@@ -69,6 +70,12 @@ def check_report(report: object, label: str = "report") -> None:
         raise InputError(f"{label}: no 'tasks' list of task names", hint="pass the --report file of zip, run or sweep")
     if "layers" not in report and "sweep" not in report:
         raise InputError(f"{label}: neither 'layers' (a zip report) nor 'sweep' (a sweep report)")
+    _check_layers(report, tasks, label)
+    _check_sweep(report, label)
+
+
+def _check_layers(report: Mapping[str, Any], tasks: list[str], label: str) -> None:
+    """Check the ``layers`` entries and ``params`` of a zip report (nothing when ``layers`` is absent)."""
     for i, layer in enumerate(report.get("layers") or []):
         for key in ("layer", "kind", "neurons", "shared"):
             if not isinstance(layer, Mapping) or key not in layer:
@@ -79,6 +86,10 @@ def check_report(report: object, label: str = "report") -> None:
         params = report.get("params")
         if not isinstance(params, Mapping) or any(k not in params for k in [*tasks, "zipped", "shared"]):
             raise InputError(f"{label}: 'params' must hold every task, 'zipped' and 'shared'")
+
+
+def _check_sweep(report: Mapping[str, Any], label: str) -> None:
+    """Check the ``sweep`` levels of a sweep report (nothing when ``sweep`` is absent)."""
     for i, level in enumerate(report.get("sweep") or []):
         for key in ("share", "params", "shared_fraction", "accuracy"):
             if not isinstance(level, Mapping) or key not in level:
@@ -103,7 +114,8 @@ def render_markdown(report: Mapping[str, Any], *, title: str | None = None, imag
     settings = report.get("settings") or {}
     lines += [f"A {kind} of {len(tasks)} tasks ({', '.join(tasks)}) written by onnx-zip"
               + (f" {report['version']}" if report.get("version") else "")
-              + (f"; pairing {settings.get('pairing')}, matching {settings.get('match')}" if settings else "") + ".", ""]
+              + (f"; pairing {settings.get('pairing')}, matching {settings.get('match')}" if settings else "")
+              + ".", ""]
     if plots_note:
         lines += [plots_note, ""]
     captions = {suffix: caption for suffix, caption, _ in plots.PLOTS}

@@ -187,7 +187,8 @@ def _cast_model(np_type: type, onnx_type: int) -> Callable[[onnx.ModelProto], No
 def _bfloat16(model: onnx.ModelProto) -> None:
     t = _init(model, "w1")
     values = numpy_helper.to_array(t).astype(np.float32).view(np.uint32) >> 16
-    t.CopyFrom(helper.make_tensor("w1", TensorProto.BFLOAT16, list(t.dims), values.astype(np.uint16).tobytes(), raw=True))
+    t.CopyFrom(helper.make_tensor("w1", TensorProto.BFLOAT16, list(t.dims), values.astype(np.uint16).tobytes(),
+                                  raw=True))
 
 
 def _sparse(indices: np.ndarray | None = None, dims: list[int] | None = None) -> Callable[[onnx.ModelProto], None]:
@@ -242,7 +243,8 @@ def _no_opset(model: onnx.ModelProto) -> None:
 def _sparse_constant(model: onnx.ModelProto) -> None:
     values = numpy_helper.from_array(np.ones(2, np.float32), "v")
     idx = numpy_helper.from_array(np.array([0, 1], np.int64), "i")
-    node = helper.make_node("Constant", [], ["c"], name="const", sparse_value=helper.make_sparse_tensor(values, idx, [2]))
+    node = helper.make_node("Constant", [], ["c"], name="const",
+                            sparse_value=helper.make_sparse_tensor(values, idx, [2]))
     model.graph.node.insert(0, node)
 
 
@@ -252,7 +254,8 @@ def _constant_nan(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
     w2 = weights()["w2"].copy()
     w2[0, 0] = np.inf
-    model.graph.node.insert(0, helper.make_node("Constant", [], ["w2"], name="w2_const", value=numpy_helper.from_array(w2, "w2")))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["w2"], name="w2_const",
+                                                value=numpy_helper.from_array(w2, "w2")))
 
 
 def _pickle_bytes() -> bytes:
@@ -413,8 +416,10 @@ def data_cases() -> list[Case]:
         Case("npy-absurd-shape", d, _npz(_good_members(**{"x.npy": _npy_header((2**40, 4))})), "over the"),
         Case("npy-shape-beyond-data", d, _npz(_good_members(**{"x.npy": _npy_header((1000, 4), body=b"\0" * 64)})),
              "only 64 bytes follow"),
-        Case("npy-negative-shape", d, _npz(_good_members(**{"x.npy": _npy_header((-4, 4))})), "not a valid .npy header"),
-        Case("npy-bad-header", d, _npz(_good_members(**{"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': os.system}   \n"})),
+        Case("npy-negative-shape", d, _npz(_good_members(**{"x.npy": _npy_header((-4, 4))})),
+             "not a valid .npy header"),
+        Case("npy-bad-header", d,
+             _npz(_good_members(**{"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': os.system}   \n"})),
              "not a valid .npy header"),
         Case("npy-bad-magic-version", d, _npz(_good_members(**{"x.npy": b"\x93NUMPY\x09\x00" + b"\0" * 20})),
              "format version (9, 0) is not supported"),
@@ -471,7 +476,8 @@ def recipe_cases() -> list[Case]:
         Case("deep-flow-map", r, _recipe("{a: " * 200 + "1" + "}" * 200 + "\n"), "nested more than 50"),
         Case("deep-block", r, _recipe("".join(" " * i + f"k{i}:\n" for i in range(120)) + " " * 120 + "v\n"),
              "nested more than 50"),
-        Case("alias-chain-depth", r, _recipe("a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 80))),
+        Case("alias-chain-depth", r,
+             _recipe("a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 80))),
              "nest more than 50"),
         Case("python-tag", r, _recipe("!!python/object/apply:os.system ['echo pwned']\n"), "no YAML tags"),
         Case("python-name-tag", r, _recipe("models: !!python/name:os.system\n"), "no YAML tags"),

@@ -118,9 +118,8 @@ def no_sharing_model(pair: Pair):
     import onnx
     from onnx import compose
 
-    from onnx_zip.zipper.report import write_metadata
-
     from onnx_zip.model_io import convert_opset, default_opset
+    from onnx_zip.zipper.report import write_metadata
 
     ma, mb = onnx.load(str(model_path(pair.a))), onnx.load(str(model_path(pair.b)))
     opset = max(default_opset(ma), default_opset(mb))  # merge_models needs one opset (zoo: 17/18/20)
@@ -169,7 +168,8 @@ def run_cell(cell: Cell, *, calibration_limit: int | None = 4096, eval_limit: in
 
         hidden = len(prepare(models, None, names=list(TASKS), config=ZipConfig(pairing="l2")).hidden)
         steps = layer_steps(cell.budget, hidden)
-        result = zip_layerwise(models, calib, train, retrain_steps=steps, finetune_options=ft, pairing="mtz", **zip_opts)
+        result = zip_layerwise(models, calib, train, retrain_steps=steps, finetune_options=ft, pairing="mtz",
+                               **zip_opts)
         model = result.model
         record["layer_steps"] = steps
         record["layerwise"] = result.report.get("layerwise")

@@ -53,7 +53,8 @@ def pair_latency(pair_key: str, shares=(0.5, 0.75, 1.0), batches=(1, 64), rounds
     in_names = [s.get_inputs()[0].name for s in originals]
     merged = runtime.make_session(no_sharing_model(pair).SerializeToString(), threads=threads)
     out: dict[str, Any] = {"pair": pair.name, "threads": threads, "rounds": {str(k): v for k, v in rounds.items()},
-                           "zipped_with": f"mtz, conv_hessian=channel, calibration_limit={calibration_limit}", "cases": []}
+                           "zipped_with": f"mtz, conv_hessian=channel, calibration_limit={calibration_limit}",
+                           "cases": []}
     for share in shares:
         for separate in (False, True):
             zipped = zip_models(models, calib, names=list(TASKS), share=share, conv_hessian="channel",
@@ -62,7 +63,7 @@ def pair_latency(pair_key: str, shares=(0.5, 0.75, 1.0), batches=(1, 64), rounds
             z_inputs = [i.name for i in zs.get_inputs()]
             extracted = {}
             if not separate:
-                for t, m in zip(TASKS, models):
+                for t in TASKS:
                     extracted[t] = runtime.make_session(extract_task(zipped, t).SerializeToString(), threads=threads)
             for batch in batches:
                 x = np.ascontiguousarray(images[:batch])
@@ -83,6 +84,7 @@ def pair_latency(pair_key: str, shares=(0.5, 0.75, 1.0), batches=(1, 64), rounds
                 for t in extracted:
                     case[f"extracted_{t}_over_original"] = ms[f"extracted_{t}"] / ms[f"original_{t}"]
                 out["cases"].append(case)
-                print(f"  inference {pair.key} share {share} {'separate' if separate else 'shared'} inputs batch {batch}: "
+                inputs = "separate" if separate else "shared"
+                print(f"  inference {pair.key} share {share} {inputs} inputs batch {batch}: "
                       f"zipped/originals {case['zipped_over_originals']:.2f}", flush=True)
     return out

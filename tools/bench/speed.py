@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench.common import PAIR_BY_KEY, RssSampler, TASKS, data_path, load_split, maxrss_bytes, model_path, quiet_ort, rss_bytes
+from tools.bench.common import (
+    PAIR_BY_KEY,
+    TASKS,
+    RssSampler,
+    load_split,
+    maxrss_bytes,
+    model_path,
+    quiet_ort,
+    rss_bytes,
+)
 
 STAGES = ("validate", "calibrate", "plan", "rewrite", "save")
 
@@ -32,7 +41,9 @@ def forward_seconds(models: list[str], datas: list[np.ndarray], batch: int, thre
     return total
 
 
-def loop_extrapolation(layers: list[Any], reading_of: dict[str, str], budget_s: float = 0.5, seed: int = 0) -> dict[str, Any]:
+def loop_extrapolation(
+    layers: list[Any], reading_of: dict[str, str], budget_s: float = 0.5, seed: int = 0
+) -> dict[str, Any]:
     """The released code's per-pair Python loop (``bench_math.loop_costs``) timed on a slice of each
     hidden layer's pairs and extrapolated to all N_A·N_B pairs; Hessian side above 4,609 is timed at
     4,097 and scaled by (d/4097)² (the loop is one d×d mat-vec per pair and kernel position)."""
@@ -78,7 +89,8 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
     baseline = rss_bytes()
     with RssSampler(0.005) as sampler:
         t_start = time.perf_counter()
-        result = zip_models(models, [{"image": d} for d in datas], names=list(TASKS), threads=threads, batch_size=batch, **zip_options)
+        result = zip_models(models, [{"image": d} for d in datas], names=list(TASKS), threads=threads,
+                            batch_size=batch, **zip_options)
         t_end = time.perf_counter()
     timings = result.report["timings"]
     stages, t = {}, t_start
@@ -87,14 +99,16 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
         stages[stage] = {"seconds": dt, "peak_rss_mib": sampler.peak(t, t + dt + 0.01) / 2**20}
         t += dt
     hidden = [z for z in result.layers if not z.is_head]
-    loop = loop_extrapolation(hidden, {z.layers[0].node: str(getattr(z.reading, "value", z.reading)) for z in hidden if z.reading}, loop_budget)
+    readings = {z.layers[0].node: str(getattr(z.reading, "value", z.reading)) for z in hidden if z.reading}
+    loop = loop_extrapolation(hidden, readings, loop_budget)
     model_bytes = sum(os.path.getsize(m) for m in models)
     peak = sampler.peak()
     rec = {
         "label": label, "threads": threads, "batch_size": batch, "calibration_samples": [int(len(d)) for d in datas],
         "options": {k: v for k, v in zip_options.items()},
         "stages": stages, "total_seconds": t_end - t_start,
-        "forward_seconds": forward, "calibration_over_forward": float(timings["calibrate"]) / forward if forward else None,
+        "forward_seconds": forward,
+        "calibration_over_forward": float(timings["calibrate"]) / forward if forward else None,
         "cost_and_matching_seconds": float(timings["plan"]),
         "rss_baseline_mib": baseline / 2**20, "rss_peak_mib": peak / 2**20, "maxrss_mib": maxrss_bytes() / 2**20,
         "models_mib": model_bytes / 2**20, "peak_over_models": peak / model_bytes,
@@ -103,7 +117,8 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
         "per_pair_loop_seconds": loop["seconds"], "per_pair_loop_layers": loop["layers"],
         "loop_over_plan": loop["seconds"] / max(float(timings["plan"]), 1e-9),
         "hessian_layers": result.report.get("calibrated_layers", "all hidden layers"),
-        "layers": [{k: r.get(k) for k in ("layer", "kind", "conv_hessian", "neurons", "shared")} for r in result.report["layers"]],
+        "layers": [{k: r.get(k) for k in ("layer", "kind", "conv_hessian", "neurons", "shared")}
+                   for r in result.report["layers"]],
     }
     return rec
 
@@ -111,10 +126,12 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
 def zoo_speed(pair_key: str, reading: str | None, *, calibration_limit: int = 4096, batch: int = 256,
               threads: int | None = None, share: float = 1.0, loop_budget: float = 0.5) -> dict[str, Any]:
     pair = PAIR_BY_KEY[pair_key]
-    calib = [load_split(pair.a, "train", calibration_limit)["image"], load_split(pair.b, "train", calibration_limit)["image"]]
+    calib = [load_split(pair.a, "train", calibration_limit)["image"],
+             load_split(pair.b, "train", calibration_limit)["image"]]
     models = [str(model_path(pair.a)), str(model_path(pair.b))]
     rec = measure_zip(models, calib, label=f"{pair.key}/{reading or 'na'}", threads=threads, batch=batch,
-                      loop_budget=loop_budget, share=share, conv_hessian=reading or "auto", calibration_limit=calibration_limit)
+                      loop_budget=loop_budget, share=share, conv_hessian=reading or "auto",
+                      calibration_limit=calibration_limit)
     rec.update(pair=pair.name, pair_key=pair.key, reading=reading, share=share)
     return rec
 

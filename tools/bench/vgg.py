@@ -12,7 +12,6 @@ FC_PLAN = (4096, 4096, 1000)
 
 def build_vgg16(seed: int, *, size: int = 224, classes: int = 1000, width: float = 1.0):
     """VGG-16 (13 convs 3×3 + ReLU, 5 max-pools, Flatten, fc6/fc7 + ReLU, fc8) built with onnx.helper."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -23,15 +22,17 @@ def build_vgg16(seed: int, *, size: int = 224, classes: int = 1000, width: float
     for item in CONV_PLAN:
         if item == "M":
             out = f"pool{block}"
-            nodes.append(helper.make_node("MaxPool", [x], [out], name=f"/pool{block}/MaxPool", kernel_shape=[2, 2], strides=[2, 2]))
+            nodes.append(helper.make_node("MaxPool", [x], [out], name=f"/pool{block}/MaxPool", kernel_shape=[2, 2],
+                                          strides=[2, 2]))
             x, spatial, block, sub = out, spatial // 2, block + 1, 1
             continue
         n = max(1, int(item * width))
         name = f"conv{block}_{sub}"
         w = (rng.standard_normal((n, channels, 3, 3), dtype=np.float32) * np.float32(np.sqrt(2.0 / (channels * 9))))
-        inits += [numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array(np.zeros(n, np.float32), f"{name}.bias")]
-        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"], name=f"/{name}/Conv",
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        inits += [numpy_helper.from_array(w, f"{name}.weight"),
+                  numpy_helper.from_array(np.zeros(n, np.float32), f"{name}.bias")]
+        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"],
+                                      name=f"/{name}/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
         nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"/{name}/Relu"))
         x, channels, sub, conv_i = f"{name}_relu", n, sub + 1, conv_i + 1
     nodes.append(helper.make_node("Flatten", [x], ["flat"], name="/Flatten", axis=1))
@@ -40,9 +41,11 @@ def build_vgg16(seed: int, *, size: int = 224, classes: int = 1000, width: float
         units = classes if i == len(FC_PLAN) - 1 else max(1, int(units * width))
         name = f"fc{6 + i}"
         w = rng.standard_normal((units, features), dtype=np.float32) * np.float32(np.sqrt(2.0 / features))
-        inits += [numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array(np.zeros(units, np.float32), f"{name}.bias")]
+        inits += [numpy_helper.from_array(w, f"{name}.weight"),
+                  numpy_helper.from_array(np.zeros(units, np.float32), f"{name}.bias")]
         out = "logits" if i == len(FC_PLAN) - 1 else f"{name}_out"
-        nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [out], name=f"/{name}/Gemm", transB=1))
+        nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [out], name=f"/{name}/Gemm",
+                                      transB=1))
         if i < len(FC_PLAN) - 1:
             nodes.append(helper.make_node("Relu", [out], [f"{name}_relu"], name=f"/{name}/Relu"))
             out = f"{name}_relu"
