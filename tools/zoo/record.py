@@ -4,7 +4,8 @@ onnxruntime 1.19.2 from onnxruntime-training-cpu, onnx).
 
 For each manifest entry written by a train_*.py script: check IR <= 10 and opset <= 21, run the whole
 test split through onnxruntime, record the metric, the graph's input/output names and shapes, op counts,
-parameter count (float values of the non-scalar initializers and Constant nodes, Resize scales excluded), file size and sha256, and compare
+parameter count (float values of the non-scalar initializers and Constant nodes, Resize scales excluded),
+file size and sha256, and compare
 onnxruntime with the framework's own output on 64 test samples (.cache/zoo_ref/<name>.npz, when present).
 Also writes models/zoo/maps_test.npz (the test target maps of the map tasks, bit-packed).
 
@@ -148,7 +149,10 @@ def write_maps() -> None:
 
 
 def table(entries: list[dict]) -> str:
-    rows = ["| model | family | exporter | task | input → output | params | test metric |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | family | exporter | task | input → output | params | test metric |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in entries:
         m = e.get("metric", {})
         met = (f"IoU {m['iou']:.3f}, pixels {100 * m['pixel_agreement']:.2f}%" if "iou" in m

@@ -127,7 +127,10 @@ def run(name: str) -> None:
     zc.update_manifest(name, {
         "file": f"zoo/{name}.onnx", "family": "paddle-lcnet", "arch": ARCH_DOC,
         "framework": f"paddlepaddle {paddle.__version__}",
-        "exporter": f"paddle2onnx {paddle2onnx.__version__} (opset {OPSET}, optimize_tool={OPTIMIZE_TOOL}, from paddle.jit.save)",
+        "exporter": (
+            f"paddle2onnx {paddle2onnx.__version__} (opset {OPSET}, "
+            f"optimize_tool={OPTIMIZE_TOOL}, from paddle.jit.save)"
+        ),
         "task": spec["data"], "seed": spec["seed"], "data": zc.split_record(spec["data"]),
         "training": {"steps": spec["steps"], "batch": BATCH, "optimizer": "Adam, one-cycle LR",
                      "max_lr": spec["lr"], "loss": "cross-entropy",

@@ -4,7 +4,8 @@
 Families: MobileNetV3-style classifier (torchvision-style blocks), DBNet-style segmenter, YOLO/CSP block stack,
 CRNN (CNN + LSTM), plain digit CNNs at 28x28 and 16x16 (and one at 28x28 with a fixed batch of 1 in its graph
 input). Every model is exported with the legacy exporter (``dynamo=False``, opset 17), input ``image``
-(N, 1, H, W), output ``logits`` (N, classes) or ``prob`` (N, 1, 28, 28). Writes models/zoo/<name>.onnx, its manifest entry (training part) and a reference output
+(N, 1, H, W), output ``logits`` (N, classes) or ``prob`` (N, 1, 28, 28). Writes models/zoo/<name>.onnx, its manifest
+entry (training part) and a reference output
 (.cache/zoo_ref/<name>.npz) that tools/zoo/record.py compares with onnxruntime.
 
     python tools/zoo/train_torch.py                 # every torch model
