@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,41 @@ import onnx
 
 from onnx_zip import data as data_mod
 from onnx_zip import runtime
+from onnx_zip.config import DEFAULT_CALIBRATION_BATCH, READINGS, conv_readings
 from onnx_zip.errors import DataError, InputError, ModelError
 from onnx_zip.graph.layers import Layer
-from onnx_zip.mtz.hessian import ConvChannelHessian, ConvPatchHessian, DenseHessian, HessianAccumulator
+from onnx_zip.mtz.hessian import (
+    ConvChannelHessian,
+    ConvPatchHessian,
+    DenseHessian,
+    HessianAccumulator,
+)
 
 logger = logging.getLogger(__name__)
 
-READINGS = ("patch", "channel")
 DataSource = data_mod.Dataset | data_mod.DataReader | Mapping[str, np.ndarray] | str | os.PathLike
+
+
+def _dense(layer: Layer) -> HessianAccumulator:
+    return DenseHessian(layer.inputs, bias=layer.bias is not None, layer=layer.node)
+
+
+def _channel(layer: Layer) -> HessianAccumulator:
+    return ConvChannelHessian(layer.inputs, bias=layer.bias is not None, layer=layer.node)
+
+
+def _patch(layer: Layer) -> HessianAccumulator:
+    geometry = layer.conv
+    if geometry is None:
+        raise ModelError(f"layer {layer.node}: a conv layer without geometry")
+    return ConvPatchHessian(
+        geometry.kernel_shape, geometry.strides, geometry.pads, geometry.dilations,
+        channels=layer.inputs, bias=layer.bias is not None, layer=layer.node,
+    )
+
+
+#: The Hessian accumulator of each reading of :data:`onnx_zip.config.READINGS`.
+ACCUMULATORS: dict[str, Callable[[Layer], HessianAccumulator]] = {"dense": _dense, "patch": _patch, "channel": _channel}
 
 
 def accumulator_for(layer: Layer, reading: str = "patch") -> HessianAccumulator:
@@ -51,25 +78,15 @@ def accumulator_for(layer: Layer, reading: str = "patch") -> HessianAccumulator:
 
     Args:
         layer: A discovered layer.
-        reading: ``"patch"`` or ``"channel"`` for conv layers (ignored for dense ones).
+        reading: A convolution reading (``patch``, ``channel``) for conv layers; a dense layer is
+            always read ``dense``.
 
     Raises:
-        InputError: unknown reading.
+        InputError: unknown reading, or a dense reading asked of a conv layer.
     """
-    if reading not in READINGS:
-        raise InputError(f"layer {layer.node}: unknown conv reading {reading!r}", hint=f"use one of {READINGS}")
-    bias = layer.bias is not None
-    if layer.kind == "dense":
-        return DenseHessian(layer.inputs, bias=bias, layer=layer.node)
-    if reading == "channel":
-        return ConvChannelHessian(layer.inputs, bias=bias, layer=layer.node)
-    geometry = layer.conv
-    if geometry is None:
-        raise ModelError(f"layer {layer.node}: a conv layer without geometry")
-    return ConvPatchHessian(
-        geometry.kernel_shape, geometry.strides, geometry.pads, geometry.dilations,
-        channels=layer.inputs, bias=bias, layer=layer.node,
-    )
+    if reading not in READINGS or (layer.kind == "conv" and READINGS.get(reading).layer_kind != "conv"):
+        raise InputError(f"layer {layer.node}: unknown conv reading {reading!r}", hint=f"use one of {conv_readings()}")
+    return ACCUMULATORS["dense" if layer.kind == "dense" else reading](layer)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -82,8 +99,40 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+BATCH_DIM = "batch"
+
+
+def relax_batch(model: onnx.ModelProto) -> bool:
+    """Make a batch dimension fixed to 1 symbolic, in place (for the instrumented copy only).
+
+    An exported model whose graph input is declared ``(1, C, H, W)`` cannot run a calibration batch
+    of many samples. When a real input's first dimension is 1, the first dimension of every input,
+    output and recorded intermediate shape that is 1 becomes :data:`BATCH_DIM`. (A Reshape whose
+    target shape spells out the batch of 1 still fails; such a model calibrates with batch size 1.)
+
+    Returns:
+        Whether anything changed.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+
+    def first_is_one(value: onnx.ValueInfoProto) -> bool:
+        shape = value.type.tensor_type.shape
+        return value.type.tensor_type.HasField("shape") and len(shape.dim) > 0 and shape.dim[0].dim_value == 1
+
+    if not any(first_is_one(v) for v in inputs):
+        return False
+    for value in [*inputs, *model.graph.output, *model.graph.value_info]:
+        if first_is_one(value):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_param = BATCH_DIM
+    return True
+
+
 def instrument(model: onnx.ModelProto, tensors: list[str], *, label: str = "model") -> onnx.ModelProto:
-    """A copy of ``model`` with ``tensors`` added as graph outputs (element type from shape inference).
+    """A copy of ``model`` with ``tensors`` added as graph outputs (element type from shape inference),
+    and a batch dimension fixed to 1 made symbolic (:func:`relax_batch`).
 
     Args:
         model: A canonical, shape-inferred model.
@@ -108,6 +157,8 @@ def instrument(model: onnx.ModelProto, tensors: list[str], *, label: str = "mode
             raise ModelError(f"{label}: tensor {name!r} has no known element type after shape inference")
         out.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
         existing.add(name)
+    if relax_batch(out):
+        logger.info("%s: its batch dimension is fixed to 1; calibrating a copy with a symbolic batch", label)
     return out
 
 
@@ -173,7 +224,7 @@ def calibrate(
     *,
     reading: str | Mapping[str, str] = "patch",
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_CALIBRATION_BATCH,
     threads: int | None = None,
     progress: bool = True,
     label: str = "model",
@@ -223,7 +274,7 @@ def calibrate(
     for layer in layers:
         by_tensor.setdefault(layer.input, []).append(layer)
 
-    from tqdm.auto import tqdm  # noqa: PLC0415 - only needed here
+    from tqdm.auto import tqdm  # noqa: PLC0415
 
     show = progress and sys.stderr.isatty()
     batches = _Limited(reader, specs, limit, source)

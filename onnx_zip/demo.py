@@ -29,6 +29,7 @@ import numpy as np
 
 import onnx_zip
 from onnx_zip import runtime
+from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig
 from onnx_zip.data import load_dataset
 from onnx_zip.errors import InputError
 from onnx_zip.evaluate import evaluate_dataset
@@ -123,6 +124,28 @@ def _latency(sessions: list[tuple[Any, str]], zipped: tuple[Any, str], batch: np
     return {"originals": 1000 * statistics.median(originals), "zipped": 1000 * statistics.median(joint)}
 
 
+def _latencies(
+    originals: list[Any], zipped: Any, test: list[Any], runs: int, threads: int
+) -> dict[int, dict[str, float]]:
+    """Median latency of the originals in turn and of the zipped model, at each of :data:`BATCHES`."""
+    sessions = [(runtime.make_session(m, threads=threads), m.graph.input[0].name) for m in originals]
+    joint = (runtime.make_session(zipped, threads=threads), zipped.graph.input[0].name)
+    images = np.concatenate([d.inputs[next(iter(d.inputs))] for d in test])
+    return {b: _latency(sessions, joint, np.ascontiguousarray(images[:b]), runs) for b in BATCHES}
+
+
+def _record_accuracy(accuracy: dict[str, dict[str, float]], stage: str, values: dict[str, float]) -> None:
+    for task, value in values.items():
+        accuracy[task][stage] = value
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"demo: output {out} is a file, not a folder")
+    if not out.exists() and not out.parent.is_dir():
+        raise InputError(f"demo: cannot create {out}: its folder {out.parent} does not exist", hint="create it first")
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     *,
@@ -144,23 +167,20 @@ def run_demo(
         InputError: the models or data are not found, a setting is out of range, ``out_dir`` cannot
             be created.
     """
-    if not 0.0 <= share <= 1.0:
-        raise InputError(f"demo: share must be a fraction in [0, 1], got {share}")
-    for name, value in (("steps", steps), ("calibration limit", calibration_limit), ("eval limit", eval_limit),
-                        ("latency runs", latency_runs)):
+    zip_config = ZipConfig(share=share)  # the settings' own checks (share within [0, 1], ...)
+    calib_config = CalibrationConfig(limit=calibration_limit, threads=threads)
+    tune_config = FinetuneConfig(steps=steps, threads=threads)
+    for name, value in (("eval limit", eval_limit), ("latency runs", latency_runs)):
         if value < 1:
             raise InputError(f"demo: {name} must be positive, got {value}")
     files = find_files(models_dir)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"demo: output {out} is a file, not a folder")
-    if not out.exists() and not out.parent.is_dir():
-        raise InputError(f"demo: cannot create {out}: its folder {out.parent} does not exist", hint="create it first")
+    _check_out(out)
     runtime.training_modules()  # fail fast without the training runtime
 
-    from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415 - needs the training runtime
+    from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415
+    from onnx_zip.pipeline.workflows import zip_models  # noqa: PLC0415
     from onnx_zip.reporting import write_summary  # noqa: PLC0415
-    from onnx_zip.zipper.api import zip_models  # noqa: PLC0415
     from onnx_zip.zipper.report import parameter_count  # noqa: PLC0415
 
     seconds: dict[str, float] = {}
@@ -176,32 +196,27 @@ def run_demo(
     start = time.perf_counter()
     zipped_path, tuned_path, report_path = out / "zipped.onnx", out / "zipped_finetuned.onnx", out / "report.json"
     result = zip_models(
-        [files[t]["model"] for t in tasks], [train[t] for t in tasks], zipped_path, names=tasks, share=share,
-        calibration_limit=calibration_limit, threads=threads, progress=progress,
+        [files[t]["model"] for t in tasks], [train[t] for t in tasks], zipped_path, names=tasks, config=zip_config,
+        calibration_config=calib_config, progress=progress,
     )
     seconds["zip"] = time.perf_counter() - start
-    for t, value in evaluate_tasks(result.model, test, threads=threads).items():
-        accuracy[t]["zipped"] = value
+    _record_accuracy(accuracy, "zipped", evaluate_tasks(result.model, test, threads=threads))
 
     start = time.perf_counter()
-    tuned = finetune(result.model, train, steps=steps, threads=threads, progress=progress, output=tuned_path)
+    tuned = finetune(result.model, train, tune_config, progress=progress, output=tuned_path)
     seconds["finetune"] = time.perf_counter() - start
-    for t, value in evaluate_tasks(tuned.model, test, threads=threads).items():
-        accuracy[t]["finetuned"] = value
+    _record_accuracy(accuracy, "finetuned", evaluate_tasks(tuned.model, test, threads=threads))
 
     start = time.perf_counter()
     rt_threads = threads if threads is not None else 1
-    sessions = [(runtime.make_session(originals[t], threads=rt_threads), originals[t].graph.input[0].name) for t in tasks]
-    joint = (runtime.make_session(tuned.model, threads=rt_threads), tuned.model.graph.input[0].name)
-    images = np.concatenate([test[t].inputs[next(iter(test[t].inputs))] for t in tasks])
-    latency = {b: _latency(sessions, joint, np.ascontiguousarray(images[:b]), latency_runs) for b in BATCHES}
+    latency = _latencies([originals[t] for t in tasks], tuned.model, [test[t] for t in tasks], latency_runs, rt_threads)
     seconds["latency"] = time.perf_counter() - start
 
     params = {"original": sum(parameter_count(originals[t]) for t in tasks), "zipped": parameter_count(tuned.model)}
     sizes = {"original": sum(files[t]["model"].stat().st_size for t in tasks), "zipped": tuned_path.stat().st_size}
+    models = {t: files[t]["model"].name for t in tasks}
     settings = {"share": share, "steps": steps, "calibration_limit": calibration_limit, "eval_limit": eval_limit,
-                "latency_runs": latency_runs, "threads": threads, "latency_threads": rt_threads,
-                "models": {t: files[t]["model"].name for t in tasks}}
+                "latency_runs": latency_runs, "threads": threads, "latency_threads": rt_threads, "models": models}
     report = {**result.report, "evaluation": accuracy, "finetune": {**tuned.record, "seconds": tuned.seconds}}
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
     summary = write_summary(report, out / "summary.md", title="onnx-zip demo: LeNet-5 MNIST + LeNet-5 Fashion-MNIST")
@@ -215,7 +230,7 @@ def run_demo(
 
 def format_table(demo: DemoResult) -> str:
     """The demo's one table: accuracy per task, parameters, file size, latency."""
-    rows = [("", "original", "zipped", "zipped + fine-tuned")]
+    rows: list[tuple[str, ...]] = [("", "original", "zipped", "zipped + fine-tuned")]
     for t in demo.tasks:
         acc = demo.accuracy[t]
         rows.append((f"{t} accuracy", *(f"{100 * acc[k]:.2f}%" for k in ("original", "zipped", "finetuned"))))

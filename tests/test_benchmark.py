@@ -17,6 +17,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_quick_benchmark(tmp_path: Path) -> None:
     from onnx_zip import runtime
 

@@ -208,6 +208,7 @@ def _peak(model, layers, arrays, limit) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_samples(zoo_or_none) -> None:
     model, arrays = zoo_or_none
     chain = discover_layers(model, label="m")

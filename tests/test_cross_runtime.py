@@ -37,6 +37,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(not OTHER, reason="set ONNX_ZIP_OTHER_PYTHON to a Python with the other onnxruntime (.ci/run does)")
+@pytest.mark.slow
 def test_written_models_run_in_the_other_runtime(tmp_path: Path):
     a, b = builders.cnn(seed=1), builders.cnn(seed=2)
     calib = [builders.random_inputs(a, 64, seed=1), builders.random_inputs(b, 64, seed=2)]

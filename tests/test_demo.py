@@ -4,21 +4,18 @@ models folder exits 2 with a hint to pass --models and writes nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 
 PAIR_FILES = ["lenet5_mnist_s0.onnx", "lenet5_fashion.onnx"]
 
 
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+cli = run_cli
 
 
+@pytest.mark.slow
 def test_demo_with_defaults_prints_the_table(tmp_path):
     assert all((REPO_ROOT / "models" / f).is_file() for f in PAIR_FILES), "the bundled LeNet-5 models are missing"
     result = cli("demo", cwd=tmp_path)
@@ -52,5 +49,5 @@ def test_demo_without_models_exits_2_with_a_hint(tmp_path):
 
 def test_demo_bad_setting_exits_2(tmp_path):
     result = cli("demo", "--share", "2", "--out", tmp_path / "out")
-    assert result.returncode == 2 and "share must be a fraction" in result.stderr
+    assert result.returncode == 2 and "zip.share is 2.0, must be within [0, 1]" in result.stderr
     assert not (tmp_path / "out").exists()

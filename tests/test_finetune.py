@@ -5,8 +5,6 @@ losses (ce/bce/mse), freezing and the no-gradient preflight, determinism, bad in
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import builders
-from conftest import zoo_model
+from conftest import CliResult, run_cli, zoo_model
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.finetune import evaluate_tasks, finetune
@@ -261,7 +259,7 @@ def test_preflight_freezes_or_refuses_ops_without_gradient(caplog):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": 0}, "finetune.steps is 0, must be ≥ 1"),
         ({"train": {"a": None, "c": None}}, "unknown task 'c'"),
         ({"train": {"a": None}}, "no training data for task 'b'"),
         ({"losses": {"a": "hinge"}}, "loss 'hinge'"),
@@ -287,8 +285,8 @@ def test_bad_input_is_refused_before_training(kwargs, message):
 # ----------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", "finetune", *args], capture_output=True, text=True, timeout=120)
+def _cli(*args: str) -> CliResult:
+    return run_cli("finetune", *args)
 
 
 @pytest.fixture()
@@ -324,7 +322,7 @@ def test_cli_trains_and_writes(cli_files):
         ("range", "labels range over [0, 8] but output 'a/y' has 3 classes"),
         ("unknown", "unknown task 'c'"),
         ("bce", "the bce loss of output 'a/y' needs float targets"),
-        ("zero", "--steps must be at least 1"),
+        ("zero", "--steps (finetune.steps) is 0, must be ≥ 1"),
     ],
 )
 def test_cli_bad_input_exits_2_without_output(cli_files, case, message):
@@ -344,6 +342,7 @@ def test_cli_bad_input_exits_2_without_output(cli_files, case, message):
 # ----------------------------------------------------------------- zoo
 
 
+@pytest.mark.slow
 def test_zoo_lenet300_pair_recovers_with_100_steps(zoo):
     from onnx_zip.zipper.api import zip_models
 

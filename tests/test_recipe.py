@@ -5,8 +5,6 @@ recipes validate; bad recipes exit 2 with one error line and write nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import onnx
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, zoo_model
+from conftest import REPO_ROOT, assert_one_error_line, run_cli, zoo_model
 from onnx_zip.errors import InputError
 from onnx_zip.recipes import load_recipe, normalize, prepare_run
 from onnx_zip.zipper.report import read_metadata
@@ -22,18 +20,7 @@ from onnx_zip.zipper.report import read_metadata
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 
 
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("onnx-zip: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0]
+cli = run_cli
 
 
 def small_recipe(zoo, folder: Path, **changes) -> dict:
@@ -71,7 +58,7 @@ def test_misspelled_key_fails_fast_with_a_suggestion_before_any_model_work(zoo, 
         raise AssertionError("a model was loaded before the recipe's keys were checked")
 
     monkeypatch.setattr("onnx_zip.model_io.load_model", no_model_work)
-    monkeypatch.setattr("onnx_zip.zipper.api.load_model", no_model_work)
+    monkeypatch.setattr("onnx_zip.pipeline.job.load_model", no_model_work)
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"zip\.shrae: unknown key \(did you mean 'share'\?\)"):
         prepare_run(load_recipe(path))
@@ -85,7 +72,7 @@ def test_misspelled_key_fails_fast_with_a_suggestion_before_any_model_work(zoo, 
     ("change", "needles"),
     [
         ({"modles": []}, ["modles: unknown key", "did you mean 'models'?"]),
-        ({"zip": {"share": 1.5}}, ["zip.share is 1.5", "≤ 1"]),
+        ({"zip": {"share": 1.5}}, ["zip.share is 1.5", "within [0, 1]"]),
         ({"zip": {"share": 0.5, "max_cost": 0.1}}, ["share and max_cost"]),
         ({"finetune": {"steps": "many"}}, ["finetune.steps is 'many'", "whole number"]),
         ({"finetune": {"stpes": 3}}, ["finetune.stpes", "did you mean 'steps'?"]),
@@ -117,6 +104,7 @@ def test_missing_file_and_bad_data_exit_2_and_write_nothing(zoo, tmp_path):
     assert_one_error_line(cli("run", tmp_path / "absent.yaml"), "file not found")
 
 
+@pytest.mark.slow
 def test_recipe_runs_twice_to_the_same_bytes_and_is_stored(zoo, tmp_path):
     path = write(tmp_path, small_recipe(zoo, tmp_path))
     first = cli("run", path, cwd=tmp_path)
@@ -133,7 +121,9 @@ def test_recipe_runs_twice_to_the_same_bytes_and_is_stored(zoo, tmp_path):
     assert set(report["evaluation"]["s0"]) == {"original", "zipped", "finetuned"}
     assert report["finetune"]["steps"] == 2
     assert "| layer1_dense |" in (out / "zipped.md").read_text()
-    inspected = json.loads(cli("inspect", out / "zipped.onnx", "--json").stdout)
+    done = cli("inspect", out / "zipped.onnx", "--json")
+    assert done.returncode == 0, done.stderr
+    inspected = json.loads(done.stdout)
     assert inspected["provenance"]["recipe"]["finetune"]["steps"] == 2
 
 
@@ -154,3 +144,25 @@ def test_run_check_only_validates(zoo, tmp_path):
     result = cli("run", path, "--check")
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_a_run_prepares_each_model_once_and_reads_each_data_file_once(zoo, tmp_path, monkeypatch):
+    import onnx_zip.pipeline.job as job_module
+    import onnx_zip.recipes.run as run_module
+
+    calls = {"prepare": 0, "data": 0}
+    real_prepare, real_job_load, real_run_load = job_module.prepare_model, job_module.load_dataset, run_module.load_dataset
+
+    def counting(real, key):
+        def wrapped(*args, **kwargs):
+            calls[key] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(job_module, "prepare_model", counting(real_prepare, "prepare"))
+    monkeypatch.setattr(job_module, "load_dataset", counting(real_job_load, "data"))
+    monkeypatch.setattr(run_module, "load_dataset", counting(real_run_load, "data"))
+    plan = prepare_run(load_recipe(write(tmp_path, small_recipe(zoo, tmp_path))))
+    # calibration (also the training data, with labels: not read again) and evaluation, per model
+    assert calls == {"prepare": 2, "data": 4}
+    assert plan.finetune is not None and plan.finetune.steps == 2 and plan.job.calibration_config.limit == 256

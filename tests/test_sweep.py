@@ -4,12 +4,10 @@ with the accuracy-vs-sharing curve; bad levels or data exit 2 and leave nothing 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,8 +20,7 @@ def plots_available() -> bool:
     return True
 
 
-def cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True, timeout=300)
+cli = run_cli
 
 
 def base_args(zoo) -> list[str]:
@@ -32,6 +29,7 @@ def base_args(zoo) -> list[str]:
             "--eval", f"s0={a['data']['test']}", "--eval", f"s1={b['data']['test']}", "--calib-limit", "256", "--eval-limit", "200"]
 
 
+@pytest.mark.slow
 def test_sweep_table_report_and_curve(zoo, tmp_path):
     out = tmp_path / "sweep"
     result = cli(*base_args(zoo), "--shares", "0,0.5,1", "--out", out)
@@ -57,9 +55,9 @@ def test_sweep_table_report_and_curve(zoo, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--shares", "0,1.5"], "1.5 is not a fraction"),
+        (["--shares", "0,1.5"], "zip.share is 1.5, must be within [0, 1]"),
         (["--shares", "a,b"], "expected comma-separated fractions"),
-        (["--finetune-steps", "3"], "--finetune-steps needs --train"),
+        (["--finetune-steps", "3"], "--steps needs --train"),
     ],
 )
 def test_sweep_bad_input_exits_2_without_outputs(zoo, tmp_path, extra, needle):

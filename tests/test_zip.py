@@ -4,8 +4,6 @@ numpy transcription of the method, parameter accounting, extraction, determinism
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +12,10 @@ import pytest
 from onnx import numpy_helper
 
 import builders
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, ModelError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count
 
@@ -74,6 +72,7 @@ def permuted_mlp(model: onnx.ModelProto, seed: int = 7) -> tuple[onnx.ModelProto
 
 
 @pytest.mark.parametrize("pair", [("lenet300_mnist_s0", "lenet300_mnist_s1"), ("lenet5_mnist_s0", "lenet5_fashion")])
+@pytest.mark.slow
 def test_share_zero_reproduces_every_original_output(zoo, pair, tmp_path):
     entries = [zoo_model(zoo, name) for name in pair]
     result = zip_models(
@@ -91,6 +90,7 @@ def test_share_zero_reproduces_every_original_output(zoo, pair, tmp_path):
     assert all(layer["shared"] == 0 for layer in result.report["layers"])
 
 
+@pytest.mark.slow
 def test_zoo_pair_file_shrinks_with_the_saved_weights(zoo, tmp_path):
     entries = [zoo_model(zoo, name) for name in ("lenet300_mnist_s0", "lenet300_mnist_s1")]
     result = zip_models(
@@ -323,14 +323,13 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert not out.exists()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, timeout=600)
+_cli = run_cli
 
 
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("share", "within [0, 1]"),
+        ("share", "--share (zip.share) is 1.5, must be within [0, 1]"),
         ("names", "3 task names for 2 models"),
         ("unaligned", "do not align"),
         ("unwritable", "does not exist"),
@@ -386,13 +385,14 @@ def test_cli_zip_then_extract(tmp_path):
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_task_views_compute_what_the_zipped_model_computes(share):
-    from onnx_zip.zipper.api import prepare_job
+    from onnx_zip.config import ZipConfig
+    from onnx_zip.pipeline import prepare
     from onnx_zip.zipper.views import task_views
 
     a, b = builders.cnn(seed=1), builders.cnn(seed=2)
     calib = [builders.random_inputs(a, 100, seed=1), builders.random_inputs(b, 100, seed=2)]
     result = zip_models([a, b], calib, share=share)
-    job = prepare_job([a, b], calib, share=share)
+    job = prepare([a, b], calib, config=ZipConfig(share=share))
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     x = builders.random_inputs(a, 8, seed=3)
     zipped = run_model(result.model, x)

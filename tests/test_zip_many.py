@@ -5,17 +5,15 @@ exactly, an independent numpy transcription, smaller models, the CLI and fine-tu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import builders
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 from onnx_zip.errors import InputError
 from onnx_zip.finetune import finetune
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count
 from test_zip import augment, initializers, literal_greedy, permuted_cnn, permuted_mlp, run_model, with_initializers
@@ -23,6 +21,7 @@ from test_zip import augment, initializers, literal_greedy, permuted_cnn, permut
 # ----------------------------------------------------------------- exactness at 0% sharing
 
 
+@pytest.mark.slow
 def test_three_zoo_models_at_share_zero_reproduce_every_output(zoo, tmp_path):
     names = ("lenet5_mnist_s0", "lenet5_fashion", "lenet5_fashion_super4")
     entries = [zoo_model(zoo, name) for name in names]
@@ -238,8 +237,7 @@ def test_correlation_pairing_refuses_more_than_two_models():
 # ----------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, timeout=300)
+_cli = run_cli
 
 
 def test_cli_zips_three_models_and_refuses_a_missing_calibration_set(tmp_path):

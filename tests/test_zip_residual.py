@@ -14,7 +14,7 @@ from conftest import zoo_model
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.model_io import load_model
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 from onnx_zip.zipper.report import parameter_count, read_metadata
 from test_zip import run_model
@@ -77,6 +77,7 @@ def test_zoo_resnets_at_share_zero_reproduce_every_output(zoo, tmp_path):
         assert np.abs(zipped[outputs.index(f"{task}/{entry['output']}")] - reference).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_zoo_resnets_half_shared_keep_the_groups_consistent_and_extract(zoo):
     entries = [zoo_model(zoo, name) for name in ("resnet_mnist", "resnet_fashion")]
     result = zip_models(
@@ -121,7 +122,7 @@ def test_channel_concat_and_the_layerwise_loop_are_refused_with_the_nodes_named(
     onnx.checker.check_model(model)
     with pytest.raises(ModelError, match="add concatenate"):
         zip_models([model, model], None, pairing="l2")
-    from onnx_zip.zipper.layerwise import zip_layerwise
+    from onnx_zip.pipeline.layerwise import zip_layerwise
 
     a = builders.residual(seed=1)
     calib = builders.random_inputs(a, 20)

@@ -13,8 +13,13 @@ NEEDS_RUNTIME = False
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", help="the JSON report (zip --report, run, sweep)")
-    parser.add_argument("-o", "--output", required=True, metavar="SUMMARY.md",
-                        help="the Markdown file to write; plots go next to it as <stem>_<plot>.png")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="SUMMARY.md",
+        help="the Markdown file to write; plots go next to it as <stem>_<plot>.png",
+    )
     parser.add_argument("--title", help="heading of the summary (default from the task names)")
     parser.add_argument("--no-plots", action="store_true", help="tables only, even with matplotlib installed")
 

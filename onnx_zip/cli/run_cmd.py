@@ -14,8 +14,9 @@ HELP = "run a YAML recipe (models, data, sharing, retraining, outputs), validate
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="the recipe .yaml (see recipes/ for examples)")
-    parser.add_argument("--check", action="store_true",
-                        help="only validate (recipe, files, models, alignment, data shapes) and exit")
+    parser.add_argument(
+        "--check", action="store_true", help="only validate (recipe, files, models, alignment, data shapes) and exit"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -29,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
     plan = prepare_run(recipe, progress=progress)
     if args.check:
         stages = ["zip"] + [s for s in ("retrain", "finetune") if recipe.data[s]]
-        print(f"{args.recipe}: valid ({' + '.join(recipe.tasks)}; {', '.join(stages)}; "
-              f"{len(plan.job.hidden)} hidden layers)")
+        print(
+            f"{args.recipe}: valid ({' + '.join(recipe.tasks)}; {', '.join(stages)}; "
+            f"{len(plan.job.hidden)} hidden layers)"
+        )
         return 0
     result = execute(plan)
     report = result.report
@@ -39,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if evaluation:
         print(f"{'task':<16}{'original':>10}{'zipped':>10}{'fine-tuned':>12}")
         for task, values in evaluation.items():
-            print(f"{task:<16}{_percent(values.get('original')):>10}{_percent(values.get('zipped')):>10}"
-                  f"{_percent(values.get('finetuned')):>12}")
+            print(
+                f"{task:<16}{_percent(values.get('original')):>10}{_percent(values.get('zipped')):>10}"
+                f"{_percent(values.get('finetuned')):>12}"
+            )
     print("wrote " + ", ".join(map(str, result.outputs)) + f" in {result.seconds:.1f} s")
     return 0

@@ -16,6 +16,7 @@ import onnx
 
 from onnx_zip import runtime
 from onnx_zip.calibrate import instrument
+from onnx_zip.config import DEFAULT_CALIBRATION_BATCH
 from onnx_zip.data import Dataset, batch_slices
 from onnx_zip.graph.layers import Layer
 
@@ -28,12 +29,13 @@ class CrossCorrelation:
 
     def __init__(self) -> None:
         self.n = 0
-        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+        empty = np.zeros(0)
+        self.sa, self.sb, self.saa, self.sbb, self.sab = empty, empty, empty, empty, np.zeros((0, 0))
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
-        if self.sa is None:
+        if self.n == 0:
             self.sa, self.sb = np.zeros(a.shape[1]), np.zeros(b.shape[1])
             self.saa, self.sbb = np.zeros(a.shape[1]), np.zeros(b.shape[1])
             self.sab = np.zeros((a.shape[1], b.shape[1]))
@@ -69,7 +71,7 @@ def correlation_costs(
     data: Sequence[Dataset],
     *,
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_CALIBRATION_BATCH,
     threads: int | None = None,
 ) -> list[np.ndarray]:
     """``1 − corr`` between the neurons of two models, for each aligned hidden layer.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx_zip._version import __version__
+from onnx_zip import __version__
 from onnx_zip.graph.layers import LayerChain
 from onnx_zip.zipper.plan import LayerZip
 
