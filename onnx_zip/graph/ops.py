@@ -368,19 +368,19 @@ def classify_depthwise(ctx: PathContext) -> PathStep | None:
 
 
 def _resize_keeps_channels(ctx: PathContext) -> bool:
-    """Resize/Upsample with constant scales of 1 on N and C (or constant sizes keeping N and C)."""
+    """Resize with constant scales of 1 on N and C (or constant sizes keeping N and C); the opset
+    conversion of canonicalisation turns the older Upsample into a Resize."""
     node, shape = ctx.node, shape_of(ctx.tensor)
     if "axes" in node.attrs or shape is None or len(shape) < 3:
         return False
     named = [t for t in node.inputs[1:] if t.name]
     if not all(is_constant(t) for t in named):
         return False
-    scales_at = 1 if node.op == "Upsample" else 2
-    scales = node.inputs[scales_at] if len(node.inputs) > scales_at else None
+    scales = node.inputs[2] if len(node.inputs) > 2 else None
     if scales is not None and scales.name and constant_values(scales).size:
         values = constant_values(scales)
         return values.size == len(shape) and bool(np.all(values[:2] == 1))
-    sizes = node.inputs[3] if node.op == "Resize" and len(node.inputs) > 3 else None
+    sizes = node.inputs[3] if len(node.inputs) > 3 else None
     if sizes is None or not sizes.name:
         return False
     values = constant_values(sizes)
@@ -388,7 +388,7 @@ def _resize_keeps_channels(ctx: PathContext) -> bool:
 
 
 def classify_resize(ctx: PathContext) -> PathStep | None:
-    """Resize/Upsample of the spatial axes only: per channel."""
+    """Resize of the spatial axes only: per channel."""
     return _step(ctx, "spatial") if _unary(ctx) and _resize_keeps_channels(ctx) else None
 
 
@@ -475,9 +475,9 @@ def rebuild_depthwise(block: BlockStep) -> gs.Variable:
 
 
 def rebuild_resize(block: BlockStep) -> gs.Variable:
-    """Resize/Upsample on the block; a constant ``sizes`` gets the block's width on the channel axis."""
+    """Resize on the block; a constant ``sizes`` gets the block's width on the channel axis."""
     node = block.node
-    sizes = node.inputs[3] if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name else None
+    sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
     if sizes is None:
         return rebuild_copy(block)
     emit = block.emit
@@ -523,7 +523,7 @@ _register_all(
     + [OpRule(op, ("channel_norm",), classify_channel_norm, rebuild_copy) for op in ("Softmax", "LogSoftmax", "LpNormalization")]
     + [OpRule("LayerNormalization", ("channel_norm",), classify_layer_norm, rebuild_copy)]
     + [OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)]
-    + [OpRule(op, ("spatial",), classify_resize, rebuild_resize) for op in ("Resize", "Upsample")]
+    + [OpRule("Resize", ("spatial",), classify_resize, rebuild_resize)]
 )
 
 
