@@ -9,6 +9,7 @@ graph).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,13 +51,23 @@ class Blocker:
         return ModelError(f"{self.model}: node {self.node!r} ({self.op}): {self.why}", hint=self.fix)
 
 
+_TASK_LABEL = re.compile(r"^model \S+ \((.*)\)$")
+
+
+def _model_key(label: str) -> str:
+    """The file in a pipeline label ``model <task> (<file>)`` (task names follow the model order,
+    files do not); any other label as it is."""
+    match = _TASK_LABEL.match(label)
+    return match.group(1) if match else label
+
+
 def sorted_blockers(blockers: Iterable[Blocker]) -> list[Blocker]:
     """One blocker per node (the first given: a path's own reason before the generic one), ordered
     by model label, graph position and node name (independent of the order of the models)."""
     unique: dict[tuple[str, str], Blocker] = {}
     for b in blockers:
         unique.setdefault((b.model, b.node), b)
-    return sorted(unique.values(), key=lambda b: (b.model, b.position, b.node, b.why))
+    return sorted(unique.values(), key=lambda b: (_model_key(b.model), b.position, b.node, b.why))
 
 
 def format_blockers(blockers: Sequence[Blocker]) -> str:
