@@ -20,8 +20,8 @@ import onnx
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.coverage import coverage
-from onnx_zip.graph.partial import discover_partial
 from onnx_zip.graph.lookup import import_graph, input_names, output_names
+from onnx_zip.graph.partial import discover_partial
 from onnx_zip.model_io import load_model, sha256_file
 from onnx_zip.zipper.report import parameter_count, read_metadata
 

@@ -35,7 +35,8 @@ def with_op_after(model: onnx.ModelProto, tensor: str, op: str = "Sin") -> onnx.
     position = next(i for i, n in enumerate(out.graph.node) if f"{tensor}_pre" in n.output) + 1
     nodes = list(out.graph.node)
     del out.graph.node[:]
-    out.graph.node.extend([*nodes[:position], helper.make_node(op, [f"{tensor}_pre"], [tensor], name="odd"), *nodes[position:]])
+    inserted = helper.make_node(op, [f"{tensor}_pre"], [tensor], name="odd")
+    out.graph.node.extend([*nodes[:position], inserted, *nodes[position:]])
     onnx.checker.check_model(out)
     return out
 

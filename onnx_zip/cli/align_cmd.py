@@ -28,10 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes separate")
     parser.add_argument("--json", action="store_true", help="print the alignment as JSON (zip --map FILE accepts it)")
-    parser.add_argument("--until", metavar="NODE", help="zip at most up to this hidden layer; the rest stays task-specific")
+    parser.add_argument(
+        "--until", metavar="NODE", help="zip at most up to this hidden layer; the rest stays task-specific"
+    )
 
 
-def load_coverage(path: str, *, fold_batchnorm: bool = True, until: str | None = None) -> tuple[LayerChain | None, Coverage]:
+def load_coverage(
+    path: str, *, fold_batchnorm: bool = True, until: str | None = None
+) -> tuple[LayerChain | None, Coverage]:
     """Load, canonicalise and discover one model, labelled by its path: the chain to zip (cut after
     its last supported layer; None when nothing is zippable) and its coverage."""
     canonical = canonicalize(model_io.load_model(path), fold_batchnorm=fold_batchnorm, label=path)
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     problems = [] if len(args.models) >= 2 else [f"align needs at least two models, got {len(args.models)}"]
     raise_all(problems + model_problems(args.models))
     mapping = read_mapping(args.map) if args.map else None
-    loaded = [load_coverage(path, fold_batchnorm=not args.no_fold_batchnorm, until=args.until) for path in args.models]
+    fold = not args.no_fold_batchnorm
+    loaded = [load_coverage(path, fold_batchnorm=fold, until=args.until) for path in args.models]
     covers = [cover for _, cover in loaded]
     if any(chain is None for chain, _ in loaded):
         raise nothing_zippable([b for c in covers for b in c.blockers], [c.model for c in covers])

@@ -129,8 +129,8 @@ def _flatten_problem(row: Sequence[Layer | None]) -> str | None:
     layers = [layer for layer in row if layer is not None]
     if layers[0].kind != "dense" or all(layer.source_features <= 1 for layer in layers):
         return None
-    if len({layer.inputs for layer in layers}) == 1:
-        return None
+    if len({layer.source_features for layer in layers}) == 1:
+        return None  # other channel counts are zipped as usual (N_A with N_B neurons)
     counts = " vs ".join(
         f"{layer.inputs} ({layer.inputs // max(layer.source_features, 1)} channels x {layer.source_features} positions)"
         for layer in layers

@@ -484,10 +484,11 @@ def rebuild_resize(block: BlockStep) -> gs.Variable:
     values = constant_values(sizes).copy()
     values[1] = len(block.channels)
     out = emit.variable(f"{block.prefix}/resize")
+    name = f"{block.prefix}/resize_{block.position}"
     inputs = [block.inputs[0]] + [
-        gs.Variable.empty() if not t.name else emit.constant(f"{block.prefix}/resize_{block.position}_{i}", constant_values(t))
+        gs.Variable.empty() if not t.name else emit.constant(f"{name}_{i}", constant_values(t))
         for i, t in enumerate(node.inputs[1:3], start=1)
-    ] + [emit.constant(f"{block.prefix}/resize_{block.position}_sizes", values)]
+    ] + [emit.constant(f"{name}_sizes", values)]
     emit.node("Resize", f"{block.prefix}/Resize", inputs, [out], attrs=node.attrs)
     return out
 
