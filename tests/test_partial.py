@@ -49,12 +49,20 @@ def _outputs(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     return runtime.make_session(model).run(None, {"x": x})
 
 
-def test_cut_before_the_first_blocker() -> None:
+def test_cut_layer_before_the_first_blocker() -> None:
+    # fc0's path meets Sin: an identity cut layer on relu2_out lets fc0 be zipped too
     partial = discover_partial(canonicalize(with_op_after(builders.cnn(), "relu2_out")), label="m")
-    assert partial.chain is not None
-    assert [layer.node for layer in partial.chain.hidden] == ["conv0", "conv1"]
-    assert partial.cut == "fc0" and partial.hidden_total == 3
+    assert partial.chain is not None and partial.canonical is not None
+    assert [layer.node for layer in partial.chain.hidden] == ["conv0", "conv1", "fc0"]
+    assert partial.cut == "fc0/onnx_zip_cut" and partial.hidden_total == 3
     assert [(b.node, b.op) for b in partial.blockers] == [("odd", "Sin")]
+
+
+def test_cut_at_a_layer_when_a_flatten_precedes_the_blocker() -> None:
+    # conv1's path is Relu, Flatten, Sin: no cut layer after a Flatten, so conv1 becomes the head
+    partial = discover_partial(canonicalize(with_op_after(builders.cnn(), "flat_out")), label="m")
+    assert partial.chain is not None and partial.canonical is None
+    assert [layer.node for layer in partial.chain.hidden] == ["conv0"] and partial.cut == "conv1"
 
 
 def test_until_cuts_earlier() -> None:
@@ -89,10 +97,18 @@ def test_partial_zip_recovers_a_permuted_copy() -> None:
         _close(out, want)
 
 
+def _exposed(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """``model`` with a hidden activation also a graph output (no cut can be made there)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.append(helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    return out
+
+
 def test_nothing_zippable_lists_every_blocker_of_both_models(tmp_path) -> None:
     paths = []
     for seed in (0, 1):
-        model = with_op_after(with_op_after(builders.cnn(seed=seed), "relu0_out"), "relu2_out", "Cos")
+        model = _exposed(with_op_after(builders.cnn(seed=seed), "relu2_out"), "relu0_out")
         paths.append(tmp_path / f"m{seed}.onnx")
         onnx.save(model, paths[-1])
     forward = run_cli("align", *paths)
@@ -100,8 +116,9 @@ def test_nothing_zippable_lists_every_blocker_of_both_models(tmp_path) -> None:
     assert forward.returncode == backward.returncode == 2
     lines = [line for line in forward.stderr.splitlines() if line.strip().startswith("- ")]
     assert lines == [line for line in backward.stderr.splitlines() if line.strip().startswith("- ")]
-    assert len(lines) == 4, forward.stderr  # Sin and Cos in both models
-    assert "m0.onnx: node 'odd' (Sin)" in lines[0] and "m1.onnx" in lines[-1]
+    assert len(lines) == 4, forward.stderr  # the exposed relu0_out and Sin, in both models
+    assert "m0.onnx: node 'pool0' (MaxPool)" in lines[0] and "graph output" in lines[0]
+    assert "m0.onnx: node 'odd' (Sin)" in lines[1] and "m1.onnx" in lines[-1]
     out = tmp_path / "z.onnx"
     zipped = run_cli("zip", *paths, "--pairing", "l2", "--share", "0.5", "-o", out)
     assert zipped.returncode == 2 and "nothing to zip" in zipped.stderr and not out.exists()
@@ -115,10 +132,10 @@ def test_align_and_inspect_show_the_zippable_part(tmp_path) -> None:
         onnx.save(with_op_after(builders.cnn(seed=seed), "relu2_out"), paths[-1])
     result = run_cli("align", *paths)
     assert result.returncode == 0, result.stderr
-    assert "2 of 3 hidden layers zippable" in result.stdout and "zipping stops at 'fc0'" in result.stdout
+    assert "3 of 3 hidden layers zippable" in result.stdout and "zipping stops at 'fc0/onnx_zip_cut'" in result.stdout
     assert "node 'odd' (Sin)" in result.stdout
     info = run_cli("inspect", paths[0])
-    assert info.returncode == 0 and "zippable: 2 of 3 hidden layers" in info.stdout
+    assert info.returncode == 0 and "zippable: 3 of 3 hidden layers" in info.stdout
 
 
 def test_flatten_feature_counts_differ_refused_by_align() -> None:

@@ -29,6 +29,7 @@ class Blocker:
         fix: What the user can do.
         position: The node's index in its (topologically sorted) graph; orders the list.
         layer: The hidden layer whose path it stops ("" when it is not on a layer's path).
+        tensor: The last tensor of that path the zipper supports (where a cut can be made).
     """
 
     model: str
@@ -38,6 +39,7 @@ class Blocker:
     fix: str
     position: int = 0
     layer: str = ""
+    tensor: str = ""
 
     def line(self) -> str:
         """``<model>: node '<node>' (<op>): <why> -> <fix>``."""

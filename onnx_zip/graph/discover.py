@@ -186,13 +186,13 @@ SUPPORTED_HINT = (
 )
 
 
-def _blocker(m: _Model, node: gs.Node, why: str, fix: str, layer: Layer) -> Blocker:
-    return Blocker(m.label, node.name, node.op, why, fix, m.positions.get(node.name, -1), layer.node)
+def _blocker(m: _Model, node: gs.Node, why: str, fix: str, layer: Layer, tensor: gs.Tensor) -> Blocker:
+    return Blocker(m.label, node.name, node.op, why, fix, m.positions.get(node.name, -1), layer.node, tensor.name)
 
 
 def _refuse_step(m: _Model, layer: Layer, node: gs.Node, tensor: gs.Tensor) -> Blocker:
     return _blocker(m, node, f"after layer {layer.node!r}: no known effect on the channel axis of {tensor.name!r}",
-                    SUPPORTED_HINT, layer)
+                    SUPPORTED_HINT, layer, tensor)
 
 
 def _gate_side(m: _Model, tensor: gs.Tensor, readers: list[gs.Node]) -> gs.Node | None:
@@ -233,6 +233,7 @@ def _fork_end(
             f"{', '.join(repr(r.name) for r in readers)}",
             "zipping would change that output; remove the extra output, or zip only up to that layer (--until)",
             layer,
+            gs.Variable(""),  # no cut here: the tensor must stay a graph output
         )
     if len(readers) <= 1:
         return False, None
@@ -246,6 +247,7 @@ def _fork_end(
         "residual Adds, Concats and gates x*f(x) between layers",
         "zip up to the layer before this branch (partial zipping, automatic), or re-export without it",
         layer,
+        tensor,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 from onnx_zip.errors import ModelError
 from onnx_zip.graph import ops
 from onnx_zip.graph.blockers import Blocker, nothing_zippable, sorted_blockers
+from onnx_zip.graph.cut_layer import with_cut_layer
 from onnx_zip.graph.discover import LAYER_OPS, discover_blocked, discover_layers, require_supported_chain
 from onnx_zip.graph.layers import LayerChain
 from onnx_zip.graph.lookup import consumers, import_graph
@@ -45,6 +46,8 @@ class PartialChain:
         blockers: Every blocker found (sorted; empty when the whole model is supported).
         hidden_total: Hidden layers of the whole model.
         cut: Node of the layer the chain was cut at (it and what follows stay task-specific), or None.
+        canonical: The canonical model with a cut layer inserted (:mod:`onnx_zip.graph.cut_layer`),
+            which the zipper must then use; None when the input model is used as it is.
     """
 
     model: str
@@ -52,6 +55,7 @@ class PartialChain:
     blockers: tuple[Blocker, ...]
     hidden_total: int
     cut: str | None
+    canonical: onnx.ModelProto | None = field(default=None, repr=False)
 
     @property
     def zipped_hidden(self) -> int:
@@ -178,33 +182,60 @@ def discover_partial(model: onnx.ModelProto, *, label: str = "model", until: str
     """
     try:
         chain: LayerChain | None = require_supported_chain(discover_layers(model, label=label))
-        blockers: list[Blocker] = []
-        k = len(chain.hidden) if chain is not None else 0
     except ModelError:
         chain = None
+    blockers: list[Blocker] = []
+    used: onnx.ModelProto | None = None
     if chain is None:
         chain, walk_blockers = discover_blocked(model, label=label)
         graph = import_graph(model)
         concat = _concat_blockers(chain, graph)
         blockers = sorted_blockers(walk_blockers + concat + _unsupported_nodes(graph, label))
-        blocked_layers = _blocked_layers(chain, walk_blockers)
-        k = _first_blocked(chain, blocked_layers, concat)
+        k = _first_blocked(chain, _blocked_layers(chain, walk_blockers), concat)
+        if until is None or k < _hidden_index(chain, until):
+            chain, k, used = _with_cut(model, label, chain, walk_blockers, k)
+        total = len(discover_blocked(model, label=label)[0].hidden)
+    else:
+        k = total = len(chain.hidden)
     full = chain
     if until is not None:
         k = min(k, _hidden_index(full, until) + 1)
     if k >= len(full.hidden):
-        return PartialChain(label, full, tuple(blockers), len(full.hidden), None)
+        return PartialChain(label, full, tuple(blockers), total, None, used)
     cut_chain, k = _cut(full, k)
     cut = full.hidden[k].node
     if cut_chain is not None:
         logger.warning(
             "%s: zipping the first %d of %d hidden layers; %s and everything after it stay task-specific",
-            label,
-            k,
-            len(full.hidden),
-            cut,
+            label, k, total, cut,
         )
-    return PartialChain(label, cut_chain, tuple(blockers), len(full.hidden), cut)
+    return PartialChain(label, cut_chain, tuple(blockers), total, cut, used)
+
+
+def _with_cut(
+    model: onnx.ModelProto, label: str, chain: LayerChain, walk_blockers: Sequence[Blocker], k: int
+) -> tuple[LayerChain, int, onnx.ModelProto | None]:
+    """Zip the first blocked layer too when an identity cut layer can take the tensor before its
+    blocker (no Flatten on its path): ``(chain, zippable hidden layers, model with the cut layer)``;
+    the inputs unchanged when not."""
+    if k >= len(chain.hidden):
+        return chain, k, None
+    layer = chain.hidden[k]
+    blocker = next((b for b in walk_blockers if b.layer == layer.node and b.tensor), None)
+    if blocker is None or any(step.effect == "flatten" for step in layer.path):
+        return chain, k, None
+    cut_model = with_cut_layer(model, blocker.tensor, layer.node)
+    if cut_model is None:
+        return chain, k, None
+    try:
+        cut_chain, cut_blockers = discover_blocked(cut_model, label=label)
+        concat = _concat_blockers(cut_chain, import_graph(cut_model))
+        cut_k = _first_blocked(cut_chain, _blocked_layers(cut_chain, cut_blockers), concat)
+    except ModelError:
+        return chain, k, None
+    if cut_k <= k or _cut_problem(cut_chain, cut_k) is not None:
+        return chain, k, None
+    return cut_chain, cut_k, cut_model
 
 
 def _blocked_layers(chain: LayerChain, blockers: Sequence[Blocker]) -> list[str]:

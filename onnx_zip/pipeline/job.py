@@ -78,7 +78,9 @@ def _discovered(
         original, label, name = load_model(source), f"model {task} ({source})", Path(source).name
         digest = sha256_file(source)
     canonical = canonicalize(original, fold_batchnorm=fold_batchnorm, label=label)
-    return (name, digest, original, canonical), discover_partial(canonical, label=label)
+    partial = discover_partial(canonical, label=label)
+    # with a cut layer inserted (partial zipping up to a blocked layer), the zipper rebuilds that graph
+    return (name, digest, original, partial.canonical or canonical), partial
 
 
 def _prepared(
