@@ -177,9 +177,13 @@ def classify(ctx: PathContext) -> PathStep | None:
 
 
 def is_tie(node: gs.Node) -> bool:
-    """True when the node ties the channels of two activations (a residual Add)."""
+    """True when the node ties the channels of two activations (a residual Add, a gate Mul of two
+    same-shape tensors)."""
     rule = rule_for(node.op, node.domain or "")
-    return rule is not None and bool(TIE_EFFECTS & set(rule.effects)) and len(activations(node)) >= 2
+    acts = activations(node)
+    if rule is None or not TIE_EFFECTS & set(rule.effects) or len(acts) < 2:
+        return False
+    return node.op != "Mul" or _same_shapes(acts)
 
 
 def rebuild(block: BlockStep) -> gs.Variable:
@@ -335,7 +339,9 @@ def classify_arithmetic(ctx: PathContext) -> PathStep | None:
     channel parameters; an Add of two activations → residual (ties their channels)."""
     node = ctx.node
     acts = activations(node)
-    if node.op in ("Add", "Mul") and len(acts) >= 2:
+    if node.op == "Add" and len(acts) >= 2:
+        return _step(ctx, "residual")
+    if node.op == "Mul" and len(acts) >= 2:  # a gate x * f(x); x * SE(x) broadcasts: not (yet) a tie
         return _step(ctx, "residual") if _same_shapes(acts) else None
     constants = [t for t in node.inputs if t.name and is_constant(t)]
     if len(constants) != 1 or len(acts) != 1:
