@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**alignment.to_dict(), "coverage": [c.to_dict() for c in covers]}, indent=2))
     else:
-        print_coverage(covers)
+        print_coverage(covers)  # before the table, whose last line stays the last head
         print(format_alignment(alignment))
         groups = [f"{c.model}: {', '.join('+'.join(g) for g in c.channel_groups)}" for c in chains if c.channel_groups]
         if groups:

@@ -180,7 +180,7 @@ def _head_path(m: _Model, tensor: gs.Tensor) -> tuple[PathStep, ...]:
 
 
 SUPPORTED_HINT = (
-    "zipping stops at the layer before it (partial zipping); the op table supports activations, pools, "
+    "partial zipping stops before it, the rest stays task-specific; the op table supports activations, pools, "
     "Flatten, spatial Pad/Resize, per-channel parameters, depthwise Conv, residual Add, gates x*f(x), "
     "LayerNormalization/Softmax over the channels"
 )
