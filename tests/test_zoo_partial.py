@@ -57,7 +57,8 @@ def test_zoo_pair_share0_reproduces_both(a: str, b: str, zipped: int) -> None:
     for task, model in zip("ab", models):
         x = _image(model, 4, 3)
         want = runtime.make_session(model).run(None, x)
-        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x[next(iter(x))]})))
+        feed = {session.get_inputs()[0].name: next(iter(x.values()))}
+        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
         for out, value in zip(model.graph.output, want):
             _close(got[f"{task}/{out.name}"], value)
 
