@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -216,14 +217,18 @@ def _with_cut(
     model: onnx.ModelProto, label: str, chain: LayerChain, walk_blockers: Sequence[Blocker], k: int
 ) -> tuple[LayerChain, int, onnx.ModelProto | None]:
     """Zip the first blocked layer too when an identity cut layer can take the tensor before its
-    blocker (no Flatten on its path): ``(chain, zippable hidden layers, model with the cut layer)``;
-    the inputs unchanged when not."""
+    blocker (no Flatten on its path) and, unless nothing else is zippable, the layer holds more
+    weights than the identity (``C²``): ``(chain, zippable hidden layers, model with the cut
+    layer)``; the inputs unchanged when not."""
     if k >= len(chain.hidden):
         return chain, k, None
     layer = chain.hidden[k]
     blocker = next((b for b in walk_blockers if b.layer == layer.node and b.tensor), None)
     if blocker is None or any(step.effect == "flatten" for step in layer.path):
         return chain, k, None
+    weights = layer.neurons * layer.inputs * int(np.prod(layer.kernel_shape or (1,)))
+    if k > 0 and weights <= layer.neurons**2:
+        return chain, k, None  # the identity (C² per task) would cost more than zipping the layer saves
     cut_model = with_cut_layer(model, blocker.tensor, layer.node)
     if cut_model is None:
         return chain, k, None
