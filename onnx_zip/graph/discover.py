@@ -26,10 +26,15 @@ never permuted.
 
 Residual Adds (two activation inputs) and Concats tie the channels of several layers: they are
 reported as ``channel_groups`` (layers) and ``group_nodes`` (the Add/Concat nodes). A hidden
-layer's path stops where its output forks into layers and such tying nodes. Any other fork, an
-op outside the table, or a hidden activation that is also a graph output raises a
-:class:`ModelError` naming the nodes. :func:`require_supported_chain` refuses Concat groups (the
-rewrite builds plain chains and residual Adds).
+layer's path stops where its output forks into layers and such tying nodes. A gate ``x * f(x)``
+(SiLU, HardSwish as Clip/Div/Mul: a Mul of two same-shape activations, the ``f`` chain ending at
+it) is part of the path. Any other fork, an op outside the table, or a hidden activation that is
+also a graph output is a :class:`~onnx_zip.graph.blockers.Blocker` (node, op, why, fix):
+:func:`discover_layers` raises it, :func:`discover_blocked` ends the path before it and returns
+every blocker, for partial zipping (:mod:`onnx_zip.graph.partial`). A Conv with ``group > 1`` is
+not a layer: a depthwise one is a per-channel op of the table, another grouped one a blocker.
+:func:`require_supported_chain` refuses Concat groups (the rewrite builds plain chains, residual
+Adds and gates).
 """
 
 from __future__ import annotations

@@ -24,7 +24,13 @@ is exact:
   gathered to the task's zipped channel order) and splits the result back into blocks. It is
   exact because these ops commute with a permutation of the channels.
 
-How to extend (issue 13: depthwise convs, gates ``x·f(x)``, Concat blocks, normalisations): write a
+Entries added for issue 13: a depthwise Conv (``group == C``, weight ``(C, 1, KH, KW)``) is
+``channel_params`` (each filter gathered with its channel, ``group`` set to the block's width);
+Resize of the spatial axes is ``spatial``; a Mul of two same-shape activations (a gate ``x·f(x)``)
+is a tie like the residual Add. Squeeze-excitation ``x·SE(x)`` broadcasts ``(N, C, 1, 1)`` and is
+not (yet) a tie: partial zipping stops before it.
+
+How to extend (Concat blocks, squeeze-excitation, normalisations): write a
 ``classify`` returning a :class:`~onnx_zip.graph.layers.PathStep` (or None to refuse) and a
 ``rebuild`` emitting the block's nodes through the :class:`Emitter`, then :func:`register` an
 :class:`OpRule`. A new effect name is added to ``PATH_EFFECTS`` (and to :data:`TIE_EFFECTS` for a
@@ -32,8 +38,7 @@ binary op that ties two spaces, to :data:`WHOLE_TASK_EFFECTS` for an op that mus
 task's channels); the walker and the rewrite dispatch on the table only. Add an example of each
 (op, effect) to ``tests/test_ops_table.py``: the test refuses entries without one. For example a
 depthwise Conv (not a layer: ``discover._is_layer`` must then skip ``group > 1``) is an entry
-``OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)`` whose rebuild gathers
-the weight and bias with :func:`gather_channels` and sets ``group`` to the block's width.
+``OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)`` (now in the table).
 
 Post-processing after a head (the ``output`` effect) is not in the table: a head's output
 channels are never permuted, so whatever follows is copied as it is.
