@@ -145,3 +145,19 @@ def test_flatten_feature_counts_differ_refused_by_align() -> None:
     message = str(info.value)
     assert "flattened features differ: 96 (6 channels x 16 positions) vs 24 (6 channels x 4 positions)" in message
     assert "resize one model's input" in message and "--until" in message
+
+
+def test_until_zips_the_conv_front_end_of_different_input_sizes() -> None:
+    """conv -> flatten -> dense with 12x12 and 8x8 inputs: ``until`` the last conv zips the convs;
+    each dense layer reads its own flattened features (share 0 reproduces both)."""
+    a, b = builders.cnn(seed=0, size=12), builders.cnn(seed=1, size=8)
+    xa, xb = builders.random_inputs(a, 16, seed=2)["x"], builders.random_inputs(b, 16, seed=3)["x"]
+    calib = [builders.random_inputs(m, 64, seed=4) for m in (a, b)]
+    for share in (0.0, 0.5):
+        result = zip_models([a, b], calib, names=["a", "b"], share=share, separate_inputs=True, until="conv1")
+        session = runtime.make_session(result.model)
+        got = session.run(None, {"a/x": xa, "b/x": xb})
+        if share == 0.0:
+            _close(got[0], _outputs(a, xa)[0])
+            _close(got[1], _outputs(b, xb)[0])
+        assert [layer["layer"] for layer in result.report["layers"]] == ["layer1_conv", "layer2_conv"]

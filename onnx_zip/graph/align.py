@@ -140,8 +140,8 @@ def _flatten_problem(row: Sequence[Layer | None]) -> str | None:
 
 FLATTEN_HINT = (
     "the models' inputs have different sizes, so conv -> flatten -> dense reads different feature counts; "
-    "options: resize one model's input to the other's size and retrain it, or zip only the layers before the "
-    "Flatten (the dense layer and what follows stay task-specific: `onnx-zip align --until <last conv>` shows it)"
+    "options: zip only the layers before the Flatten (`--until <last conv>`: the dense layer and what follows "
+    "stay task-specific), or resize one model's input to the other's size and retrain it"
 )
 
 

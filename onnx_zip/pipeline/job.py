@@ -67,7 +67,7 @@ def default_task_names(count: int) -> list[str]:
 
 
 def _discovered(
-    source: ModelSource, task: str, *, fold_batchnorm: bool = True
+    source: ModelSource, task: str, *, fold_batchnorm: bool = True, until: str | None = None
 ) -> tuple[tuple[str, str, onnx.ModelProto, onnx.ModelProto], PartialChain]:
     """Load, canonicalise and discover one model: ``(name, sha256, original, canonical)`` and what
     of it can be zipped."""
@@ -78,7 +78,7 @@ def _discovered(
         original, label, name = load_model(source), f"model {task} ({source})", Path(source).name
         digest = sha256_file(source)
     canonical = canonicalize(original, fold_batchnorm=fold_batchnorm, label=label)
-    partial = discover_partial(canonical, label=label)
+    partial = discover_partial(canonical, label=label, until=until)
     # with a cut layer inserted (partial zipping up to a blocked layer), the zipper rebuilds that graph
     return (name, digest, original, partial.canonical or canonical), partial
 
@@ -102,11 +102,12 @@ def prepare_model(source: ModelSource, task: str, *, fold_batchnorm: bool = True
 
 
 def prepare_models(
-    sources: Sequence[ModelSource], tasks: Sequence[str], *, fold_batchnorm: bool = True
+    sources: Sequence[ModelSource], tasks: Sequence[str], *, fold_batchnorm: bool = True, until: str | None = None
 ) -> list[PreparedModel]:
-    """:func:`prepare_model` of every model; when any has nothing to zip, one error listing the
-    blockers of every model (sorted by model, so independent of their order)."""
-    found = [_discovered(s, t, fold_batchnorm=fold_batchnorm) for s, t in zip(sources, tasks)]
+    """:func:`prepare_model` of every model (``until``: zip at most up to that hidden layer); when
+    any has nothing to zip, one error listing the blockers of every model (sorted by model file,
+    so independent of their order)."""
+    found = [_discovered(s, t, fold_batchnorm=fold_batchnorm, until=until) for s, t in zip(sources, tasks)]
     if any(partial.chain is None for _, partial in found):
         raise nothing_zippable([b for _, p in found for b in p.blockers], [p.model for _, p in found])
     return [_prepared(t, loaded, partial) for t, (loaded, partial) in zip(tasks, found)]
@@ -256,7 +257,7 @@ def prepare(
     calibration_config = calibration_config if calibration_config is not None else CalibrationConfig()
     _check_request(models, calibration, config)
     tasks = check_task_names(names if names is not None else default_task_names(len(models)), len(models))
-    prepared = prepare_models(models, tasks, fold_batchnorm=config.fold_batchnorm)
+    prepared = prepare_models(models, tasks, fold_batchnorm=config.fold_batchnorm, until=config.until)
     opset = _common_opset(prepared)
     aligned = _align(prepared, config.mapping)
     hidden = [g for g in aligned if not g[0].is_head]
