@@ -492,6 +492,9 @@ class ZipConfig(ConfigGroup):
     mapping: dict[str, str] | None = field(default=None, metadata=_meta(
         "explicit alignment {node of model 1: node of model 2}", "mapping",
         flag="--map", nullable=True, metavar="FILE", cli_file=True))
+    until: str | None = field(default=None, metadata=_meta(
+        "zip at most up to this hidden layer (node name); it is the last zipped, the rest stays task-specific",
+        "str", flag="--until", nullable=True, metavar="NODE"))
 
     def _rules(self) -> list[str]:
         given = [k for k in ("share", "share_per_layer", "max_cost") if getattr(self, k) is not None]

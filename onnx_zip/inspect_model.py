@@ -19,8 +19,9 @@ import onnx
 
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.canonicalize import canonicalize
-from onnx_zip.graph.discover import discover_layers
+from onnx_zip.graph.coverage import coverage
 from onnx_zip.graph.lookup import import_graph, input_names, output_names
+from onnx_zip.graph.partial import discover_partial
 from onnx_zip.model_io import load_model, sha256_file
 from onnx_zip.zipper.report import parameter_count, read_metadata
 
@@ -111,7 +112,9 @@ def inspect_zipped(model: onnx.ModelProto, meta: dict[str, Any]) -> dict[str, An
 
 def inspect_plain(model: onnx.ModelProto, label: str) -> dict[str, Any]:
     """The zippable layers of a model that was not zipped (see :func:`inspect_model`)."""
-    chain = discover_layers(canonicalize(model, label=label), label=label)
+    canonical = canonicalize(model, label=label)
+    partial = discover_partial(canonical, label=label)
+    cover = coverage(canonical, partial)
     graph = import_graph(model)
     layers = [
         {
@@ -124,15 +127,16 @@ def inspect_plain(model: onnx.ModelProto, label: str) -> dict[str, Any]:
             "inputs": layer.inputs,
             "kernel": list(layer.kernel_shape),
         }
-        for layer in chain.layers
+        for layer in (partial.chain.layers if partial.chain is not None else ())
     ]
     return {
         "zipped": False,
         "inputs": list(input_names(graph)),
         "outputs": list(output_names(graph)),
         "layers": layers,
-        "channel_groups": [list(g) for g in chain.channel_groups],
+        "channel_groups": [list(g) for g in partial.chain.channel_groups] if partial.chain is not None else [],
         "params": {"total": parameter_count(model)},
+        "zippable": cover.to_dict(),
     }
 
 
@@ -149,7 +153,9 @@ def inspect_model(path: str | os.PathLike[str]) -> dict[str, Any]:
         task: n}); ``params`` holds ``total``, ``shared``, ``specific`` and ``per_task`` (shared + own);
         ``provenance`` holds ``version``, ``sources`` (file, sha256), ``settings``, ``finetune``,
         ``recipe``. For another model: its zippable layers (``index``, ``node``, ``op_type``,
-        ``kind``, ``role``, ``neurons``, ``inputs``, ``kernel``) and ``channel_groups``.
+        ``kind``, ``role``, ``neurons``, ``inputs``, ``kernel``; cut after the last supported layer),
+        ``channel_groups`` and ``zippable`` (:meth:`~onnx_zip.graph.coverage.Coverage.to_dict`: the
+        zippable layers, their fraction of the parameters, the cut and every blocker).
 
     Raises:
         ModelError: the file is missing or not an ONNX model, or its layers cannot be read.
@@ -216,7 +222,23 @@ def format_inspection(info: dict[str, Any]) -> str:
             lines.append("channel groups (residual Adds/Concats): "
                          + "; ".join("+".join(g) for g in info["channel_groups"]))
         lines.append(f"parameters: {info['params']['total']:,}")
+        lines.extend(_zippable_lines(info.get("zippable")))
     return "\n".join(lines)
+
+
+def _zippable_lines(cover: dict[str, Any] | None) -> list[str]:
+    """The zippable part and every blocker (one a line) of a plain model."""
+    if not cover:
+        return []
+    cut = f"; zipping stops at {cover['cut']!r} (it and everything after stay task-specific)" if cover["cut"] else ""
+    lines = [
+        f"zippable: {len(cover['zippable_layers'])} of {cover['hidden_layers']} hidden layers, "
+        f"{cover['zippable_params']:,} of {cover['total_params']:,} parameters ({100 * cover['fraction']:.1f}%){cut}"
+    ]
+    if cover["blockers"]:
+        lines.append("blockers:")
+        lines.extend(f"  - node {b['node']!r} ({b['op']}): {b['why']} -> {b['fix']}" for b in cover["blockers"])
+    return lines
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

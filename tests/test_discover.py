@@ -98,17 +98,27 @@ def test_per_channel_and_scalar_mul() -> None:
 def test_unsupported_op_on_path_named() -> None:
     model = _insert_after(builders.cnn(), "relu0_out", [
         helper.make_node("LRN", ["relu0_out_pre"], ["relu0_out"], name="my_lrn", size=3)])
-    with pytest.raises(ModelError, match="'my_lrn' \\(LRN\\) after layer 'conv0'"):
+    with pytest.raises(ModelError, match="'my_lrn' \\(LRN\\): after layer 'conv0'"):
         chain_of(model)
 
 
 def test_branch_named() -> None:
-    # SiLU: x * sigmoid(x) forks conv0's output into Sigmoid and Mul
+    # conv0's output forks into Sigmoid and Tanh, summed again: not a gate x * f(x)
+    model = _insert_after(builders.cnn(), "relu0_out", [
+        helper.make_node("Sigmoid", ["relu0_out_pre"], ["sig"], name="sig"),
+        helper.make_node("Tanh", ["relu0_out_pre"], ["tanh"], name="tanh"),
+        helper.make_node("Add", ["tanh", "sig"], ["relu0_out"], name="sum")])
+    with pytest.raises(ModelError, match="branches.*'sig' \\(Sigmoid\\).*'tanh' \\(Tanh\\)"):
+        chain_of(model)
+
+
+def test_gate_is_a_path() -> None:
+    # SiLU: x * sigmoid(x) forks conv0's output into Sigmoid and Mul: the gate is on the path
     model = _insert_after(builders.cnn(), "relu0_out", [
         helper.make_node("Sigmoid", ["relu0_out_pre"], ["sig"], name="sig"),
         helper.make_node("Mul", ["relu0_out_pre", "sig"], ["relu0_out"], name="silu_mul")])
-    with pytest.raises(ModelError, match="branches.*'sig' \\(Sigmoid\\).*'silu_mul' \\(Mul\\)"):
-        chain_of(model)
+    steps = [(s.op_type, s.effect) for s in chain_of(model).hidden[0].path]
+    assert ("Sigmoid", "elementwise") in steps and ("Mul", "residual") in steps
 
 
 def test_residual_groups_and_plain_chain_refusal() -> None:

@@ -111,11 +111,30 @@ EXAMPLES: dict[tuple[str, str], Callable[[], Example]] = {
     ("LayerNormalization", "channel_norm"): _with_consts(
         "LayerNormalization", [_f("ln_scale", np.linspace(0.5, 1.5, C)), _f("ln_bias", np.linspace(-0.3, 0.3, C))],
         layout="dense", axis=-1),
+    ("Conv", "channel_params"): _with_consts(  # depthwise: each filter follows its channel
+        "Conv", [_f("dw_w", np.linspace(-1, 1, C * 9).reshape(C, 1, 3, 3)), _f("dw_b", np.linspace(-0.2, 0.2, C))],
+        group=C, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ("Mul", "residual"): _chain(  # a gate x * f(x) (SiLU): both operands carry the same channels
+        "conv", helper.make_node("Sigmoid", ["h"], ["s"], name="sig"), helper.make_node("Mul", ["h", "s"], ["z"], name="op")),
+    ("Resize", "spatial"): _chain(
+        "conv", helper.make_node("Resize", ["h", "", "scales"], ["z"], name="op", mode="nearest"),
+        inits=(_f("scales", [1, 1, 2, 2]),)),
 }
 #: Per-channel parameters on a dense layer's path (rank 2) and a constant first: same rules.
 EXTRA: dict[str, Callable[[], Example]] = {
     "dense per-channel Mul": _with_consts("Mul", [_f("k", np.linspace(0.5, 1.5, C))], layout="dense"),
     "Mul constant first": _with_consts("Mul", [_f("k", CHANNEL)], first=True),
+    "HardSwish as x * Clip(x + 3, 0, 6) / 6": _chain(
+        "conv", helper.make_node("Add", ["h", "three"], ["a3"], name="add3"),
+        helper.make_node("Clip", ["a3", "lo", "hi"], ["c"], name="clip"),
+        helper.make_node("Div", ["c", "six"], ["d"], name="div6"), helper.make_node("Mul", ["h", "d"], ["z"], name="op"),
+        inits=(_f("three", 3.0), _f("lo", 0.0), _f("hi", 6.0), _f("six", 6.0))),
+    "depthwise Conv then BatchNormalization and HardSwish": _chain(
+        "conv", helper.make_node("Conv", ["h", "dw_w"], ["d"], name="dw", group=C, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["d", "g", "b", "m0", "v"], ["bn"], name="bn"),
+        helper.make_node("HardSwish", ["bn"], ["z"], name="op"),
+        inits=(_f("dw_w", np.linspace(-1, 1, C * 9).reshape(C, 1, 3, 3)), _f("g", np.linspace(0.5, 2, C)),
+               _f("b", np.linspace(-1, 1, C)), _f("m0", np.linspace(-0.1, 0.1, C)), _f("v", np.ones(C)))),
     "Mul then BatchNormalization": _chain(
         "conv", helper.make_node("Mul", ["h", "k"], ["m"], name="mul"), helper.make_node("Relu", ["m"], ["r"], name="relu"),
         helper.make_node("BatchNormalization", ["r", "g", "b", "m0", "v"], ["z"], name="op"),
@@ -239,7 +258,7 @@ def test_op_outside_the_table_refused_naming_the_node(op: str) -> None:
     attrs = {"size": 3} if op == "LRN" else {}
     model = build_model(([helper.make_node(op, ["h"], ["z"], name="odd_node", **attrs)], [], "conv", 18))
     assert ops.rule_for(op) is None
-    with pytest.raises(ModelError, match=f"node 'odd_node' \\({op}\\) after layer 'conv0'"):
+    with pytest.raises(ModelError, match=f"node 'odd_node' \\({op}\\): after layer 'conv0'"):
         discover_layers(canonicalize(model))
 
 

@@ -121,7 +121,28 @@ def _problem(row: Sequence[Layer | None], position: int) -> str | None:
             return "kernel differs"
     if position == 0 and first.kind != "dense" and len({layer.inputs for layer in row if layer is not None}) > 1:
         return "input size differs"  # a dense first layer may be narrower: fictive zero weights
-    return None
+    return _flatten_problem(row)
+
+
+def _flatten_problem(row: Sequence[Layer | None]) -> str | None:
+    """A dense layer reading flattened conv features of different counts (different input sizes)."""
+    layers = [layer for layer in row if layer is not None]
+    if layers[0].kind != "dense" or all(layer.source_features <= 1 for layer in layers):
+        return None
+    if len({layer.source_features for layer in layers}) == 1:
+        return None  # other channel counts are zipped as usual (N_A with N_B neurons)
+    counts = " vs ".join(
+        f"{layer.inputs} ({layer.inputs // max(layer.source_features, 1)} channels x {layer.source_features} positions)"
+        for layer in layers
+    )
+    return f"flattened features differ: {counts}"
+
+
+FLATTEN_HINT = (
+    "the models' inputs have different sizes, so conv -> flatten -> dense reads different feature counts; "
+    "options: zip only the layers before the Flatten (`--until <last conv>`: the dense layer and what follows "
+    "stay task-specific), or resize one model's input to the other's size and retrain it"
+)
 
 
 def diff_table(chains: Sequence[LayerChain], rows: Sequence[Sequence[Layer | None]]) -> str:
@@ -283,9 +304,11 @@ def align_chains(
     if problems:
         names = ", ".join(chain.model for chain in chains)
         first = "; ".join(f"position {i}: {p}" for i, p in problems[:3])
+        flatten = any(p.startswith("flattened features differ") for _, p in problems)
         raise ModelError(
             f"the layers of {names} do not align ({first}):\n{diff_table(chains, rows)}\n",
-            hint="zip models of one architecture, or pass an explicit mapping of node names (--map FILE.json)",
+            hint=FLATTEN_HINT if flatten else
+            "zip models of one architecture, or pass an explicit mapping of node names (--map FILE.json)",
         )
     aligned = []
     for index, row in enumerate(rows):

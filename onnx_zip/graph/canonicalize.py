@@ -19,7 +19,8 @@ outputs and guarantees:
   ``(N_out,)``, which broadcasts identically): discovery reports that Add as the layer's
   ``bias_node``;
 * every Conv has explicit ``kernel_shape``, ``strides``, ``dilations`` and ``pads`` (``auto_pad``
-  resolved with the inferred input shape); grouped/depthwise convolutions are refused;
+  resolved with the inferred input shape) and keeps its ``group`` (a depthwise Conv is a per-channel
+  op of the op table; discovery lists other grouped convolutions as blockers);
 * with ``fold_batchnorm``, a BatchNormalization (inference mode) that is the only consumer of a
   Conv/Gemm output is folded into that layer (σ = sqrt(var + eps)):
 
@@ -420,13 +421,7 @@ def _normalise_convs(graph: gs.Graph, label: str) -> None:
     for node in graph.nodes:
         if node.op != "Conv":
             continue
-        group = int(_attr(node, "group", 1))
-        if group != 1:
-            raise ModelError(
-                f"{label}: Conv {node.name!r} is a grouped/depthwise convolution (group={group}); "
-                "onnx_zip zips dense convolutions only",
-                hint="use a model without grouped or depthwise convolutions",
-            )
+        group = int(_attr(node, "group", 1))  # depthwise: the op table; grouped: a blocker (discovery)
         w = node.inputs[1]
         if isinstance(w, gs.Constant):
             kernel = tuple(int(k) for k in w.values.shape[2:])
@@ -459,7 +454,7 @@ def _normalise_convs(graph: gs.Graph, label: str) -> None:
             pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
         node.attrs = {
             "dilations": list(dilations),
-            "group": 1,
+            "group": group,
             "kernel_shape": list(kernel),
             "pads": list(pads),
             "strides": list(strides),

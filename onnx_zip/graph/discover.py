@@ -26,17 +26,22 @@ never permuted.
 
 Residual Adds (two activation inputs) and Concats tie the channels of several layers: they are
 reported as ``channel_groups`` (layers) and ``group_nodes`` (the Add/Concat nodes). A hidden
-layer's path stops where its output forks into layers and such tying nodes. Any other fork, an
-op outside the table, or a hidden activation that is also a graph output raises a
-:class:`ModelError` naming the nodes. :func:`require_supported_chain` refuses Concat groups (the
-rewrite builds plain chains and residual Adds).
+layer's path stops where its output forks into layers and such tying nodes. A gate ``x * f(x)``
+(SiLU, HardSwish as Clip/Div/Mul: a Mul of two same-shape activations, the ``f`` chain ending at
+it) is part of the path. Any other fork, an op outside the table, or a hidden activation that is
+also a graph output is a :class:`~onnx_zip.graph.blockers.Blocker` (node, op, why, fix):
+:func:`discover_layers` raises it, :func:`discover_blocked` ends the path before it and returns
+every blocker, for partial zipping (:mod:`onnx_zip.graph.partial`). A Conv with ``group > 1`` is
+not a layer: a depthwise one is a per-channel op of the table, another grouped one a blocker.
+:func:`require_supported_chain` refuses Concat groups (the rewrite builds plain chains, residual
+Adds and gates).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -44,6 +49,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_zip.errors import ModelError
 from onnx_zip.graph import ops
+from onnx_zip.graph.blockers import Blocker
 from onnx_zip.graph.layers import ConvGeometry, Layer, LayerChain, PathStep
 from onnx_zip.graph.lookup import (
     activations,
@@ -72,11 +78,19 @@ class _Model:
     graph: gs.Graph
     label: str
     outputs: frozenset[str]
+    positions: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, graph: gs.Graph, label: str) -> _Model:
+        positions = {n.name: i for i, n in enumerate(graph.nodes)}
+        return cls(graph, label, frozenset(output_names(graph)), positions)
 
 
 def _is_layer(node: gs.Node) -> bool:
     if node.op not in LAYER_OPS or len(node.inputs) < 2:
         return False
+    if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
+        return False  # depthwise: a per-channel op on the path (the op table); grouped: a blocker
     if not is_constant(node.inputs[1]) or is_constant(node.inputs[0]):
         return False
     if node.op == "MatMul":
@@ -170,53 +184,108 @@ def _head_path(m: _Model, tensor: gs.Tensor) -> tuple[PathStep, ...]:
         tensor = outputs[0]
 
 
-def _refuse_step(m: _Model, layer: Layer, node: gs.Node, tensor: gs.Tensor) -> ModelError:
-    return ModelError(
-        f"{m.label}: node {node.name!r} ({node.op}) after layer {layer.node!r} has no known "
-        f"effect on the channel axis of {tensor.name!r}",
-        hint="supported between layers: activations, pools, Flatten/Reshape to (N, -1), spatial Pad, "
-        "BatchNormalization, per-channel or scalar Mul/Add/Sub/Div/PRelu, residual Add, LayerNormalization "
-        "or Softmax over the channels",
-    )
+SUPPORTED_HINT = (
+    "partial zipping stops before it, the rest stays task-specific; the op table supports activations, pools, "
+    "Flatten, spatial Pad/Resize, per-channel parameters, depthwise Conv, residual Add, gates x*f(x), "
+    "LayerNormalization/Softmax over the channels"
+)
 
 
-def _check_fork(m: _Model, layer: Layer, tensor: gs.Tensor, readers: list[gs.Node], layer_nodes: set[str]) -> bool:
-    """True when the path ends at ``tensor`` (a fork into layers and tying nodes); raises for other forks."""
+def _blocker(m: _Model, node: gs.Node, why: str, fix: str, layer: Layer, tensor: gs.Tensor) -> Blocker:
+    return Blocker(m.label, node.name, node.op, why, fix, m.positions.get(node.name, -1), layer.node, tensor.name)
+
+
+def _refuse_step(m: _Model, layer: Layer, node: gs.Node, tensor: gs.Tensor) -> Blocker:
+    return _blocker(m, node, f"after layer {layer.node!r}: no known effect on the channel axis of {tensor.name!r}",
+                    SUPPORTED_HINT, layer, tensor)
+
+
+def _gate_side(m: _Model, tensor: gs.Tensor, readers: list[gs.Node]) -> gs.Node | None:
+    """For a gate ``x * f(x)`` (SiLU, HardSwish spelled Clip/Div/Mul, ...): the first node of the
+    ``f`` chain when ``tensor`` is read by exactly a tying Mul and a single-consumer chain of table
+    ops that ends at that same Mul; else None."""
+    if len(readers) != 2:
+        return None
+    ties = [r for r in readers if r.op == "Mul" and ops.is_tie(r)]
+    if len(ties) != 1:
+        return None
+    gate = ties[0]
+    side = readers[0] if readers[1] is gate else readers[1]
+    current, steps = side, 0
+    while steps < 16:
+        outs = [o for o in current.outputs if o.name]
+        if len(outs) != 1 or outs[0].name in m.outputs or ops.rule_for(current.op, current.domain or "") is None:
+            return None
+        after = consumers(outs[0])
+        if len(after) != 1:
+            return None
+        if after[0] is gate:
+            return side
+        current, steps = after[0], steps + 1
+    return None
+
+
+def _fork_end(
+    m: _Model, layer: Layer, tensor: gs.Tensor, readers: list[gs.Node], layer_nodes: set[str]
+) -> tuple[bool, Blocker | None]:
+    """``(stop, blocker)`` at ``tensor``: stop at a fork into layers and tying nodes; a blocker for
+    other forks and for a hidden activation that is also a graph output."""
     if tensor.name in m.outputs:
-        raise ModelError(
-            f"{m.label}: tensor {tensor.name!r} after hidden layer {layer.node!r} is a graph output and also "
-            f"feeds {', '.join(repr(r.name) for r in readers)}",
-            hint="zipping would change that output; remove the extra output before zipping",
+        node = readers[0] if readers else producer(tensor)
+        assert node is not None
+        return True, _blocker(
+            m, node, f"tensor {tensor.name!r} after hidden layer {layer.node!r} is a graph output and also feeds "
+            f"{', '.join(repr(r.name) for r in readers)}",
+            "zipping would change that output; remove the extra output, or zip only up to that layer (--until)",
+            layer,
+            gs.Variable(""),  # no cut here: the tensor must stay a graph output
         )
     if len(readers) <= 1:
-        return False
+        return False, None
     if all(r.name in layer_nodes or _is_tying(r) for r in readers):
-        return True  # a fork into layers and residual Adds/Concats: see channel_groups
-    raise ModelError(
-        f"{m.label}: the output of layer {layer.node!r} branches at tensor {tensor.name!r} into "
-        f"{', '.join(f'{r.name!r} ({r.op})' for r in readers)}; onnx_zip follows chains of "
-        "single-consumer nodes between layers",
-        hint="only residual Adds/Concats may share a layer's output with other layers",
+        return True, None  # a fork into layers and residual Adds/Concats: see channel_groups
+    if _gate_side(m, tensor, readers) is not None:
+        return False, None
+    return True, _blocker(
+        m, readers[0], f"the output of layer {layer.node!r} branches at tensor {tensor.name!r} into "
+        f"{', '.join(f'{r.name!r} ({r.op})' for r in readers)}; onnx_zip follows single-consumer nodes, "
+        "residual Adds, Concats and gates x*f(x) between layers",
+        "zip up to the layer before this branch (partial zipping, automatic), or re-export without it",
+        layer,
+        tensor,
     )
 
 
-def _walk(m: _Model, layer: Layer, layer_nodes: set[str]) -> tuple[PathStep, ...]:
-    """A hidden layer's path: the nodes from its output to the next layers, classified by the op table."""
+def walk_path(m: _Model, layer: Layer, layer_nodes: set[str]) -> tuple[tuple[PathStep, ...], Blocker | None]:
+    """A hidden layer's path (the nodes from its output to the next layers, classified by the op
+    table), and the blocker where the walk had to stop (None when the path is supported)."""
     steps: list[PathStep] = []
     tensor = m.graph.tensors()[layer.output]
     while True:
         readers = consumers(tensor)
-        if not readers or _check_fork(m, layer, tensor, readers, layer_nodes):
-            return tuple(steps)
-        node = readers[0]
+        if not readers:
+            return tuple(steps), None
+        stop, blocker = _fork_end(m, layer, tensor, readers, layer_nodes)
+        if stop:
+            return tuple(steps), blocker
+        node = readers[0] if len(readers) == 1 else _gate_side(m, tensor, readers)
+        assert node is not None
         if node.name in layer_nodes or (node.op in GROUPING_OPS and _is_tying(node)):
-            return tuple(steps)
+            return tuple(steps), None
         ctx = ops.PathContext(node, tensor, layer.neurons, m.outputs)
         step = ops.classify(ctx) if domain_of(node) in ("", "ai.onnx") else None
         if step is None:
-            raise _refuse_step(m, layer, node, tensor)
+            return tuple(steps), _refuse_step(m, layer, node, tensor)
         steps.append(step)
         tensor = node.outputs[0]
+
+
+def _walk(m: _Model, layer: Layer, layer_nodes: set[str]) -> tuple[PathStep, ...]:
+    """:func:`walk_path`, raising the blocker as a :class:`ModelError`."""
+    steps, blocker = walk_path(m, layer, layer_nodes)
+    if blocker is not None:
+        raise blocker.error()
+    return steps
 
 
 def _downstream_layers(start: gs.Tensor, layer_nodes: set[str]) -> bool:
@@ -256,7 +325,7 @@ def _reaching_layers(tensor: gs.Tensor, layer_by_output: dict[str, str], tying: 
         if node.name in layer_by_output:
             found.setdefault(layer_by_output[node.name], set()).add(factor)
             continue
-        if node.op == "Add" and node.name in tying:
+        if node.op in ("Add", "Mul") and node.name in tying:
             stack.extend((t, factor) for t in activations(node))
             continue
         acts = activations(node)
@@ -340,8 +409,9 @@ def _chain_input(m: _Model, tensor: gs.Tensor) -> str:
     raise ModelError(f"{m.label}: the first layer's input {tensor.name!r} does not depend on any graph input")
 
 
-def _ordered_layers(m: _Model) -> tuple[list[Layer], set[str]]:
-    """The layers with hidden ones first, each with its path; and the set of layer node names."""
+def _ordered_layers(m: _Model, *, strict: bool = True) -> tuple[list[Layer], list[Blocker]]:
+    """The layers with hidden ones first, each with its path, and the blockers met on the paths
+    (``strict``: the first blocker is raised; otherwise a blocked path ends before its blocker)."""
     candidates = [n for n in m.graph.nodes if _is_layer(n)]
     if not candidates:
         raise ModelError(
@@ -353,12 +423,51 @@ def _ordered_layers(m: _Model) -> tuple[list[Layer], set[str]]:
     tensors = m.graph.tensors()
     heads = {layer.node for layer in layers if not _downstream_layers(tensors[layer.output], layer_nodes)}
     ordered = [layer for layer in layers if layer.node not in heads] + [layer for layer in layers if layer.node in heads]
-    final = []
+    final, blockers = [], []
     for index, layer in enumerate(ordered):
         is_head = layer.node in heads
-        path = _head_path(m, tensors[layer.output]) if is_head else _walk(m, layer, layer_nodes)
+        if is_head:
+            path = _head_path(m, tensors[layer.output])
+        elif strict:
+            path = _walk(m, layer, layer_nodes)
+        else:
+            path, blocker = walk_path(m, layer, layer_nodes)
+            blockers.extend([blocker] if blocker is not None else [])
         final.append(replace(layer, index=index, is_head=is_head, path=path))
-    return final, layer_nodes
+    return final, blockers
+
+
+def _assemble(m: _Model, final: list[Layer]) -> LayerChain:
+    """The chain of the ordered layers: sources, channel groups, graph input and outputs."""
+    graph = m.graph
+    tying = {n.name for n in graph.nodes if _is_tying(n)}
+    groups, group_nodes = _channel_groups(m, final, tying)
+    by_output = _layer_writers(final)
+    order = {layer.node: layer.index for layer in final}
+    with_sources = []
+    for layer in final:
+        found, features = _sources(m, layer, by_output, tying)
+        sources = tuple(sorted(found, key=order.__getitem__))
+        with_sources.append(replace(layer, sources=sources, source_features=features))
+    ops_by_name = {n.name: n.op for n in graph.nodes}
+    return LayerChain(
+        model=m.label,
+        layers=tuple(with_sources),
+        input=_chain_input(m, graph.tensors()[with_sources[0].input]),
+        outputs=output_names(graph),
+        channel_groups=groups,
+        group_nodes=group_nodes,
+        group_ops=tuple(tuple(ops_by_name[n] for n in nodes) for nodes in group_nodes),
+    )
+
+
+def discover_blocked(model: onnx.ModelProto | gs.Graph, *, label: str = "model") -> tuple[LayerChain, list[Blocker]]:
+    """Like :func:`discover_layers`, but a hidden layer's path stops before its first blocker
+    instead of raising: the chain (paths possibly cut short) and every blocker met on the paths.
+    For :mod:`onnx_zip.graph.partial`, which decides where zipping stops."""
+    m = _Model.of(import_graph(model), label)
+    final, blockers = _ordered_layers(m, strict=False)
+    return _assemble(m, final), blockers
 
 
 def discover_layers(model: onnx.ModelProto | gs.Graph, *, label: str = "model") -> LayerChain:
@@ -376,35 +485,16 @@ def discover_layers(model: onnx.ModelProto | gs.Graph, *, label: str = "model") 
         ModelError: no zippable layer, an op outside the op table or a branch between layers, a
             hidden activation exposed as a graph output (the message names the nodes).
     """
-    graph = import_graph(model)
-    m = _Model(graph, label, frozenset(output_names(graph)))
+    m = _Model.of(import_graph(model), label)
     final, _ = _ordered_layers(m)
-    tying = {n.name for n in graph.nodes if _is_tying(n)}
-    groups, group_nodes = _channel_groups(m, final, tying)
-    by_output = _layer_writers(final)
-    order = {layer.node: layer.index for layer in final}
-    with_sources = []
-    for layer in final:
-        found, features = _sources(m, layer, by_output, tying)
-        sources = tuple(sorted(found, key=order.__getitem__))
-        with_sources.append(replace(layer, sources=sources, source_features=features))
-    ops_by_name = {n.name: n.op for n in graph.nodes}
-    chain = LayerChain(
-        model=label,
-        layers=tuple(with_sources),
-        input=_chain_input(m, graph.tensors()[with_sources[0].input]),
-        outputs=output_names(graph),
-        channel_groups=groups,
-        group_nodes=group_nodes,
-        group_ops=tuple(tuple(ops_by_name[n] for n in nodes) for nodes in group_nodes),
-    )
+    chain = _assemble(m, final)
     logger.info(
         "%s: %d layers (%d hidden, heads %s)%s",
         label,
-        len(with_sources),
+        len(chain.layers),
         len(chain.hidden),
         ", ".join(h.node for h in chain.heads),
-        f", {len(groups)} channel group(s)" if groups else "",
+        f", {len(chain.channel_groups)} channel group(s)" if chain.channel_groups else "",
     )
     return chain
 
@@ -420,7 +510,7 @@ def require_supported_chain(chain: LayerChain) -> LayerChain:
     """
     count = len(chain.channel_groups)
     for layers, nodes, op_types in zip(chain.channel_groups, chain.group_nodes or ((),) * count, chain.group_ops or ((),) * count):
-        if not op_types or any(op != "Add" for op in op_types):
+        if not op_types or any(op not in ("Add", "Mul") for op in op_types):
             raise ModelError(
                 f"{chain.model}: {', '.join(nodes) or 'a node'} concatenate the channels of layers {', '.join(layers)}; "
                 "the rewrite supports plain chains and residual Adds",

@@ -24,7 +24,13 @@ is exact:
   gathered to the task's zipped channel order) and splits the result back into blocks. It is
   exact because these ops commute with a permutation of the channels.
 
-How to extend (issue 13: depthwise convs, gates ``x·f(x)``, Concat blocks, normalisations): write a
+Entries added for issue 13: a depthwise Conv (``group == C``, weight ``(C, 1, KH, KW)``) is
+``channel_params`` (each filter gathered with its channel, ``group`` set to the block's width);
+Resize of the spatial axes is ``spatial``; a Mul of two same-shape activations (a gate ``x·f(x)``)
+is a tie like the residual Add. Squeeze-excitation ``x·SE(x)`` broadcasts ``(N, C, 1, 1)`` and is
+not (yet) a tie: partial zipping stops before it.
+
+How to extend (Concat blocks, squeeze-excitation, normalisations): write a
 ``classify`` returning a :class:`~onnx_zip.graph.layers.PathStep` (or None to refuse) and a
 ``rebuild`` emitting the block's nodes through the :class:`Emitter`, then :func:`register` an
 :class:`OpRule`. A new effect name is added to ``PATH_EFFECTS`` (and to :data:`TIE_EFFECTS` for a
@@ -32,8 +38,7 @@ binary op that ties two spaces, to :data:`WHOLE_TASK_EFFECTS` for an op that mus
 task's channels); the walker and the rewrite dispatch on the table only. Add an example of each
 (op, effect) to ``tests/test_ops_table.py``: the test refuses entries without one. For example a
 depthwise Conv (not a layer: ``discover._is_layer`` must then skip ``group > 1``) is an entry
-``OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)`` whose rebuild gathers
-the weight and bias with :func:`gather_channels` and sets ``group`` to the block's width.
+``OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)`` (now in the table).
 
 Post-processing after a head (the ``output`` effect) is not in the table: a head's output
 channels are never permuted, so whatever follows is copied as it is.
@@ -177,9 +182,13 @@ def classify(ctx: PathContext) -> PathStep | None:
 
 
 def is_tie(node: gs.Node) -> bool:
-    """True when the node ties the channels of two activations (a residual Add)."""
+    """True when the node ties the channels of two activations (a residual Add, a gate Mul of two
+    same-shape tensors)."""
     rule = rule_for(node.op, node.domain or "")
-    return rule is not None and bool(TIE_EFFECTS & set(rule.effects)) and len(activations(node)) >= 2
+    acts = activations(node)
+    if rule is None or not TIE_EFFECTS & set(rule.effects) or len(acts) < 2:
+        return False
+    return node.op != "Mul" or _same_shapes(acts)
 
 
 def rebuild(block: BlockStep) -> gs.Variable:
@@ -324,6 +333,12 @@ def classify_layer_norm(ctx: PathContext) -> PathStep | None:
     return _step(ctx, "channel_norm", channel_params=tuple(t.name for t in params))
 
 
+def _same_shapes(acts: list[gs.Tensor]) -> bool:
+    """Two activations of one known shape (a residual Add, a gate ``x * f(x)``): no broadcasting."""
+    shapes = [shape_of(t) for t in acts]
+    return len(acts) == 2 and shapes[0] is not None and shapes[0] == shapes[1]
+
+
 def classify_arithmetic(ctx: PathContext) -> PathStep | None:
     """Mul/Add/Sub/Div/PRelu with one constant: scalar → elementwise, one value per channel →
     channel parameters; an Add of two activations → residual (ties their channels)."""
@@ -331,6 +346,8 @@ def classify_arithmetic(ctx: PathContext) -> PathStep | None:
     acts = activations(node)
     if node.op == "Add" and len(acts) >= 2:
         return _step(ctx, "residual")
+    if node.op == "Mul" and len(acts) >= 2:  # a gate x * f(x); x * SE(x) broadcasts: not (yet) a tie
+        return _step(ctx, "residual") if _same_shapes(acts) else None
     constants = [t for t in node.inputs if t.name and is_constant(t)]
     if len(constants) != 1 or len(acts) != 1:
         return None
@@ -342,6 +359,48 @@ def classify_arithmetic(ctx: PathContext) -> PathStep | None:
     if kind == "channel":
         return _step(ctx, "channel_params", channel_params=(constants[0].name,))
     return None
+
+
+def classify_depthwise(ctx: PathContext) -> PathStep | None:
+    """A depthwise Conv (``group == C``, weight ``(C, 1, KH, KW)``, constant weight and bias): one
+    filter per channel, so per-channel parameters (each filter follows its channel)."""
+    node = ctx.node
+    if not _unary(ctx) or len(node.inputs) < 2 or not is_constant(node.inputs[1]):
+        return None
+    weight = shape_of(node.inputs[1])
+    if weight is None or len(weight) != 4 or weight[:2] != (ctx.channels, 1):
+        return None
+    if int(node.attrs.get("group", 1)) != ctx.channels or ctx.channels < 2:
+        return None
+    params = [t for t in node.inputs[1:3] if t.name]
+    if not all(is_constant(t) for t in params):
+        return None
+    return _step(ctx, "channel_params", channel_params=tuple(t.name for t in params))
+
+
+def _resize_keeps_channels(ctx: PathContext) -> bool:
+    """Resize with constant scales of 1 on N and C (or constant sizes keeping N and C); the opset
+    conversion of canonicalisation turns the older Upsample into a Resize."""
+    node, shape = ctx.node, shape_of(ctx.tensor)
+    if "axes" in node.attrs or shape is None or len(shape) < 3:
+        return False
+    named = [t for t in node.inputs[1:] if t.name]
+    if not all(is_constant(t) for t in named):
+        return False
+    scales = node.inputs[2] if len(node.inputs) > 2 else None
+    if scales is not None and scales.name and constant_values(scales).size:
+        values = constant_values(scales)
+        return values.size == len(shape) and bool(np.all(values[:2] == 1))
+    sizes = node.inputs[3] if len(node.inputs) > 3 else None
+    if sizes is None or not sizes.name:
+        return False
+    values = constant_values(sizes)
+    return values.size == len(shape) and values[1] == ctx.channels and (shape[0] is None or values[0] == shape[0])
+
+
+def classify_resize(ctx: PathContext) -> PathStep | None:
+    """Resize of the spatial axes only: per channel."""
+    return _step(ctx, "spatial") if _unary(ctx) and _resize_keeps_channels(ctx) else None
 
 
 # ---------------------------------------------------------------- rebuild helpers
@@ -412,6 +471,39 @@ def rebuild_arithmetic(block: BlockStep) -> gs.Variable:
     return out
 
 
+def rebuild_depthwise(block: BlockStep) -> gs.Variable:
+    """A depthwise Conv on the block: its channels' filters and biases, ``group`` = the block's width."""
+    emit, node = block.emit, block.node
+    out = emit.variable(f"{block.prefix}/conv")
+    inputs: list[gs.Tensor] = [block.inputs[0]]
+    for t in node.inputs[1:3]:
+        if t.name:
+            values = np.ascontiguousarray(np.take(constant_values(t), block.channels, axis=0))
+            inputs.append(emit.constant(channel_param_name(block.prefix, t.name), values))
+    attrs = {**node.attrs, "group": len(block.channels)}
+    emit.node("Conv", f"{block.prefix}/Conv", inputs, [out], attrs=attrs, doc=f"depthwise Conv {node.name}")
+    return out
+
+
+def rebuild_resize(block: BlockStep) -> gs.Variable:
+    """Resize on the block; a constant ``sizes`` gets the block's width on the channel axis."""
+    node = block.node
+    sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
+    if sizes is None:
+        return rebuild_copy(block)
+    emit = block.emit
+    values = constant_values(sizes).copy()
+    values[1] = len(block.channels)
+    out = emit.variable(f"{block.prefix}/resize")
+    name = f"{block.prefix}/resize_{block.position}"
+    inputs = [block.inputs[0]] + [
+        gs.Variable.empty() if not t.name else emit.constant(f"{name}_{i}", constant_values(t))
+        for i, t in enumerate(node.inputs[1:3], start=1)
+    ] + [emit.constant(f"{name}_sizes", values)]
+    emit.node("Resize", f"{block.prefix}/Resize", inputs, [out], attrs=node.attrs)
+    return out
+
+
 # ---------------------------------------------------------------- the table
 
 ELEMENTWISE_OPS = (
@@ -436,11 +528,14 @@ _register_all(
     + [OpRule(op, ("flatten", "elementwise"), classify_flatten, rebuild_flatten) for op in ("Flatten", "Reshape")]
     + [OpRule("Squeeze", ("flatten",), classify_flatten, rebuild_flatten)]
     + [OpRule("BatchNormalization", ("channel_params",), classify_batchnorm, rebuild_copy)]
-    + [OpRule(op, ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy) for op in ("Sub", "Div", "Mul")]
-    + [OpRule("Add", ("elementwise", "channel_params", "residual"), classify_arithmetic, rebuild_arithmetic)]
+    + [OpRule(op, ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy) for op in ("Sub", "Div")]
+    + [OpRule(op, ("elementwise", "channel_params", "residual"), classify_arithmetic, rebuild_arithmetic)
+       for op in ("Add", "Mul")]
     + [OpRule("PRelu", ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy)]
     + [OpRule(op, ("channel_norm",), classify_channel_norm, rebuild_copy) for op in ("Softmax", "LogSoftmax", "LpNormalization")]
     + [OpRule("LayerNormalization", ("channel_norm",), classify_layer_norm, rebuild_copy)]
+    + [OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)]
+    + [OpRule("Resize", ("spatial",), classify_resize, rebuild_resize)]
 )
 
 

@@ -24,9 +24,10 @@ from onnx_zip.config import CalibrationConfig, ZipConfig
 from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
 from onnx_zip.errors import InputError
 from onnx_zip.graph.align import align_chains, match_depths
+from onnx_zip.graph.blockers import Blocker, nothing_zippable
 from onnx_zip.graph.canonicalize import canonicalize
-from onnx_zip.graph.discover import discover_layers, require_supported_chain
 from onnx_zip.graph.layers import Layer, LayerChain
+from onnx_zip.graph.partial import PartialChain, discover_partial
 from onnx_zip.model_io import convert_opset, default_opset, load_model, sha256_file
 from onnx_zip.zipper.pairing import group_share_count
 from onnx_zip.zipper.rewrite import check_task_names, inputs_match
@@ -47,7 +48,8 @@ class PreparedModel:
         sha256: The SHA-256 of the file (of the deterministic serialisation for a ModelProto).
         original: The model as loaded.
         canonical: The canonical model (BatchNorm folded, constants as initializers, common opset).
-        chain: Its discovered layers.
+        chain: Its discovered layers (cut after the last supported one: partial zipping).
+        blockers: What stops zipping in this model (empty when all of it is supported).
     """
 
     task: str
@@ -56,6 +58,7 @@ class PreparedModel:
     original: onnx.ModelProto = field(repr=False)
     canonical: onnx.ModelProto = field(repr=False)
     chain: LayerChain = field(repr=False)
+    blockers: tuple[Blocker, ...] = ()
 
 
 def default_task_names(count: int) -> list[str]:
@@ -63,8 +66,11 @@ def default_task_names(count: int) -> list[str]:
     return [chr(ord("a") + i) if i < 26 else f"t{i}" for i in range(count)]
 
 
-def prepare_model(source: ModelSource, task: str, *, fold_batchnorm: bool = True) -> PreparedModel:
-    """Load, canonicalise and discover one model (fast: no data)."""
+def _discovered(
+    source: ModelSource, task: str, *, fold_batchnorm: bool = True, until: str | None = None
+) -> tuple[tuple[str, str, onnx.ModelProto, onnx.ModelProto], PartialChain]:
+    """Load, canonicalise and discover one model: ``(name, sha256, original, canonical)`` and what
+    of it can be zipped."""
     if isinstance(source, onnx.ModelProto):
         original, label, name = source, f"model {task}", "<in memory>"
         digest = hashlib.sha256(source.SerializeToString(deterministic=True)).hexdigest()
@@ -72,8 +78,39 @@ def prepare_model(source: ModelSource, task: str, *, fold_batchnorm: bool = True
         original, label, name = load_model(source), f"model {task} ({source})", Path(source).name
         digest = sha256_file(source)
     canonical = canonicalize(original, fold_batchnorm=fold_batchnorm, label=label)
-    chain = require_supported_chain(discover_layers(canonical, label=label))
-    return PreparedModel(task, name, digest, original, canonical, chain)
+    partial = discover_partial(canonical, label=label, until=until)
+    # with a cut layer inserted (partial zipping up to a blocked layer), the zipper rebuilds that graph
+    return (name, digest, original, partial.canonical or canonical), partial
+
+
+def _prepared(
+    task: str, loaded: tuple[str, str, onnx.ModelProto, onnx.ModelProto], partial: PartialChain
+) -> PreparedModel:
+    if partial.chain is None:
+        raise nothing_zippable(partial.blockers, [partial.model])
+    return PreparedModel(task, *loaded, chain=partial.chain, blockers=partial.blockers)
+
+
+def prepare_model(source: ModelSource, task: str, *, fold_batchnorm: bool = True) -> PreparedModel:
+    """Load, canonicalise and discover one model (fast: no data); a model with a construct the op
+    table does not support is cut after its last supported layer (partial zipping).
+
+    Raises:
+        ModelError: nothing of the model can be zipped (every blocker listed).
+    """
+    return _prepared(task, *_discovered(source, task, fold_batchnorm=fold_batchnorm))
+
+
+def prepare_models(
+    sources: Sequence[ModelSource], tasks: Sequence[str], *, fold_batchnorm: bool = True, until: str | None = None
+) -> list[PreparedModel]:
+    """:func:`prepare_model` of every model (``until``: zip at most up to that hidden layer); when
+    any has nothing to zip, one error listing the blockers of every model (sorted by model file,
+    so independent of their order)."""
+    found = [_discovered(s, t, fold_batchnorm=fold_batchnorm, until=until) for s, t in zip(sources, tasks)]
+    if any(partial.chain is None for _, partial in found):
+        raise nothing_zippable([b for _, p in found for b in p.blockers], [p.model for _, p in found])
+    return [_prepared(t, loaded, partial) for t, (loaded, partial) in zip(tasks, found)]
 
 
 @dataclass(frozen=True)
@@ -220,7 +257,7 @@ def prepare(
     calibration_config = calibration_config if calibration_config is not None else CalibrationConfig()
     _check_request(models, calibration, config)
     tasks = check_task_names(names if names is not None else default_task_names(len(models)), len(models))
-    prepared = [prepare_model(m, t, fold_batchnorm=config.fold_batchnorm) for m, t in zip(models, tasks)]
+    prepared = prepare_models(models, tasks, fold_batchnorm=config.fold_batchnorm, until=config.until)
     opset = _common_opset(prepared)
     aligned = _align(prepared, config.mapping)
     hidden = [g for g in aligned if not g[0].is_head]

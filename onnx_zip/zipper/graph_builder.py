@@ -72,7 +72,7 @@ class GraphBuilder:
         """A new initializer (names of initializers are never suffixed: a repeat is a bug)."""
         if name in self.constants:
             raise ModelError(f"internal error: initializer {name} created twice")
-        const = gs.Constant(name, np.ascontiguousarray(values))
+        const = gs.Constant(name, np.ascontiguousarray(values).reshape(np.shape(values)))  # keeps a 0-d scalar 0-d
         self.constants[name] = const
         return const
 

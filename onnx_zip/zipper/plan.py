@@ -246,7 +246,8 @@ class Planner:
             return self._inputs[position]
         group = self.aligned[position]
         features = group[0].source_features
-        if any(layer.source_features != features for layer in group):
+        mixed = any(layer.source_features != features for layer in group)
+        if mixed and not all(layer.is_head for layer in group):  # heads are task-specific: each its own
             raise InputError(f"layers {[layer.node for layer in group]} read their inputs flattened to different feature counts")
         source = source_position(group, self.aligned)
         if source is None:
@@ -261,8 +262,8 @@ class Planner:
             index = [np.arange(layer.inputs) for layer in group]
         else:
             state = self.decided[self.groups[source][0]]
-            index = [_input_index(state.order[t], features) for t in range(self.tasks)]
-            shared_in = len(state.pairs) * features
+            index = [_input_index(state.order[t], group[t].source_features) for t in range(self.tasks)]
+            shared_in = 0 if mixed else len(state.pairs) * features
         self._inputs[position] = _Inputs(index, shared_in)
         return self._inputs[position]
 

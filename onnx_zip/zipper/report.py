@@ -22,9 +22,13 @@ METADATA_PREFIX = "onnx_zip."
 
 
 def parameter_count(model: onnx.ModelProto, *, prefix: str | None = None) -> int:
-    """Elements of the model's floating-point initializers (those named ``prefix...`` if given)."""
+    """Elements of the model's floating-point initializers (those named ``prefix...`` if given),
+    and without a prefix its float Constant nodes too (paddle2onnx stores weights in them)."""
     total = 0
-    for tensor in model.graph.initializer:
+    tensors = list(model.graph.initializer)
+    if prefix is None:
+        tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for tensor in tensors:
         if prefix is not None and not tensor.name.startswith(prefix):
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
