@@ -178,6 +178,24 @@ def test_identity_dropout_removed_and_names_filled() -> None:
     assert_same_outputs(model, out)
 
 
+def test_scalar_constants_and_initializer_inputs_lifted() -> None:
+    """``value_float``/``value_ints`` Constant nodes become initializers; an initializer listed as a
+    graph input (old exporters) is a constant only; a Constant feeding a graph output still works."""
+    model = builders.mlp([4, 3, 2])
+    model.graph.input.append(helper.make_tensor_value_info("fc0.weight", TensorProto.FLOAT, [3, 4]))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["k"], name="k", value_float=2.0))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["shape"], name="shape", value_ints=[-1, 2]))
+    model.graph.node.extend([helper.make_node("Mul", ["y", "k"], ["scaled"], name="mul"),
+                             helper.make_node("Reshape", ["scaled", "shape"], ["y2"], name="reshape")])
+    model.graph.output[0].name = "y2"
+    out = canonicalize(model)
+    assert "Constant" not in ops(out) and [i.name for i in out.graph.input] == ["x"]
+    assert init(out, "k") == np.float32(2.0) and init(out, "shape").tolist() == [-1, 2]
+    x = builders.random_inputs(builders.mlp([4, 3, 2]), 5)
+    expected = run_ref(builders.mlp([4, 3, 2]), x)[0] * 2
+    np.testing.assert_allclose(runtime.make_session(out).run(None, x)[0], expected, rtol=0, atol=1e-6)
+
+
 def test_duplicate_names_made_unique() -> None:
     model = builders.mlp([6, 4, 3])
     for node in model.graph.node:

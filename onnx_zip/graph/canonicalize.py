@@ -30,6 +30,9 @@ outputs and guarantees:
 * ``ir_version`` matches the opset (``model_io.stamp_versions``).
 
 Weights that change are copied under a new name when another node still reads the original.
+
+Every rewrite works on onnx-graphsurgeon graphs; the protobuf is only handed to onnx's own tools
+(the support check, the version converter, shape inference) and to ``model_io``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from collections import Counter
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
 
 from onnx_zip import model_io
 from onnx_zip.errors import ModelError
@@ -108,44 +110,61 @@ def check_supported(model: onnx.ModelProto, *, label: str = "model") -> int:
     return opset
 
 
-# ------------------------------------------------------------------------------ proto-level steps
+# ------------------------------------------------------------------------------ constants and shapes
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for attr in node.attribute:
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
-        if attr.name == "value_float":
-            return np.array(attr.f, dtype=np.float32)
-        if attr.name == "value_floats":
-            return np.array(list(attr.floats), dtype=np.float32)
-        if attr.name == "value_int":
-            return np.array(attr.i, dtype=np.int64)
-        if attr.name == "value_ints":
-            return np.array(list(attr.ints), dtype=np.int64)
-    return None  # sparse or string constants stay nodes
+def _constant_value(node: gs.Node) -> np.ndarray | None:
+    """The tensor a ``Constant`` node holds, or None (sparse or string constants stay nodes)."""
+    attrs = node.attrs
+    if isinstance(attrs.get("value"), gs.Constant):
+        return np.asarray(attrs["value"].values)
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(list(attrs["value_floats"]), dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(list(attrs["value_ints"]), dtype=np.int64)
+    return None
 
 
-def _constants_to_initializers(model: onnx.ModelProto) -> None:
-    kept = []
-    for node in model.graph.node:
-        value = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+def _lift_constants(graph: gs.Graph) -> bool:
+    """``Constant`` nodes become initializers; initializers listed as graph inputs (old exporters)
+    are constants only. Returns whether anything changed."""
+    changed = False
+    for node in graph.nodes:
+        value = _constant_value(node) if node.op == "Constant" and node.domain in (None, "", "ai.onnx") else None
         if value is None:
-            kept.append(node)
             continue
-        model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-    if len(kept) != len(model.graph.node):
-        del model.graph.node[:]
-        model.graph.node.extend(kept)
+        out = node.outputs[0]
+        const = gs.Constant(out.name, value)
+        for consumer in list(out.outputs):
+            _replace(consumer.inputs, out, const)
+        _replace(graph.outputs, out, const)
+        node.outputs.clear()
+        changed = True
+    inputs = [t for t in graph.inputs if not isinstance(t, gs.Constant)]
+    if len(inputs) != len(graph.inputs):
+        graph.inputs = inputs
+        changed = True
+    if changed:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    return changed
 
 
-def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
-    """Old exporters list initializers as graph inputs too; treat them as constants only."""
-    names = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in names]
-    if len(inputs) != len(model.graph.input):
-        del model.graph.input[:]
-        model.graph.input.extend(inputs)
+def _with_constants_lifted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with :func:`_lift_constants` applied (the same object when nothing changes)."""
+    if not any(n.op_type == "Constant" for n in model.graph.node) and not (
+        {t.name for t in model.graph.initializer} & {v.name for v in model.graph.input}
+    ):
+        return model
+    graph = gs.import_onnx(model)
+    if not _lift_constants(graph):
+        return model
+    out = gs.export_onnx(graph, do_type_check=False)
+    _copy_model_fields(model, out)
+    return out
 
 
 def infer_shapes(model: onnx.ModelProto, *, label: str = "model") -> onnx.ModelProto:
@@ -491,6 +510,21 @@ def _fold_batchnorms(graph: gs.Graph, names: _Names) -> int:
 # ------------------------------------------------------------------------------ the pass
 
 
+def _copy_model_fields(source: onnx.ModelProto, out: onnx.ModelProto) -> None:
+    """Give a model exported from graphsurgeon the source's versions, producer, names and metadata."""
+    out.ir_version = source.ir_version
+    out.producer_name = source.producer_name
+    out.producer_version = source.producer_version
+    out.domain = source.domain
+    out.model_version = source.model_version
+    out.doc_string = source.doc_string
+    out.graph.name = source.graph.name
+    del out.metadata_props[:]
+    out.metadata_props.extend(source.metadata_props)
+    del out.opset_import[:]
+    out.opset_import.extend(source.opset_import)
+
+
 def canonicalize(model: onnx.ModelProto, *, fold_batchnorm: bool = True, label: str = "model") -> onnx.ModelProto:
     """Return the canonical form of ``model`` (see the module docstring for the guarantees).
 
@@ -510,9 +544,7 @@ def canonicalize(model: onnx.ModelProto, *, fold_batchnorm: bool = True, label: 
     opset = check_supported(work, label=label)
     if opset < CANONICAL_OPSET:
         work = model_io.convert_opset(work, CANONICAL_OPSET, label=label)
-    _constants_to_initializers(work)
-    _drop_initializer_inputs(work)
-    work = infer_shapes(work, label=label)
+    work = infer_shapes(_with_constants_lifted(work), label=label)
     graph = gs.import_onnx(work)
     _name_nodes(graph)
     names = _Names(graph)
@@ -526,16 +558,6 @@ def canonicalize(model: onnx.ModelProto, *, fold_batchnorm: bool = True, label: 
             logger.info("%s: folded %d BatchNormalization node(s)", label, count)
     graph.cleanup().toposort()
     out = gs.export_onnx(graph, do_type_check=False)
-    out.ir_version = work.ir_version
-    out.producer_name = work.producer_name
-    out.producer_version = work.producer_version
-    out.domain = work.domain
-    out.model_version = work.model_version
-    out.doc_string = work.doc_string
-    out.graph.name = work.graph.name
-    del out.metadata_props[:]
-    out.metadata_props.extend(work.metadata_props)
-    del out.opset_import[:]
-    out.opset_import.extend(work.opset_import)
+    _copy_model_fields(work, out)
     out = infer_shapes(out, label=label)
     return model_io.stamp_versions(out, label=label)

@@ -25,8 +25,11 @@ import numpy as np
 #: (an unfolded BatchNormalization, a per-channel Mul/Add/PRelu); ``output``: post-processing
 #: after a head (Softmax, ArgMax, ZipMap, ...) that reads the head's output as a whole (heads are
 #: never zipped, so their output channels are never permuted); ``residual``: an Add of two
-#: activations (a skip connection) summing channels of one channel group.
-PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params", "output", "residual")
+#: activations (a skip connection) summing channels of one channel group; ``channel_norm``: an op
+#: across the channel axis (LayerNormalization, Softmax, LpNormalization over the channels),
+#: computed per task on all of its channels (shared and own), its per-channel parameters listed in
+#: ``channel_params``. The op-semantics table (``graph/ops.py``) says which op has which effect.
+PATH_EFFECTS = ("elementwise", "spatial", "flatten", "channel_params", "output", "residual", "channel_norm")
 
 
 @dataclass(frozen=True)
