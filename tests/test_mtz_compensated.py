@@ -17,7 +17,7 @@ from onnx_zip.mtz import (
     cost_matrix,
     dense_rows,
     im2col,
-    merge_conv,
+    merge_pairs,
     merged_vectors,
     pair_operator,
 )
@@ -242,9 +242,8 @@ def test_identity_inputs_give_the_paper_merge_conv_patch() -> None:
     op = pair_operator(sa.h, sb.h)
     np.testing.assert_allclose(comp.pair_costs(), 2 * cost_matrix(ra, rb, op), rtol=1e-9, atol=1e-12)
     pairs = np.array([[1, 2], [3, 0]])
-    w, bias = merge_conv(wa, ba, wb, bb, pairs, op, "patch")
     fs = comp.fit_shared(pairs)
-    np.testing.assert_allclose(fs.shared, conv_patch_rows(w, bias), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fs.shared, merge_pairs(ra, rb, pairs, op), rtol=1e-9, atol=1e-12)
 
 
 def lit_channel_refit(x_t: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray, prior_w: np.ndarray,
