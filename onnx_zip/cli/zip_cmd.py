@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from onnx_zip.cli._output import print_zip_summary
+from onnx_zip.config import METHODS, ZipConfig
 from onnx_zip.errors import InputError
 from onnx_zip.model_io import check_writable
 from onnx_zip.reporting import write_summary
@@ -31,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convolution Hessian: patch (paper), channel (released code), auto (patch while C*k*k+1 <= 1024)")
     parser.add_argument("--pairing", choices=("mtz", "l2", "random", "correlation"), default="mtz",
                         help="mtz, or a baseline with averaging: l2 weight distance, random, activation correlation")
+    parser.add_argument("--method", choices=METHODS.names(), default=ZipConfig.method,
+                        help="paper: the paper's one-pass MTZ; compensated: every layer, bottom-up, fitted by least squares "
+                             f"to the original outputs on the zipped model's own inputs (default {ZipConfig.method})")
+    parser.add_argument("--rho", type=float, default=ZipConfig.rho,
+                        help=f"ridge of the compensated fit, relative to mean(diag G) (default {ZipConfig.rho:g})")
     parser.add_argument("--damping", type=float, default=0.0, help="relative Hessian damping (default 0)")
     parser.add_argument("--names", help="task names, comma separated (default a,b,c,…)")
     parser.add_argument("--separate-inputs", action="store_true", help="give each task its own graph input")
@@ -87,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
     if args.summary:
         check_writable(args.summary)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    if args.pairing in ("mtz", "correlation") and (not args.calib or len(args.calib) != len(args.models)):
+    needs_data = args.pairing in ("mtz", "correlation") or METHODS.get(args.method).per_layer
+    if needs_data and (not args.calib or len(args.calib) != len(args.models)):
+        what = f"{args.pairing} pairing" if args.pairing in ("mtz", "correlation") else f"--method {args.method}"
         raise InputError(
-            f"{args.pairing} pairing needs calibration data for each model: got {len(args.calib or [])} --calib "
+            f"{what} needs calibration data for each model: got {len(args.calib or [])} --calib "
             f"for {len(args.models)} models",
             hint="pass one --calib per model, in model order (--calib A.npz --calib B.npz …)",
         )
@@ -102,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         conv_hessian=args.conv_hessian,
         damping=args.damping,
         pairing=args.pairing,
+        method=args.method,
+        rho=args.rho,
         separate_inputs=args.separate_inputs,
         seed=args.seed,
         calibration_limit=args.calib_limit or None,
