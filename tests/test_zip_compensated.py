@@ -156,3 +156,30 @@ def test_method_and_rho_are_checked():
         ZipConfig(method="compensate")
     with pytest.raises(InputError, match="zip.rho"):
         ZipConfig(rho=-1.0)
+
+
+def test_different_depths_widths_and_separate_inputs():
+    from test_zip_depths import _deeper_equivalent
+
+    a = builders.mlp([6, 10, 8, 3], seed=1)
+    deep, perms = _deeper_equivalent(a)
+    calib = builders.random_inputs(a, 300, seed=1)
+    result = zip_models([deep, a], [calib, calib], names=["deep", "shallow"], share=1.0, method="compensated")
+    for layer, perm in zip(result.report["layers"], perms):
+        pairs = np.array(layer["pairs"])
+        np.testing.assert_array_equal(perm[pairs[:, 0]], pairs[:, 1])
+    x = builders.random_inputs(a, 30, seed=2)
+    (y,) = run_model(a, x)
+    for out in run_model(result.model, x):
+        np.testing.assert_allclose(out, y, rtol=0, atol=1e-5)
+    narrow = builders.mlp([6, 14, 5, 3], seed=2)
+    widths = zip_models([a, narrow], [calib, calib], share=0.0, method="compensated")
+    for out, model in zip(run_model(widths.model, x), (a, narrow)):
+        np.testing.assert_allclose(out, run_model(model, x)[0], rtol=0, atol=1e-5)
+    c = builders.cnn(seed=1, size=12)
+    d, _ = permuted_cnn(c)
+    xc = builders.random_inputs(c, 60, seed=3)
+    separate = zip_models([c, d], [xc, xc], share=1.0, separate_inputs=True, method="compensated")
+    y = run_model(c, xc)[0]
+    for out in run_model(separate.model, {"a/x": xc["x"], "b/x": xc["x"]}):
+        np.testing.assert_allclose(out, y, rtol=0, atol=1e-5)
