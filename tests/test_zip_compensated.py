@@ -4,15 +4,15 @@ refusals and settings."""
 
 from __future__ import annotations
 
+import builders
 import numpy as np
 import pytest
+from test_zip import initializers, permuted_cnn, permuted_mlp, run_model
 
-import builders
 from onnx_zip.config import ZipConfig
 from onnx_zip.errors import InputError
 from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair
 from onnx_zip.pipeline import zip_models
-from test_zip import initializers, permuted_cnn, permuted_mlp, run_model
 
 
 def _assert_recovered(result, perms) -> None:
@@ -183,3 +183,22 @@ def test_different_depths_widths_and_separate_inputs():
     y = run_model(c, xc)[0]
     for out in run_model(separate.model, {"a/x": xc["x"], "b/x": xc["x"]}):
         np.testing.assert_allclose(out, y, rtol=0, atol=1e-5)
+
+
+def test_a_sweep_fits_every_level_and_the_plan_stage_refuses():
+    from onnx_zip.pipeline import plan, prepare
+    from onnx_zip.pipeline.statistics import empty_statistics
+    from onnx_zip.sweep import sweep
+
+    a, b = builders.mlp([8, 12, 6, 4], seed=5), builders.mlp([8, 12, 6, 4], seed=6)
+    calib = builders.random_inputs(a, 200, seed=1)
+    labels = np.zeros(50, dtype=np.int64)
+    test = {"a": {"x": calib["x"][:50], "label": labels}, "b": {"x": calib["x"][:50], "label": labels}}
+    done = sweep([a, b], [calib, calib], [0.0, 1.0], test, method="compensated")
+    fitted = zip_models([a, b], [calib, calib], share=1.0, method="compensated")
+    x = {"x": calib["x"][:50]}
+    expected = [float(np.mean(np.argmax(o, axis=1) == 0)) for o in run_model(fitted.model, x)]
+    assert list(done["sweep"][1]["accuracy"].values()) == pytest.approx(expected)
+    job = prepare([a, b], [calib, calib], config=ZipConfig(method="compensated"))
+    with pytest.raises(InputError, match="--method paper"):
+        plan(job, empty_statistics(job))

@@ -32,7 +32,11 @@ from onnx_zip.calibrate import instrument
 from onnx_zip.data import ArrayReader, Dataset, model_inputs
 from onnx_zip.errors import DataError, InputError
 from onnx_zip.graph.layers import Layer
-from onnx_zip.mtz.comp_stats import CompensationStats, MomentAccumulator, moment_accumulator
+from onnx_zip.mtz.comp_stats import (
+    CompensationStats,
+    MomentAccumulator,
+    moment_accumulator,
+)
 from onnx_zip.pipeline.job import ZipJob
 from onnx_zip.pipeline.stages import build, initializer_arrays
 from onnx_zip.pipeline.statistics import gather_statistics
