@@ -202,3 +202,16 @@ def test_a_sweep_fits_every_level_and_the_plan_stage_refuses():
     job = prepare([a, b], [calib, calib], config=ZipConfig(method="compensated"))
     with pytest.raises(InputError, match="--method paper"):
         plan(job, empty_statistics(job))
+
+
+def test_first_layer_with_no_ridge_is_the_papers_merge():
+    """x̃ = x and every input shared (the first layer), ρ = 0: the paper's pairs and merged weights,
+    at twice its cost (mtz-method §10)."""
+    a, b = builders.mlp([8, 12, 4], seed=5), builders.mlp([8, 12, 4], seed=6)
+    calib = [builders.random_inputs(a, 300, seed=1), builders.random_inputs(a, 300, seed=2)]
+    fitted = zip_models([a, b], calib, share=0.5, method="compensated", rho=0.0).layers[0]
+    paper = zip_models([a, b], calib, share=0.5, method="paper").layers[0]
+    np.testing.assert_array_equal(fitted.pairs, paper.pairs)
+    np.testing.assert_allclose(fitted.costs, 2 * paper.costs, rtol=1e-9)
+    np.testing.assert_allclose(fitted.shared_weight, paper.shared_weight, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fitted.shared_bias, paper.shared_bias, rtol=0, atol=1e-6)
