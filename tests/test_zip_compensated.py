@@ -128,12 +128,29 @@ def test_same_inputs_give_the_same_bytes():
     assert zip_models([a, b], [calib, calib], method="compensated").model.SerializeToString() == first
 
 
-def test_residual_models_are_refused_with_the_fix():
-    a = builders.residual(seed=1)
-    b = builders.residual(seed=2)
-    calib = builders.random_inputs(a, 50, seed=1)
+def test_residual_permuted_copy_is_recovered_and_share_zero_reproduces():
+    from onnx_zip.graph.canonicalize import canonicalize
+
+    a = canonicalize(builders.residual(seed=1))
+    b, perms = builders.permuted_copy(a)
+    calib = builders.random_inputs(a, 200, seed=1)
+    x = builders.random_inputs(a, 20, seed=2)
+    (y,) = run_model(a, x)
+    result = zip_models([a, b], [calib, calib], share=1.0, method="compensated")
+    _assert_recovered(result, perms)
+    for out in run_model(result.model, x):
+        np.testing.assert_allclose(out, y, rtol=0, atol=1e-5)
+    c = builders.residual(seed=2)
+    apart = zip_models([a, c], [calib, calib], share=0.0, method="compensated")
+    for out, model in zip(run_model(apart.model, x), (a, c)):
+        np.testing.assert_allclose(out, run_model(model, x)[0], rtol=0, atol=1e-5)
+
+
+def test_different_first_layer_widths_are_refused_with_the_fix():
+    a, b = builders.mlp([6, 10, 3], seed=1), builders.mlp([4, 10, 3], seed=2)
     with pytest.raises(InputError, match="--method compensated") as info:
-        zip_models([a, b], [calib, calib], method="compensated")
+        zip_models([a, b], [builders.random_inputs(a, 20), builders.random_inputs(b, 20)], method="compensated",
+                   separate_inputs=True)
     assert "--method paper" in (info.value.hint or "")
 
 

@@ -3,35 +3,38 @@
 For each aligned hidden position ``l`` from the input up, then for the heads (all at once):
 
 1. calibrate: for each task ``t``, the same batches of task ``t``'s calibration data run through the
-   task's *view* of the model zipped so far (:mod:`onnx_zip.zipper.views`: layers ``< l`` zipped,
-   its input in their zipped order, giving ``x̃_t``) and through the original canonical model
-   (``x_t``); :mod:`onnx_zip.mtz.comp_stats` accumulates ``G_t, C_t, H_t`` (float64, streaming);
+   task's model fitted so far (:func:`fitted_model`: its canonical model with layers ``< l`` replaced
+   by their fitted weights, neurons in the original order, so it computes what the zipped model
+   computes for ``t``) and through the original canonical model; layer ``l``'s input in the first,
+   moved to the zipped order ``[shared ; own]`` of the layer below, is ``x̃_t``, in the second ``x_t``;
+   :mod:`onnx_zip.mtz.comp_stats` accumulates ``G_t, C_t, H_t`` (float64, streaming);
 2. fit: :func:`onnx_zip.zipper.compensate.compensated_layer` chooses the pairs with the compensated
-   cost and fits every neuron of the layer; the layers below keep their (already tied) pairs, the
-   layers above share nothing yet (the planner's ``fixed`` pairs and zero policies, as in the
-   layer-wise loop of :mod:`onnx_zip.pipeline.layerwise`);
-3. build the joint model and read the task views back for the next position.
+   cost and fits every neuron of the layer (one :class:`~onnx_zip.zipper.plan.Planner` carries the
+   zipped orders from layer to layer, as in the one-pass zip);
+3. after the heads, build the joint model once from the fitted blocks.
 
 The original models' sessions are built once per task (every layer input exposed; a run fetches the
-one needed); the views' sessions are rebuilt per position. Residual channel groups, dense first
-layers of different widths and aligned layers that disagree on having a bias are refused before any
-calibration (:func:`check_compensated`): ``--method paper`` zips them.
+one needed); the fitted models' sessions are rebuilt per position. Residual channel groups: the first
+layer of a group chooses the pairs (on its own costs), each later one is fitted with them. Dense
+first layers of different widths and aligned layers that disagree on having a bias are refused
+before any calibration (:func:`check_compensated`): ``--method paper`` zips them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from onnx_zip import mtz, runtime
+from onnx_zip import runtime
 from onnx_zip.calibrate import instrument
 from onnx_zip.data import ArrayReader, Dataset, model_inputs
 from onnx_zip.errors import DataError, InputError
-from onnx_zip.graph.layers import Layer
+from onnx_zip.graph.layers import Layer, stored_weights
 from onnx_zip.mtz.comp_stats import (
     CompensationStats,
     MomentAccumulator,
@@ -40,27 +43,22 @@ from onnx_zip.mtz.comp_stats import (
 from onnx_zip.pipeline.job import ZipJob
 from onnx_zip.pipeline.stages import build, initializer_arrays
 from onnx_zip.pipeline.statistics import gather_statistics
-from onnx_zip.zipper.compensate import compensated_layer
+from onnx_zip.zipper.compensate import LayerFit, compensated_layer
 from onnx_zip.zipper.plan import LayerZip, Planner
-from onnx_zip.zipper.views import task_views
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompensatedZip", "check_compensated", "layer_moments", "zip_compensated"]
+__all__ = ["CompensatedZip", "check_compensated", "fitted_model", "layer_moments", "zip_compensated"]
 
 
 def check_compensated(job: ZipJob) -> None:
     """Refuse what the compensated zip does not support yet, every blocker at once.
 
     Raises:
-        InputError: residual channel groups, dense first layers of different input widths, aligned
-            layers of which some have a bias and some not; the fix is ``--method paper``.
+        InputError: dense first layers of different input widths, aligned layers of which some have a
+            bias and some not; the fix is ``--method paper``.
     """
     problems = []
-    for p in job.prepared:
-        if p.chain.channel_groups:
-            problems.append(f"model {p.task} has residual Adds/Concats ({', '.join(p.chain.group_nodes[0])}) "
-                            "whose channels are tied")
     for group in job.aligned:
         widths = {layer.inputs for layer in group}
         if group[0].index == 0 and len(widths) > 1 and not group[0].is_head:
@@ -109,11 +107,20 @@ def _as_vectors(layer: Layer, batch: np.ndarray) -> np.ndarray:
     return batch.reshape(-1, batch.shape[-1]) if layer.kind == "dense" and batch.ndim != 2 else batch
 
 
+def _zipped_order(layer: Layer, batch: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """A batch of the layer's input in the original order → the zipped order ``[shared ; own]``
+    (``index``: the original feature of each zipped position; channels of a conv, features of a dense)."""
+    if layer.kind == "conv":
+        return np.take(batch, index, axis=1)
+    return _as_vectors(layer, batch)[:, index]
+
+
 def layer_moments(
-    job: ZipJob, t: int, view: _Runner, original: _Runner, positions: Sequence[int]
+    job: ZipJob, t: int, view: _Runner, original: _Runner, positions: Sequence[int], index: Mapping[int, np.ndarray]
 ) -> dict[int, CompensationStats]:
-    """Task ``t``'s moments of the layers at ``positions``: the view's input against the original's,
-    on the same batches of task ``t``'s calibration data."""
+    """Task ``t``'s moments of the layers at ``positions``: the input in the model fitted so far
+    (``view``, original neuron order, moved to the zipped order by ``index``) against the original
+    input (``original``), on the same batches of task ``t``'s calibration data."""
     calib = job.calibration_config
     assert job.calibration is not None
     layers = {p: job.aligned[p][t] for p in positions}
@@ -127,7 +134,8 @@ def layer_moments(
     while (feeds := reader.get_next()) is not None:
         zipped, plain = view.fetch(tensors, feeds), original.fetch(tensors, feeds)
         for p, layer in layers.items():
-            accs[p].update(_as_vectors(layer, zipped[layer.input]), _as_vectors(layer, plain[layer.input]))  # type: ignore[attr-defined]
+            accs[p].update(_zipped_order(layer, zipped[layer.input], index[p]),  # type: ignore[attr-defined]
+                           _as_vectors(layer, plain[layer.input]))
         seen += 1
     if not seen:
         raise DataError(f"{job.calibration[t].source}: no calibration samples for model {job.tasks[t]}")
@@ -147,12 +155,26 @@ class CompensatedZip:
     zips: list[LayerZip]
 
 
-def _planner(job: ZipJob, views: Sequence[onnx.ModelProto], steps: Sequence[int], fixed: Mapping[int, np.ndarray],
-             pair_costs: Mapping[int, np.ndarray]) -> Planner:
-    hidden = [p for p, g in enumerate(job.aligned) if not g[0].is_head]
-    policies = [job.settings.policy_for(i) if p in steps else mtz.ShareCount(0) for i, p in enumerate(hidden)]
-    return Planner(job.chains, job.aligned, [initializer_arrays(v) for v in views], job.settings.with_policies(policies),
-                   pair_costs=pair_costs, fixed=fixed)
+def fitted_model(job: ZipJob, t: int, planner: Planner, fitted: Mapping[int, LayerFit]) -> onnx.ModelProto:
+    """Task ``t``'s canonical model with the layers fitted so far, every neuron in its ORIGINAL order
+    (a fitted weight's inputs moved back from the zipped order): it computes what the zipped model
+    computes for task ``t``, up to the order of the neurons, so residual Adds need no care."""
+    model = onnx.ModelProto()
+    model.CopyFrom(job.canonical[t])
+    where = {init.name: i for i, init in enumerate(model.graph.initializer)}
+    for position, fit in fitted.items():
+        layer = job.aligned[position][t]
+        zipped = fit.weights[t]
+        weight = np.zeros_like(zipped)
+        weight[:, planner.input_order(position).index[t]] = zipped
+        values = {layer.weight: stored_weights(layer, weight)}
+        if layer.bias is not None and fit.biases[t] is not None:
+            values[layer.bias] = fit.biases[t]
+        for name, value in values.items():
+            old = model.graph.initializer[where[name]]
+            dtype = numpy_helper.to_array(old).dtype
+            old.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype).reshape(old.dims), name))
+    return model
 
 
 def zip_compensated(job: ZipJob, *, progress: bool = False) -> CompensatedZip:
@@ -173,28 +195,17 @@ def zip_compensated(job: ZipJob, *, progress: bool = False) -> CompensatedZip:
     threads = job.calibration_config.threads
     runners = [_Runner.of(m, [g[t].input for g in job.aligned], threads, f"model {task}")
                for t, (task, m) in enumerate(zip(job.tasks, job.canonical))]
-    views = list(job.canonical)
-    fixed: dict[int, np.ndarray] = {}
-    found: dict[int, LayerZip] = {}
-    model: onnx.ModelProto | None = None
+    planner = Planner(job.chains, job.aligned, originals, job.settings, pair_costs=pair_costs)
+    fitted: dict[int, LayerFit] = {}
     for steps in [[p] for p in hidden] + [heads]:
-        moments = [layer_moments(job, t, _Runner.of(v, [job.aligned[p][t].input for p in steps], threads,
-                                                    f"model {job.tasks[t]} zipped so far"), runners[t], steps)
-                   for t, v in enumerate(views)]
-        planner = _planner(job, views, steps, fixed, pair_costs)
-        zips = []
-        for q in range(len(job.aligned)):
-            if q in steps:
-                zips.append(compensated_layer(planner, q, originals, [m[q] for m in moments], job.config.rho))
-                found[q] = zips[-1]
-            else:
-                zips.append(planner.plan(q))
-        model = build(job, zips, models=views)
-        logger.info("compensated: fitted %s", ", ".join(f"{zips[q].tag} ({zips[q].shared} shared)" for q in steps))
-        if steps is not heads:
-            views = task_views(model, job.tasks, views, zips)
-            fixed.update({p: np.repeat(np.arange(found[p].shared)[:, None], len(job.tasks), axis=1) for p in steps})
-    assert model is not None
-    # The views' layer l was in its original neuron order when l was fitted: its pairs are original indices.
-    final = [replace(z, pairs=found[z.index].pairs, costs=found[z.index].costs) for z in zips]
-    return CompensatedZip(model, final)
+        index = {p: planner.input_order(p).index for p in steps}
+        moments = []
+        for t, task in enumerate(job.tasks):
+            view = _Runner.of(fitted_model(job, t, planner, fitted), [job.aligned[p][t].input for p in steps],
+                              threads, f"model {task} zipped so far")
+            moments.append(layer_moments(job, t, view, runners[t], steps, {p: index[p][t] for p in steps}))
+        for p in steps:
+            fitted[p] = compensated_layer(planner, p, originals, [m[p] for m in moments], job.config.rho)
+            logger.info("compensated: fitted %s (%d shared)", fitted[p].zip.tag, fitted[p].zip.shared)
+    zips = [fitted[p].zip for p in range(len(job.aligned))]
+    return CompensatedZip(build(job, zips), zips)

@@ -8,7 +8,9 @@ zipped so far, original input from the original model, same samples), :func:`com
 1. chooses the pairs with the compensated cost ``Δ`` (:meth:`CompensatedLayer.pair_costs`, tasks
    0 and 1, then each further task against the shared groups with
    :meth:`CompensatedLayer.group_costs`), by the share policy and matching of the settings; a
-   baseline pairing (``l2``, ``random``, ``correlation``) chooses them its own way instead;
+   baseline pairing (``l2``, ``random``, ``correlation``) chooses them its own way instead; the
+   later layers of a residual channel group take the pairs of its first layer (chosen on that
+   layer's costs alone);
 2. fits each shared neuron (shared weights and each task's inter weights) jointly to its tasks'
    original outputs and refits every other neuron (heads included) to its own original outputs;
 3. writes the result as the :class:`~onnx_zip.zipper.plan.LayerZip` weight blocks.
@@ -19,11 +21,12 @@ Pure numpy; :mod:`onnx_zip.pipeline.compensated` runs it bottom-up with fresh mo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from onnx_zip import mtz
+from onnx_zip.errors import InputError
 from onnx_zip.graph.layers import Layer
 from onnx_zip.mtz.comp_stats import CompensationStats
 from onnx_zip.mtz.compensated import CompensatedLayer, TaskLayer
@@ -41,7 +44,7 @@ from onnx_zip.zipper.plan import (
 from onnx_zip.zipper.readings import ops_of
 from onnx_zip.zipper.structure import source_position
 
-__all__ = ["choose_compensated_pairs", "compensated_layer", "fitted_layer"]
+__all__ = ["LayerFit", "choose_compensated_pairs", "compensated_layer", "fitted_layer"]
 
 
 def fitted_layer(
@@ -84,6 +87,9 @@ def choose_compensated_pairs(
     tasks = len(group)
     empty = (np.zeros((0, tasks), dtype=np.int64), np.zeros(0))
     settings = planner.settings
+    deciding = planner.groups[position][0]
+    if not group[0].is_head and deciding != position and deciding in planner.decided:
+        return _group_pairs(planner, position, data, comp)
     if group[0].is_head or data.shared_in == 0 or shares_nothing(settings.policy_for(position), group):
         return empty
     if settings.method.costs != "hessian":
@@ -112,6 +118,40 @@ def choose_compensated_pairs(
     return pairs, costs
 
 
+def _group_pairs(
+    planner: Planner, position: int, data: _LayerData, comp: CompensatedLayer
+) -> tuple[np.ndarray, np.ndarray]:
+    """A later layer of a residual channel group takes its group's pairs; their compensated costs."""
+    pairs = planner.decided[planner.groups[position][0]].pairs
+    if len(pairs) and data.shared_in == 0:
+        raise InputError(
+            f"layer {comp.layer} shares {len(pairs)} channels through a residual Add, but the layer it reads shares none",
+            hint="share some neurons of every layer inside a residual block, or none of the block's channels",
+        )
+    if not len(pairs):
+        return pairs, np.zeros(0)
+    costs = comp.pair_costs(0, 1)[pairs[:, 0], pairs[:, 1]]
+    for t in range(2, pairs.shape[1]):
+        costs = costs + comp.group_costs(pairs[:, :t], tuple(range(t)), t)[np.arange(len(pairs)), pairs[:, t]]
+    return pairs, costs
+
+
+@dataclass
+class LayerFit:
+    """One fitted position.
+
+    Attributes:
+        zip: Its :class:`LayerZip` (``costs``: the compensated ``Δ`` of the pairs, summed over tasks).
+        weights: Per task the fitted weight ``(N_t, C_t, *kernel)``, neurons in the ORIGINAL order,
+            inputs in the zipped order of the layer below (the planner's ``w_new`` layout).
+        biases: Per task the fitted bias ``(N_t,)`` (original order), or ``None`` without biases.
+    """
+
+    zip: LayerZip
+    weights: list[np.ndarray]
+    biases: list[np.ndarray | None]
+
+
 def _task_weights(
     comp: CompensatedLayer, layer: Layer, t: int, reading: str, pairs: np.ndarray, shared_rows: np.ndarray | None,
     inputs: int, has_bias: bool,
@@ -133,7 +173,7 @@ def _task_weights(
 def compensated_layer(
     planner: Planner, position: int, originals: Sequence[Mapping[str, np.ndarray]],
     stats: Sequence[CompensationStats], rho: float,
-) -> LayerZip:
+) -> LayerFit:
     """Choose and fit one position; the planner records it as decided (see the module docstring).
 
     Args:
@@ -144,7 +184,7 @@ def compensated_layer(
         rho: Relative ridge (``ρ``; ``λ_t = ρ·mean(diag G_t)``).
 
     Returns:
-        The :class:`LayerZip`: ``costs`` are the compensated ``Δ`` (summed over tasks) of the pairs.
+        The :class:`LayerFit` (the weight blocks, and each task's fitted weights).
     """
     comp, data, reading = fitted_layer(planner, position, originals, stats, rho)
     group = planner.aligned[position]
@@ -162,4 +202,4 @@ def compensated_layer(
     deciding = planner.groups[position][0]
     if not group[0].is_head and deciding not in planner.decided:
         planner.decided[deciding] = result
-    return result
+    return LayerFit(result, [w for w, _ in fitted], [b for _, b in fitted])
