@@ -7,7 +7,7 @@ from __future__ import annotations
 import builders
 import numpy as np
 import pytest
-from test_zip import initializers, permuted_cnn, permuted_mlp, run_model
+from test_zip import initializers, permuted_cnn, permuted_mlp, run_model, with_initializers
 
 from onnx_zip.config import ZipConfig
 from onnx_zip.errors import InputError
@@ -146,12 +146,28 @@ def test_residual_permuted_copy_is_recovered_and_share_zero_reproduces():
         np.testing.assert_allclose(out, run_model(model, x)[0], rtol=0, atol=1e-5)
 
 
-def test_different_first_layer_widths_are_refused_with_the_fix():
-    a, b = builders.mlp([6, 10, 3], seed=1), builders.mlp([4, 10, 3], seed=2)
-    with pytest.raises(InputError, match="--method compensated") as info:
-        zip_models([a, b], [builders.random_inputs(a, 20), builders.random_inputs(b, 20)], method="compensated",
-                   separate_inputs=True)
-    assert "--method paper" in (info.value.hint or "")
+def test_a_narrower_dense_input_reads_fictive_zeros_and_is_recovered():
+    a = builders.mlp([6, 10, 8, 3], seed=1)
+    w = initializers(a)
+    rng = np.random.default_rng(2)
+    p0, p1 = rng.permutation(10), rng.permutation(8)
+    b = with_initializers(builders.mlp([4, 10, 8, 3], seed=5), {  # a without its last two input features
+        "fc0.weight": w["fc0.weight"][p0][:, :4], "fc0.bias": w["fc0.bias"][p0],
+        "fc1.weight": w["fc1.weight"][p1][:, p0], "fc1.bias": w["fc1.bias"][p1],
+        "fc2.weight": w["fc2.weight"][:, p1], "fc2.bias": w["fc2.bias"],
+    })
+    xa = builders.random_inputs(a, 300, seed=1)
+    xa["x"][:, 4:] = 0.0  # a's extra features never vary: b computes the same function
+    xb = {"x": np.ascontiguousarray(xa["x"][:, :4])}
+    result = zip_models([a, b], [xa, xb], share=1.0, separate_inputs=True, method="compensated")
+    for layer, perm in zip(result.report["layers"], (p0, p1)):
+        pairs = np.array(layer["pairs"])
+        np.testing.assert_array_equal(perm[pairs[:, 1]], pairs[:, 0])
+    test = builders.random_inputs(a, 30, seed=7)
+    test["x"][:, 4:] = 0.0
+    (y,) = run_model(a, test)
+    for out in run_model(result.model, {"a/x": test["x"], "b/x": np.ascontiguousarray(test["x"][:, :4])}):
+        np.testing.assert_allclose(out, y, rtol=0, atol=1e-5)
 
 
 def test_statistics_file_and_missing_data_are_refused(tmp_path):
@@ -232,3 +248,11 @@ def test_first_layer_with_no_ridge_is_the_papers_merge():
     np.testing.assert_allclose(fitted.costs, 2 * paper.costs, rtol=1e-9)
     np.testing.assert_allclose(fitted.shared_weight, paper.shared_weight, rtol=0, atol=1e-6)
     np.testing.assert_allclose(fitted.shared_bias, paper.shared_bias, rtol=0, atol=1e-6)
+
+
+def test_layers_that_disagree_on_a_bias_are_refused_with_the_fix():
+    a, b = builders.mlp([8, 12, 4], seed=5), builders.mlp([8, 12, 4], seed=6, bias=False)
+    calib = builders.random_inputs(a, 50, seed=1)
+    with pytest.raises(InputError, match="some have a bias") as info:
+        zip_models([a, b], [calib, calib], method="compensated")
+    assert "--method paper" in (info.value.hint or "")

@@ -15,9 +15,9 @@ For each aligned hidden position ``l`` from the input up, then for the heads (al
 
 The original models' sessions are built once per task (every layer input exposed; a run fetches the
 one needed); the fitted models' sessions are rebuilt per position. Residual channel groups: the first
-layer of a group chooses the pairs (on its own costs), each later one is fitted with them. Dense
-first layers of different widths and aligned layers that disagree on having a bias are refused
-before any calibration (:func:`check_compensated`): ``--method paper`` zips them.
+layer of a group chooses the pairs (on its own costs), each later one is fitted with them. A narrower
+dense first layer reads fictive zero inputs (mtz-method §7). Aligned layers that disagree on having a
+bias are refused before any calibration (:func:`check_compensated`): ``--method paper`` zips them.
 """
 
 from __future__ import annotations
@@ -55,14 +55,10 @@ def check_compensated(job: ZipJob) -> None:
     """Refuse what the compensated zip does not support yet, every blocker at once.
 
     Raises:
-        InputError: dense first layers of different input widths, aligned layers of which some have a
-            bias and some not; the fix is ``--method paper``.
+        InputError: aligned layers of which some have a bias and some not; the fix is ``--method paper``.
     """
     problems = []
     for group in job.aligned:
-        widths = {layer.inputs for layer in group}
-        if group[0].index == 0 and len(widths) > 1 and not group[0].is_head:
-            problems.append(f"first layers {[layer.node for layer in group]} read inputs of widths {sorted(widths)}")
         if len({layer.bias is None for layer in group}) > 1:
             problems.append(f"aligned layers {[layer.node for layer in group]}: some have a bias, some not")
     if problems:
@@ -107,20 +103,26 @@ def _as_vectors(layer: Layer, batch: np.ndarray) -> np.ndarray:
     return batch.reshape(-1, batch.shape[-1]) if layer.kind == "dense" and batch.ndim != 2 else batch
 
 
-def _zipped_order(layer: Layer, batch: np.ndarray, index: np.ndarray) -> np.ndarray:
+def _zipped_order(layer: Layer, batch: np.ndarray, index: np.ndarray, width: int) -> np.ndarray:
     """A batch of the layer's input in the original order → the zipped order ``[shared ; own]``
-    (``index``: the original feature of each zipped position; channels of a conv, features of a dense)."""
+    (``index``: the original feature of each zipped position; channels of a conv, features of a dense),
+    with zero features up to ``width`` (a narrower dense first layer's fictive inputs, mtz-method §7)."""
     if layer.kind == "conv":
         return np.take(batch, index, axis=1)
-    return _as_vectors(layer, batch)[:, index]
+    out = _as_vectors(layer, batch)[:, index]
+    if out.shape[1] < width:
+        out = np.concatenate([out, np.zeros((out.shape[0], width - out.shape[1]), dtype=out.dtype)], axis=1)
+    return out
 
 
 def layer_moments(
-    job: ZipJob, t: int, view: _Runner, original: _Runner, positions: Sequence[int], index: Mapping[int, np.ndarray]
+    job: ZipJob, t: int, view: _Runner, original: _Runner, positions: Sequence[int], index: Mapping[int, np.ndarray],
+    widths: Mapping[int, int],
 ) -> dict[int, CompensationStats]:
     """Task ``t``'s moments of the layers at ``positions``: the input in the model fitted so far
-    (``view``, original neuron order, moved to the zipped order by ``index``) against the original
-    input (``original``), on the same batches of task ``t``'s calibration data."""
+    (``view``, original neuron order, moved to the zipped order by ``index``, zero-padded to
+    ``widths``) against the original input (``original``), on the same batches of task ``t``'s
+    calibration data."""
     calib = job.calibration_config
     assert job.calibration is not None
     layers = {p: job.aligned[p][t] for p in positions}
@@ -134,7 +136,7 @@ def layer_moments(
     while (feeds := reader.get_next()) is not None:
         zipped, plain = view.fetch(tensors, feeds), original.fetch(tensors, feeds)
         for p, layer in layers.items():
-            accs[p].update(_zipped_order(layer, zipped[layer.input], index[p]),  # type: ignore[attr-defined]
+            accs[p].update(_zipped_order(layer, zipped[layer.input], index[p], widths[p]),  # type: ignore[attr-defined]
                            _as_vectors(layer, plain[layer.input]))
         seen += 1
     if not seen:
@@ -164,9 +166,9 @@ def fitted_model(job: ZipJob, t: int, planner: Planner, fitted: Mapping[int, Lay
     where = {init.name: i for i, init in enumerate(model.graph.initializer)}
     for position, fit in fitted.items():
         layer = job.aligned[position][t]
-        zipped = fit.weights[t]
-        weight = np.zeros_like(zipped)
-        weight[:, planner.input_order(position).index[t]] = zipped
+        zipped, index = fit.weights[t], planner.input_order(position).index[t]
+        weight = np.zeros((zipped.shape[0], len(index), *zipped.shape[2:]), dtype=zipped.dtype)
+        weight[:, index] = zipped[:, : len(index)]  # without a narrower first layer's fictive inputs
         values = {layer.weight: stored_weights(layer, weight)}
         if layer.bias is not None and fit.biases[t] is not None:
             values[layer.bias] = fit.biases[t]
@@ -199,11 +201,12 @@ def zip_compensated(job: ZipJob, *, progress: bool = False) -> CompensatedZip:
     fitted: dict[int, LayerFit] = {}
     for steps in [[p] for p in hidden] + [heads]:
         index = {p: planner.input_order(p).index for p in steps}
+        widths = {p: planner.input_order(p).shared for p in steps}
         moments = []
         for t, task in enumerate(job.tasks):
             view = _Runner.of(fitted_model(job, t, planner, fitted), [job.aligned[p][t].input for p in steps],
                               threads, f"model {task} zipped so far")
-            moments.append(layer_moments(job, t, view, runners[t], steps, {p: index[p][t] for p in steps}))
+            moments.append(layer_moments(job, t, view, runners[t], steps, {p: index[p][t] for p in steps}, widths))
         for p in steps:
             fitted[p] = compensated_layer(planner, p, originals, [m[p] for m in moments], job.config.rho)
             logger.info("compensated: fitted %s (%d shared)", fitted[p].zip.tag, fitted[p].zip.shared)
