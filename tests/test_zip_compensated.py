@@ -7,7 +7,13 @@ from __future__ import annotations
 import builders
 import numpy as np
 import pytest
-from test_zip import initializers, permuted_cnn, permuted_mlp, run_model, with_initializers
+from test_zip import (
+    initializers,
+    permuted_cnn,
+    permuted_mlp,
+    run_model,
+    with_initializers,
+)
 
 from onnx_zip.config import ZipConfig
 from onnx_zip.errors import InputError
