@@ -40,15 +40,21 @@ from onnx_zip.mtz.comp_stats import (
     MomentAccumulator,
     moment_accumulator,
 )
+from onnx_zip.mtz.hessian import im2col_columns
 from onnx_zip.pipeline.job import ZipJob
 from onnx_zip.pipeline.stages import build, initializer_arrays
 from onnx_zip.pipeline.statistics import gather_statistics
-from onnx_zip.zipper.compensate import LayerFit, compensated_layer
+from onnx_zip.zipper.compensate import (
+    LayerFit,
+    compensated_layer,
+    original_rows,
+    output_space,
+)
 from onnx_zip.zipper.plan import LayerZip, Planner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompensatedZip", "check_compensated", "fitted_model", "layer_moments", "zip_compensated"]
+__all__ = ["CompensatedZip", "OutputMoments", "check_compensated", "fitted_model", "layer_moments", "zip_compensated"]
 
 
 def check_compensated(job: ZipJob) -> None:
@@ -66,7 +72,9 @@ def check_compensated(job: ZipJob) -> None:
                          hint="zip them with --method paper (the paper's one-pass MTZ)")
 
 
-def _accumulator(layer: Layer, reading: str, has_bias: bool) -> MomentAccumulator:
+def _accumulator(layer: Layer, reading: str, has_bias: bool, rows: np.ndarray) -> MomentAccumulator | OutputMoments:
+    if output_space(reading):
+        return OutputMoments(layer, rows, has_bias)
     if layer.kind == "dense":
         return moment_accumulator("dense", bias=has_bias, layer=layer.node)
     geometry = layer.conv
@@ -76,6 +84,49 @@ def _accumulator(layer: Layer, reading: str, has_bias: bool) -> MomentAccumulato
     return moment_accumulator("conv_patch", bias=has_bias, kernel_shape=geometry.kernel_shape,
                               strides=geometry.strides, pads=geometry.pads, dilations=geometry.dilations,
                               layer=layer.node)
+
+
+_CHUNK_BYTES = 64 * 2**20  # bound on the two float64 im2col buffers per step
+
+
+class OutputMoments:
+    """Moments of a dense or patch-read layer against the original OUTPUTS (see
+    :func:`~onnx_zip.zipper.compensate.output_space`): ``G = E[x̃ x̃ᵀ]``, ``C = E[x̃ ỹᵀ]``,
+    ``H = E[ỹ ỹᵀ]`` with ``ỹ = [y ; 1]``, ``y = w x`` the original pre-activations ``(N,)``.
+
+    Args:
+        layer: The layer (its conv geometry for the patch reading).
+        rows: The original rows ``(N, D)`` in the reading, bias last when ``bias``.
+        bias: The layer has a bias (both vectors get the constant 1).
+    """
+
+    def __init__(self, layer: Layer, rows: np.ndarray, bias: bool) -> None:
+        self.layer = layer
+        self.weight = np.asarray(rows[:, :-1] if bias else rows, dtype=np.float64)
+        self.bias = np.asarray(rows[:, -1], dtype=np.float64) if bias else None
+        self.moments = moment_accumulator("dense", bias=bias, layer=layer.node)
+
+    def _outputs(self, vectors: np.ndarray) -> np.ndarray:
+        y = np.asarray(vectors, dtype=np.float64) @ self.weight.T
+        return y + self.bias if self.bias is not None else y
+
+    def update(self, zipped: np.ndarray, original: np.ndarray) -> None:
+        """Add a batch pair: ``(n, D̃)`` and ``(n, D)`` dense, ``(n, C̃, H, W)`` and ``(n, C, H, W)`` conv."""
+        if self.layer.kind != "conv":
+            self.moments.update(zipped, self._outputs(original))  # type: ignore[attr-defined]
+            return
+        g = self.layer.conv
+        assert g is not None
+        geometry = (g.kernel_shape, g.strides, g.pads, g.dilations)
+        per_sample = 8 * (zipped[0].size + original[0].size) * int(np.prod(g.kernel_shape))
+        step = max(1, _CHUNK_BYTES // max(per_sample, 1))
+        for s in range(0, len(zipped), step):
+            zt = im2col_columns(zipped[s : s + step], *geometry, layer=self.layer.node)
+            xt = im2col_columns(original[s : s + step], *geometry, layer=self.layer.node)
+            self.moments.update(zt.T, self._outputs(xt.T))  # type: ignore[attr-defined]
+
+    def stats(self) -> CompensationStats:
+        return self.moments.stats()
 
 
 @dataclass
@@ -117,18 +168,19 @@ def _zipped_order(layer: Layer, batch: np.ndarray, index: np.ndarray, width: int
 
 def layer_moments(
     job: ZipJob, t: int, view: _Runner, original: _Runner, positions: Sequence[int], index: Mapping[int, np.ndarray],
-    widths: Mapping[int, int],
+    widths: Mapping[int, int], rows: Mapping[int, np.ndarray],
 ) -> dict[int, CompensationStats]:
     """Task ``t``'s moments of the layers at ``positions``: the input in the model fitted so far
     (``view``, original neuron order, moved to the zipped order by ``index``, zero-padded to
-    ``widths``) against the original input (``original``), on the same batches of task ``t``'s
+    ``widths``) against the original input (``original``; its outputs by ``rows``, the original rows,
+    for :func:`~onnx_zip.zipper.compensate.output_space` readings), on the same batches of task ``t``'s
     calibration data."""
     calib = job.calibration_config
     assert job.calibration is not None
     layers = {p: job.aligned[p][t] for p in positions}
     readings = {p: job.settings.reading_for(job.aligned[p][0]) for p in positions}
     has_bias = {p: any(layer.bias is not None for layer in job.aligned[p]) for p in positions}
-    accs = {p: _accumulator(layers[p], readings[p], has_bias[p]) for p in positions}
+    accs = {p: _accumulator(layers[p], readings[p], has_bias[p], rows[p]) for p in positions}
     tensors = sorted({layer.input for layer in layers.values()})
     reader = ArrayReader(Dataset(job.calibration[t].inputs, None, job.calibration[t].source),
                          batch_size=calib.batch_size, limit=calib.limit)
@@ -206,7 +258,8 @@ def zip_compensated(job: ZipJob, *, progress: bool = False) -> CompensatedZip:
         for t, task in enumerate(job.tasks):
             view = _Runner.of(fitted_model(job, t, planner, fitted), [job.aligned[p][t].input for p in steps],
                               threads, f"model {task} zipped so far")
-            moments.append(layer_moments(job, t, view, runners[t], steps, {p: index[p][t] for p in steps}, widths))
+            rows = {p: original_rows(planner, p, originals, t) for p in steps}
+            moments.append(layer_moments(job, t, view, runners[t], steps, {p: index[p][t] for p in steps}, widths, rows))
         for p in steps:
             fitted[p] = compensated_layer(planner, p, originals, [m[p] for m in moments], job.config.rho)
             logger.info("compensated: fitted %s (%d shared)", fitted[p].zip.tag, fitted[p].zip.shared)

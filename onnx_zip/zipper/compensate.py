@@ -44,7 +44,23 @@ from onnx_zip.zipper.plan import (
 from onnx_zip.zipper.readings import ops_of
 from onnx_zip.zipper.structure import source_position
 
-__all__ = ["LayerFit", "choose_compensated_pairs", "compensated_layer", "fitted_layer"]
+__all__ = ["LayerFit", "choose_compensated_pairs", "compensated_layer", "fitted_layer", "original_rows", "output_space"]
+
+
+def output_space(reading: str) -> bool:
+    """The moments of a reading are taken against the original layer's OUTPUTS ``y = w·x`` (dense and
+    patch readings: ``C w = E[x̃ yᵀ]`` and ``wᵀHw = E[y²]`` need only those, a ``D/N`` times smaller
+    accumulation); the per-channel reading fits every tap, so it keeps the original inputs."""
+    return reading != "channel"
+
+
+def original_rows(planner: Planner, position: int, originals: Sequence[Mapping[str, np.ndarray]], t: int) -> np.ndarray:
+    """Task ``t``'s original rows of a position in its reading (original input order):
+    ``(N, D)`` dense/patch (bias last when the aligned layers have one) or ``(N, P, C+1)`` per-channel."""
+    group = planner.aligned[position]
+    has_bias = any(layer.bias is not None for layer in group)
+    w, b = _weights(group[t], originals[t], has_bias)
+    return ops_of(planner.settings.reading_for(group[0])).rows(group[t], w, b)
 
 
 def fitted_layer(
@@ -57,7 +73,9 @@ def fitted_layer(
         planner: The planner of the model zipped so far (the positions below are decided).
         position: The aligned position.
         originals: Each task's ORIGINAL initializers (the fit's targets ``w``).
-        stats: Each task's moments of the layer (zipped input ``D̃_t``, original input ``D_t``).
+        stats: Each task's moments of the layer (zipped input ``D̃_t``; original side: the input ``D_t``,
+            or with :func:`output_space` readings the original outputs ``N_t`` (+ 1 with a bias), the
+            original neurons then being unit rows).
         rho: Relative ridge.
     """
     group = planner.aligned[position]
@@ -66,8 +84,10 @@ def fitted_layer(
     ops = ops_of(reading)
     tasks = []
     for t, layer in enumerate(group):
-        w, b = _weights(layer, originals[t], data.has_bias)
-        rows = ops.rows(layer, w, b)
+        if output_space(reading):
+            rows = np.eye(layer.neurons, layer.neurons + int(data.has_bias))
+        else:
+            rows = original_rows(planner, position, originals, t)
         prior = ops.rows(layer, data.w_new[t], data.biases[t] if data.has_bias else None)
         tasks.append(TaskLayer(rows, stats[t], prior, name=str(t)))
     taps = int(np.prod(group[0].kernel_shape)) if reading == "patch" else 1
