@@ -188,7 +188,7 @@ def layer_moments(
     while (feeds := reader.get_next()) is not None:
         zipped, plain = view.fetch(tensors, feeds), original.fetch(tensors, feeds)
         for p, layer in layers.items():
-            accs[p].update(_zipped_order(layer, zipped[layer.input], index[p], widths[p]),  # type: ignore[attr-defined]
+            accs[p].update(_zipped_order(layer, zipped[layer.input], index[p], widths[p]),  # type: ignore[union-attr]
                            _as_vectors(layer, plain[layer.input]))
         seen += 1
     if not seen:
@@ -222,8 +222,9 @@ def fitted_model(job: ZipJob, t: int, planner: Planner, fitted: Mapping[int, Lay
         weight = np.zeros((zipped.shape[0], len(index), *zipped.shape[2:]), dtype=zipped.dtype)
         weight[:, index] = zipped[:, : len(index)]  # without a narrower first layer's fictive inputs
         values = {layer.weight: stored_weights(layer, weight)}
-        if layer.bias is not None and fit.biases[t] is not None:
-            values[layer.bias] = fit.biases[t]
+        bias = fit.biases[t]
+        if layer.bias is not None and bias is not None:
+            values[layer.bias] = bias
         for name, value in values.items():
             old = model.graph.initializer[where[name]]
             dtype = numpy_helper.to_array(old).dtype
