@@ -4,6 +4,10 @@ refusals and settings."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import builders
 import numpy as np
 import pytest
@@ -262,3 +266,24 @@ def test_layers_that_disagree_on_a_bias_are_refused_with_the_fix():
     with pytest.raises(InputError, match="some have a bias") as info:
         zip_models([a, b], [calib, calib], method="compensated")
     assert "--method paper" in (info.value.hint or "")
+
+
+@pytest.mark.slow
+def test_command_line_method_compensated(tmp_path):
+    a, b = builders.mlp([8, 12, 4], seed=5), builders.mlp([8, 12, 4], seed=6)
+    paths = []
+    for name, model in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.onnx").write_bytes(model.SerializeToString())
+        np.savez(tmp_path / f"{name}.npz", **builders.random_inputs(a, 100, seed=1))
+        paths.append(str(tmp_path / f"{name}.onnx"))
+    calib = ["--calib", str(tmp_path / "a.npz"), "--calib", str(tmp_path / "b.npz")]
+    out = tmp_path / "z.onnx"
+    done = subprocess.run([sys.executable, "-m", "onnx_zip", "zip", *paths, *calib, "--method", "compensated",
+                           "--rho", "0.05", "--share", "1.0", "-o", str(out), "--report", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert settings["method"] == "compensated" and settings["rho"] == 0.05
+    bad = subprocess.run([sys.executable, "-m", "onnx_zip", "zip", *paths, "--pairing", "l2", "--method", "compensated",
+                          "-o", str(tmp_path / "y.onnx")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--method compensated needs calibration data" in bad.stderr
