@@ -8,7 +8,8 @@ metadata) and :func:`iter_options` (the CLI's argument groups and the recipe sch
 
 The groups:
 
-* :class:`ZipConfig` (``zip``): the sharing policy, pairing method, matching, damping, inputs, seed;
+* :class:`ZipConfig` (``zip``): the sharing policy, pairing and fitting methods, matching, ridge, damping,
+  inputs, seed;
 * :class:`CalibrationConfig` (``calibration``): samples, batch, convolution reading, threads;
 * :class:`FinetuneConfig` (``finetune``): a joint fine-tuning run;
 * :class:`RetrainConfig` (``retrain``): the layer-wise zip-and-retrain loop (Algorithm 1).
@@ -16,8 +17,8 @@ The groups:
 A flag declared in several groups (``--seed``, ``--threads``, ``--lr``, ``--optimizer``, ``--batch``)
 is one command-line option feeding each group that declares it (same kind, checked by the tests).
 
-Choices that name methods come from the registries :data:`READINGS`, :data:`PAIRINGS` and
-:data:`MATCHINGS`, so a method registered later (``PAIRINGS.register(...)``) is accepted everywhere.
+Choices that name methods come from the registries :data:`READINGS`, :data:`PAIRINGS`,
+:data:`METHODS` and :data:`MATCHINGS`, so a method registered later (``PAIRINGS.register(...)``) is accepted everywhere.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "GROUPS",
     "LOSSES",
     "MATCHINGS",
+    "METHODS",
     "OPTIMIZERS",
     "OPTIONAL_SECTIONS",
     "PAIRINGS",
@@ -47,6 +49,7 @@ __all__ = [
     "CalibrationConfig",
     "ConfigGroup",
     "FinetuneConfig",
+    "FitMethod",
     "Matching",
     "Option",
     "PairingMethod",
@@ -163,6 +166,22 @@ class Matching(_Named):
     help: str
 
 
+@dataclass(frozen=True)
+class FitMethod(_Named):
+    """How the zipped layers' weights are obtained (``--method``).
+
+    Attributes:
+        name: ``paper`` or ``compensated``.
+        help: One line for users.
+        per_layer: Each layer is calibrated on the model zipped so far and fitted (needs calibration
+            data whatever the pairing).
+    """
+
+    name: str
+    help: str
+    per_layer: bool
+
+
 #: Statistic/vector readings of layers.
 READINGS: Registry[Reading] = Registry("reading")
 READINGS.register(Reading("dense", "a dense layer's input vector (Gemm, MatMul)", "dense"))
@@ -186,6 +205,12 @@ PAIRINGS.register(PairingMethod("random", "baseline: random pairs, plain average
 PAIRINGS.register(
     PairingMethod("correlation", "baseline: activation correlation, plain average", "correlation", "correlation", False, 2)
 )
+
+#: Fitting methods (mtz-method §2–§5: ``paper``; §10: ``compensated``).
+METHODS: Registry[FitMethod] = Registry("method")
+METHODS.register(FitMethod("paper", "the paper's one-pass MTZ: Hessians of the original models, one merge per layer", False))
+METHODS.register(FitMethod(
+    "compensated", "layer by layer, every neuron fitted to the original outputs on the zipped model's inputs", True))
 
 #: Fine-tuning optimisers and learning-rate schedules (:mod:`onnx_zip.finetune.optim` implements them).
 OPTIMIZERS = ("sgd", "adamw")
@@ -481,6 +506,12 @@ class ZipConfig(ConfigGroup):
         "mtz, or a baseline that averages: l2, random, correlation", "str", flag="--pairing", choices=PAIRINGS))
     match: str = field(default="greedy", metadata=_meta(
         "pair selection: greedy (the released code's) or optimal", "str", flag="--match", choices=MATCHINGS))
+    method: str = field(default="paper", metadata=_meta(
+        "paper (one-pass MTZ) or compensated (least-squares fit to the original outputs, layer by layer)", "str",
+        flag="--method", choices=METHODS))
+    rho: float = field(default=1e-2, metadata=_meta(
+        "ridge of the compensated fit, relative to mean(diag G), toward the paper's merge / original weights", "number",
+        flag="--rho", low=0.0))
     damping: float = field(default=0.0, metadata=_meta(
         "relative Hessian damping λ (λ·mean(diag H)·I)", "number", flag="--damping", low=0.0))
     separate_inputs: bool = field(default=False, metadata=_meta(
@@ -505,9 +536,19 @@ class ZipConfig(ConfigGroup):
         return out
 
     @property
-    def method(self) -> PairingMethod:
+    def pairing_method(self) -> PairingMethod:
         """The pairing method's registry entry."""
         return PAIRINGS.get(self.pairing)
+
+    @property
+    def fit_method(self) -> FitMethod:
+        """The fitting method's registry entry."""
+        return METHODS.get(self.method)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """The pairing or the fitting method reads calibration data."""
+        return self.pairing_method.needs_calibration or self.fit_method.per_layer
 
     def share_policies(self, hidden_count: int) -> tuple[mtz.SharePolicy, ...]:
         """One share policy per hidden layer.

@@ -21,6 +21,7 @@ from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
 from onnx_zip.errors import InputError
 from onnx_zip.evaluate import evaluate_dataset
 from onnx_zip.model_io import save_model
+from onnx_zip.pipeline.compensated import zip_compensated
 from onnx_zip.pipeline.job import (
     CalibrationSource,
     ModelSource,
@@ -144,8 +145,12 @@ def _level(job: ZipJob, share: float, ctx: _Sweep) -> dict[str, Any]:
     from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415
 
     started = time.perf_counter()
-    zips = plan(job, ctx.stats, tensors=ctx.tensors)
-    model = build(job, zips)
+    if job.config.fit_method.per_layer:  # calibrates on the model zipped so far, per level
+        fitted = zip_compensated(job)
+        zips, model = fitted.zips, fitted.model
+    else:
+        zips = plan(job, ctx.stats, tensors=ctx.tensors)
+        model = build(job, zips)
     params = params_record(job.tasks, [p.original for p in job.prepared], model)
     level: dict[str, Any] = {
         "share": float(share),

@@ -56,6 +56,7 @@ def zip_setting(name: str, output: Path) -> None:
         cmd += ["--calib", str(ROOT / "models" / "data" / f"{c}.npz")]
     tasks = ",".join(f"t{i}" for i in range(len(models)))
     cmd += ["--names", tasks, "--calib-limit", CALIB_LIMIT, "-o", str(output), *extra]
+    cmd += ["--method", "paper"]  # the paper's one-pass MTZ, whatever the default (6652cf6 had only this one)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -163,8 +163,9 @@ class ZipJob:
 
     def with_zip_config(self, config: ZipConfig) -> ZipJob:
         """The same models and data with other zip settings (checked against the layers)."""
-        if config.pairing != self.config.pairing and config.method.needs_calibration and self.calibration is None:
-            raise InputError(f"{config.pairing} pairing needs calibration data")
+        if config.needs_calibration and self.calibration is None:
+            what = f"{config.pairing} pairing" if config.pairing_method.needs_calibration else f"--method {config.method}"
+            raise InputError(f"{what} needs calibration data")
         settings = PlanSettings.from_config(config, self.calibration_config, len(self.hidden))
         _check_policies(settings, self.hidden)
         return dataclasses.replace(self, config=config, settings=settings)
@@ -208,16 +209,17 @@ _WORDS = {2: "two", 3: "three"}
 def _check_request(models: Sequence[Any], calibration: Sequence[Any] | None, config: ZipConfig) -> None:
     if len(models) < 2:
         raise InputError(f"zip takes two or more models, got {len(models)}", hint="pass every model to zip")
-    method = config.method
+    method = config.pairing_method
     if method.max_tasks is not None and len(models) > method.max_tasks:
         raise InputError(
             f"{method.name} pairing zips {_WORDS.get(method.max_tasks, method.max_tasks)} models, got {len(models)}",
             hint="use mtz, l2 or random pairing for more",
         )
-    if method.needs_calibration and (calibration is None or len(calibration) != len(models)):
+    if config.needs_calibration and (calibration is None or len(calibration) != len(models)):
         count = 0 if calibration is None else len(calibration)
+        what = f"{method.name} pairing" if method.needs_calibration else f"--method {config.method}"
         raise InputError(
-            f"{method.name} pairing needs one calibration data set per model ({len(models)}), got {count}",
+            f"{what} needs one calibration data set per model ({len(models)}), got {count}",
             hint="pass one --calib per model, in model order",
         )
 
@@ -270,6 +272,6 @@ def prepare(
             hint="pass --separate-inputs (separate_inputs=True) to give each task its own input",
         )
     datasets = None
-    if config.method.needs_calibration and calibration is not None:
+    if config.needs_calibration and calibration is not None:
         datasets = [_bind_calibration(c, p) for c, p in zip(calibration, prepared)]
     return ZipJob(tasks, prepared, aligned, config, calibration_config, settings, shared_input, opset, datasets)

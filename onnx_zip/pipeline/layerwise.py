@@ -81,6 +81,9 @@ def zip_next_layer(job: ZipJob, state: LoopState, position: int, *, progress: bo
 
 
 def _check_loop(job: ZipJob, train: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None, steps: list[int]) -> None:
+    if job.config.fit_method.per_layer:
+        raise InputError(f"the layer-wise retraining loop (--train) fits with --method paper, not {job.config.method}",
+                         hint="drop --method compensated, or zip without --train and fine-tune the result")
     residual = [p for p in job.prepared if p.chain.channel_groups]
     if residual:
         raise InputError(

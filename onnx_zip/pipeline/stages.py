@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_zip.errors import InputError
 from onnx_zip.model_io import atomic_write_bytes, save_model, stamp_versions
 from onnx_zip.pipeline.job import ZipJob
 from onnx_zip.pipeline.statistics import Statistics
@@ -57,6 +58,9 @@ def plan(
         fixed: Pairs ``(k, T)`` already chosen by position, merged by averaging (the layer-wise loop).
         tensors: The models' initializers (:func:`initializer_arrays`), when already read.
     """
+    if job.config.fit_method.per_layer:
+        raise InputError(f"the one-pass plan stage fits with --method paper, not {job.config.method}",
+                         hint="zip with onnx_zip.pipeline.compensated.zip_compensated (or zip_job)")
     if tensors is None:
         tensors = [initializer_arrays(m) for m in (models if models is not None else job.canonical)]
     return plan_layers(job.chains, job.aligned, tensors, stats.hessians, settings or job.settings, stats.pair_costs, fixed)

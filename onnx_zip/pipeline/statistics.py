@@ -70,7 +70,7 @@ class Statistics:
 
 def empty_statistics(job: ZipJob) -> Statistics:
     """Statistics of no layer (for methods that need no data)."""
-    return Statistics(job.config.method.statistic, list(job.tasks), [p.sha256 for p in job.prepared],
+    return Statistics(job.config.pairing_method.statistic, list(job.tasks), [p.sha256 for p in job.prepared],
                       hessians=[{} for _ in job.tasks], settings=job.calibration_config.to_dict())
 
 
@@ -98,7 +98,7 @@ def gather_statistics(
         The :class:`Statistics` (empty when the method needs no data or ``positions`` is empty).
     """
     stats = empty_statistics(job)
-    method = job.config.method
+    method = job.config.pairing_method
     if not positions or job.calibration is None or not method.needs_calibration:
         return stats
     models = list(models) if models is not None else job.canonical
@@ -161,9 +161,9 @@ def _check_header(header: dict[str, Any], job: ZipJob, path: str | os.PathLike[s
     if header.get("models") != models:
         problems.append(f"statistics file {path} was made from other models (SHA-256 {header.get('models')}, "
                         f"these are {models})")
-    if header.get("statistic") != job.config.method.statistic:
+    if header.get("statistic") != job.config.pairing_method.statistic:
         problems.append(f"statistics file {path} holds {header.get('statistic')} statistics, "
-                        f"{job.config.pairing} pairing needs {job.config.method.statistic}")
+                        f"{job.config.pairing} pairing needs {job.config.pairing_method.statistic}")
     positions = [int(p) for p in header.get("positions", [])]
     expected = _expected_readings(job, [p for p in positions if p < len(job.aligned)])
     found = {int(p): list(r) for p, r in header.get("readings", {}).items()}

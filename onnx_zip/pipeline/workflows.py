@@ -18,6 +18,7 @@ from typing import Any
 from onnx_zip.config import CalibrationConfig, ZipConfig, raise_problems
 from onnx_zip.errors import InputError
 from onnx_zip.model_io import check_writable
+from onnx_zip.pipeline.compensated import zip_compensated
 from onnx_zip.pipeline.job import CalibrationSource, ModelSource, ZipJob, prepare
 from onnx_zip.pipeline.stages import ZipResult, build, make_report, plan, save
 from onnx_zip.pipeline.statistics import (
@@ -63,7 +64,7 @@ def statistics_for(
     if stats is None:
         return gather_statistics(job, positions, progress=progress)
     loaded = load_statistics(stats, job) if not isinstance(stats, Statistics) else stats
-    missing = covers(loaded, positions) if job.config.method.needs_calibration else []
+    missing = covers(loaded, positions) if job.config.pairing_method.needs_calibration else []
     if missing:
         nodes = [job.aligned[p][0].node for p in missing]
         raise InputError(f"the statistics lack layers {nodes}", hint="calibrate with these sharing settings")
@@ -83,6 +84,8 @@ def zip_job(
     Layers that share nothing need no statistics (a VGG fc6 Hessian alone is 25089² floats); nor
     does a layer after one that shares nothing (it has no shared inputs, so it shares nothing).
     """
+    if job.config.fit_method.per_layer:
+        return _zip_compensated_job(job, output=output, report_path=report_path, stats=stats, progress=progress)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     positions = layers_to_calibrate(job.chains, job.aligned, job.settings)
@@ -98,6 +101,32 @@ def zip_job(
     report.calibrated_layers = [job.aligned[i][0].node for i in statistics.positions if i in positions]
     start = time.perf_counter()
     result = save(model, report, zips, output=output)
+    timings["save"] = time.perf_counter() - start
+    report.timings.update(timings)
+    if report_path is not None:
+        report.write(report_path)
+    return result
+
+
+def _zip_compensated_job(
+    job: ZipJob,
+    *,
+    output: str | os.PathLike[str] | None,
+    report_path: str | os.PathLike[str] | None,
+    stats: Statistics | str | os.PathLike[str] | None,
+    progress: bool,
+) -> ZipResult:
+    """The compensated zip (:mod:`onnx_zip.pipeline.compensated`): calibrates and fits layer by layer."""
+    if stats is not None:
+        raise InputError("--stats holds the original models' statistics; --method compensated calibrates "
+                         "each layer on the model zipped so far", hint="drop --stats, or zip with --method paper")
+    start = time.perf_counter()
+    done = zip_compensated(job, progress=progress)
+    timings = {"compensate": time.perf_counter() - start}
+    report = make_report(job, done.model, done.zips)
+    report.calibrated_layers = [z.layers[0].node for z in done.zips]
+    start = time.perf_counter()
+    result = save(done.model, report, done.zips, output=output)
     timings["save"] = time.perf_counter() - start
     report.timings.update(timings)
     if report_path is not None:

@@ -36,7 +36,7 @@ class PlanSettings:
     def from_config(cls, zip_config: ZipConfig, calibration: CalibrationConfig, hidden_count: int) -> PlanSettings:
         """The settings of a zip with ``hidden_count`` aligned hidden layers."""
         return cls(
-            policies=zip_config.share_policies(hidden_count), method=zip_config.method, match=zip_config.match,
+            policies=zip_config.share_policies(hidden_count), method=zip_config.pairing_method, match=zip_config.match,
             damping=zip_config.damping, seed=zip_config.seed, conv_hessian=calibration.conv_hessian,
         )
 
