@@ -154,7 +154,7 @@ def test_a_run_prepares_each_model_once_and_reads_each_data_file_once(zoo, tmp_p
     import onnx_zip.recipes.run as run_module
 
     calls = {"prepare": 0, "data": 0}
-    real_prepare = job_module.prepare_model
+    real_prepare = job_module.canonicalize  # one canonicalisation per model preparation
     real_job_load, real_run_load = job_module.load_dataset, run_module.load_dataset
 
     def counting(real, key):
@@ -163,7 +163,7 @@ def test_a_run_prepares_each_model_once_and_reads_each_data_file_once(zoo, tmp_p
             return real(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(job_module, "prepare_model", counting(real_prepare, "prepare"))
+    monkeypatch.setattr(job_module, "canonicalize", counting(real_prepare, "prepare"))
     monkeypatch.setattr(job_module, "load_dataset", counting(real_job_load, "data"))
     monkeypatch.setattr(run_module, "load_dataset", counting(real_run_load, "data"))
     plan = prepare_run(load_recipe(write(tmp_path, small_recipe(zoo, tmp_path))))
