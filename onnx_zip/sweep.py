@@ -160,6 +160,19 @@ def _level(job: ZipJob, share: float, ctx: _Sweep) -> dict[str, Any]:
     return level
 
 
+def _settings(
+    zip_config: ZipConfig, calib_config: CalibrationConfig, tune: FinetuneConfig | None, finetune_steps: int
+) -> dict[str, Any]:
+    """The report's ``settings``: the zip and calibration settings without the per-level sharing policy,
+    and the fine-tuning settings when the levels are fine-tuned."""
+    settings = {k: v for k, v in settings_record(zip_config, calib_config).items()
+                if k not in ("share", "share_per_layer", "max_cost")}
+    if tune is not None:
+        settings["finetune_steps"] = finetune_steps
+        settings["finetune"] = tune.to_dict()
+    return settings
+
+
 def sweep(
     models: Sequence[ModelSource],
     calibration: Sequence[CalibrationSource] | None,
@@ -232,11 +245,7 @@ def sweep(
         if on_level is not None:
             on_level(records[-1])
     timings["levels"] = sum(level["seconds"] for level in records)
-    settings = {k: v for k, v in settings_record(zip_config, calib_config).items()
-                if k not in ("share", "share_per_layer", "max_cost")}
-    if tune is not None:
-        settings["finetune_steps"] = finetune_steps
-        settings["finetune"] = tune.to_dict()
+    settings = _settings(zip_config, calib_config, tune, finetune_steps)
     return {
         "kind": "sweep", "tasks": job.tasks, "sources": dict(zip(job.tasks, job.sources)), "settings": settings,
         "original_accuracy": original, "sweep": records, "timings": timings,

@@ -24,7 +24,7 @@ from onnx_zip.errors import ModelError
 from onnx_zip.graph import ops
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 
 ATOL = 1e-5
 C, N_OUT = 4, 5
