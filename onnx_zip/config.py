@@ -27,7 +27,7 @@ import difflib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from onnx_zip import mtz
 from onnx_zip.errors import InputError
@@ -390,7 +390,7 @@ class ConfigGroup:
         return []
 
     @classmethod
-    def collect(cls, data: Mapping[str, Any] | None) -> tuple[Self | None, list[str]]:
+    def collect(cls: type[G], data: Mapping[str, Any] | None) -> tuple[G | None, list[str]]:
         """Build from a mapping, returning the problems instead of raising (``None`` when any)."""
         data = dict(data or {})
         options = {opt.name: opt for opt in iter_options(cls)}
@@ -418,7 +418,7 @@ class ConfigGroup:
             return None, [exc.message]
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> Self:
+    def from_mapping(cls: type[G], data: Mapping[str, Any] | None) -> G:
         """Build from ``{option name: value}`` (absent keys: defaults).
 
         Raises:
@@ -438,9 +438,13 @@ class ConfigGroup:
             out[opt.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
         return out
 
-    def replace(self, **changes: Any) -> Self:
+    def replace(self: G, **changes: Any) -> G:
         """A copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+# The group a method is called on (``typing.Self`` is Python 3.11+).
+G = TypeVar("G", bound="ConfigGroup")
 
 
 def iter_options(cls: type[ConfigGroup] | ConfigGroup) -> list[Option]:

@@ -55,7 +55,8 @@ class SpdSolver:
         """``A⁻¹ rhs`` for ``rhs (D,)`` or ``(D, k)``."""
         if self._low is not None:
             return chol_solve(self._low, rhs)
-        return self._pinv @ rhs  # type: ignore[operator]
+        assert self._pinv is not None
+        return self._pinv @ rhs
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,7 @@ def conv_params(
         raise InputError(
             f"{where(layer)}invalid conv parameters kernel_shape {ks}, strides {st}, pads {pd}, dilations {dl}"
         )
-    return ks, st, pd, dl  # type: ignore[return-value]
+    return (ks[0], ks[1]), (st[0], st[1]), (pd[0], pd[1], pd[2], pd[3]), (dl[0], dl[1])
 
 
 def _windows(
