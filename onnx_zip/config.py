@@ -209,7 +209,7 @@ DEFAULT_CALIBRATION_LIMIT = 4096
 DEFAULT_CALIBRATION_BATCH = 256
 
 _OPTION = "onnx_zip.option"
-KINDS = ("int", "number", "str", "bool", "fractions", "steps", "mapping", "weights", "strings")
+KINDS = ("int", "number", "str", "bool", "fractions", "steps", "mapping", "weights", "strings", "alignment")
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,8 @@ class Option:
         section: The group's section (``zip``, ``calibration``, ``finetune``, ``retrain``).
         kind: ``int``, ``number``, ``str``, ``bool``, ``fractions`` (list of fractions (float) or
             counts (int)), ``steps`` (an int or a list of ints), ``mapping`` (str → str),
-            ``weights`` (str → number) or ``strings`` (list of str).
+            ``weights`` (str → number), ``strings`` (list of str) or ``alignment`` (node names: str → str
+            for two models, or a list of rows with one name per model).
         default: The value when not given.
         help: One line for users.
         flag: The command-line spelling (``--share``), ``None`` when not on the command line. For a
@@ -316,6 +317,18 @@ def _is_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0
 
 
+def _is_alignment(v: Any) -> bool:
+    """``{node of model 1: node of model 2}``, or rows of node names, one per model (two or more),
+    every row as long."""
+    if isinstance(v, Mapping):
+        return all(isinstance(a, str) and a and isinstance(b, str) and b for a, b in v.items())
+    if not _is_list(v) or not all(isinstance(row, (list, tuple)) for row in v):
+        return False
+    return len({len(row) for row in v}) == 1 and len(v[0]) >= 2 and all(
+        isinstance(n, str) and n for row in v for n in row
+    )
+
+
 _ACCEPTS = {
     "int": _is_int,
     "number": _is_number,
@@ -326,12 +339,14 @@ _ACCEPTS = {
     "mapping": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
     "weights": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and _is_number(b) for a, b in v.items()),
     "strings": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v),
+    "alignment": _is_alignment,
 }
 _DESCRIBE = {
     "int": "a whole number", "number": "a number", "str": "a string", "bool": "true or false",
     "fractions": "a list of fractions (floats) or counts (ints)", "steps": "a whole number or a list of them",
     "mapping": "a mapping of names to names", "weights": "a mapping of task names to numbers",
     "strings": "a list of strings",
+    "alignment": '{"node of model 1": "node of model 2"} or a list of rows of node names, one per model',
 }
 
 
@@ -351,8 +366,10 @@ def _normalise(kind: str, value: Any) -> Any:
         return tuple(value)
     if kind == "steps" and isinstance(value, list):
         return tuple(value)
-    if kind in ("mapping", "weights") and isinstance(value, Mapping):
+    if kind in ("mapping", "weights", "alignment") and isinstance(value, Mapping):
         return dict(value)
+    if kind == "alignment" and isinstance(value, (list, tuple)):
+        return tuple(tuple(row) if isinstance(row, (list, tuple)) else row for row in value)
     return value
 
 
@@ -435,12 +452,19 @@ class ConfigGroup:
         out = {}
         for opt in iter_options(type(self)):
             value = getattr(self, opt.name)
-            out[opt.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
+            out[opt.name] = _plain(value)
         return out
 
     def replace(self: G, **changes: Any) -> G:
         """A copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable copy: tuples (also nested ones) become lists, mappings dicts."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 # The group a method is called on (``typing.Self`` is Python 3.11+).
@@ -493,8 +517,8 @@ class ZipConfig(ConfigGroup):
         "fold BatchNormalization into the layers", "bool", flag="--no-fold-batchnorm"))
     seed: int = field(default=0, metadata=_meta(
         "seed (random pairing); same inputs and seed give the same bytes", "int", flag="--seed", low=0))
-    mapping: dict[str, str] | None = field(default=None, metadata=_meta(
-        "explicit alignment {node of model 1: node of model 2}", "mapping",
+    mapping: dict[str, str] | tuple[tuple[str, ...], ...] | None = field(default=None, metadata=_meta(
+        "explicit alignment: {node of model 1: node of model 2}, or rows of node names, one per model", "alignment",
         flag="--map", nullable=True, metavar="FILE", cli_file=True))
 
     def _rules(self) -> list[str]:
