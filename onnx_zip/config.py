@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from onnx_zip import mtz
-from onnx_zip.errors import InputError
+from onnx_zip.errors import InputError, raise_all
 
 __all__ = [
     "AUTO_READING",
@@ -57,7 +57,6 @@ __all__ = [
     "conv_readings",
     "iter_options",
     "option_groups",
-    "raise_problems",
     "sections_from_mapping",
 ]
 
@@ -373,15 +372,6 @@ def _normalise(kind: str, value: Any) -> Any:
     return value
 
 
-def raise_problems(problems: Sequence[str], *, hint: str | None = None) -> None:
-    """Raise one :class:`InputError` listing every problem (nothing when there is none)."""
-    if not problems:
-        return
-    if len(problems) == 1:
-        raise InputError(problems[0], hint=hint)
-    raise InputError(f"{len(problems)} problems in the settings: " + "; ".join(problems), hint=hint)
-
-
 class ConfigGroup:
     """Shared behaviour of the setting groups (frozen dataclasses of options)."""
 
@@ -390,7 +380,7 @@ class ConfigGroup:
     def __post_init__(self) -> None:
         for opt in iter_options(type(self)):
             object.__setattr__(self, opt.name, _normalise(opt.kind, getattr(self, opt.name)))
-        raise_problems(self.problems())
+        raise_all(self.problems())
 
     def problems(self) -> list[str]:
         """Every problem of the values (types, choices, ranges, then the group's own rules)."""
@@ -443,7 +433,7 @@ class ConfigGroup:
                 every one listed.
         """
         built, problems = cls.collect(data)
-        raise_problems(problems)
+        raise_all(problems)
         assert built is not None
         return built
 
@@ -682,7 +672,7 @@ def sections_from_mapping(
         built, found = GROUPS[section].collect(data.get(section))
         out[section] = built
         problems += found
-    raise_problems(problems)
+    raise_all(problems)
     return out
 
 

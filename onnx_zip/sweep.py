@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig, raise_problems
+from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig
 from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
-from onnx_zip.errors import InputError
+from onnx_zip.errors import InputError, raise_all
 from onnx_zip.evaluate import evaluate_dataset
 from onnx_zip.model_io import save_model
 from onnx_zip.pipeline.job import (
@@ -98,7 +98,7 @@ def _finetune_config(steps: int, options: Mapping[str, Any] | None, threads: int
 def _level_configs(config: ZipConfig, shares: Sequence[float]) -> list[ZipConfig]:
     """One zip setting per level, every bad level reported at once."""
     built = [ZipConfig.collect({**config.to_dict(), "share": float(share)}) for share in shares]
-    raise_problems([problem for _, problems in built for problem in problems])
+    raise_all([problem for _, problems in built for problem in problems])
     return [c for c, _ in built if c is not None]
 
 
