@@ -78,7 +78,8 @@ class PairOperator:
         """Apply ``(H_A + H_B)⁻¹`` (or its pseudo-inverse) to ``rhs`` ``(D,)`` or ``(D, k)``."""
         if self._chol is not None:
             return chol_solve(self._chol, rhs)
-        return self._pinv @ rhs  # type: ignore[operator]
+        assert self._pinv is not None
+        return self._pinv @ rhs
 
 
 def pair_operator(
