@@ -183,7 +183,9 @@ PAIRINGS.register(PairingMethod("mtz", "Hessian-weighted costs and merge (the pa
 PAIRINGS.register(PairingMethod("l2", "baseline: weight distance, plain average", "none", "l2", False))
 PAIRINGS.register(PairingMethod("random", "baseline: random pairs, plain average", "none", "random", False))
 PAIRINGS.register(
-    PairingMethod("correlation", "baseline: activation correlation, plain average", "correlation", "correlation", False, 2)
+    PairingMethod(
+        "correlation", "baseline: activation correlation, plain average", "correlation", "correlation", False, 2
+    )
 )
 
 #: Fine-tuning optimisers and learning-rate schedules (:mod:`onnx_zip.finetune.optim` implements them).
@@ -335,7 +337,8 @@ _ACCEPTS = {
     "bool": lambda v: isinstance(v, bool),
     "fractions": lambda v: _is_list(v) and all(_is_number(x) and x >= 0 for x in v),
     "steps": lambda v: (_is_int(v) and v >= 0) or (_is_list(v) and all(_is_int(x) and x >= 0 for x in v)),
-    "mapping": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+    "mapping": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str)
+                                                        for a, b in v.items()),
     "weights": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and _is_number(b) for a, b in v.items()),
     "strings": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v),
     "alignment": _is_alignment,
@@ -539,7 +542,8 @@ class ZipConfig(ConfigGroup):
                     hint="give one entry per hidden layer (see `onnx-zip align`)",
                 )
             return tuple(
-                mtz.ShareCount(int(e)) if isinstance(e, int) else mtz.ShareFraction(float(e)) for e in self.share_per_layer
+                mtz.ShareCount(int(e)) if isinstance(e, int) else mtz.ShareFraction(float(e))
+                for e in self.share_per_layer
             )
         share = 0.5 if self.share is None else float(self.share)
         return (mtz.ShareFraction(share),) * hidden_count
@@ -555,7 +559,8 @@ class CalibrationConfig(ConfigGroup):
         "calibration samples per model (null, or 0 on the command line: all)", "int",
         flag="--calib-limit", low=1, nullable=True, metavar="N", zero_means_none=True))
     batch_size: int = field(default=DEFAULT_CALIBRATION_BATCH, metadata=_meta(
-        "calibration samples per session run", "int", flag="--calib-batch", aliases=("--batch-size",), low=1, metavar="N"))
+        "calibration samples per session run", "int", flag="--calib-batch", aliases=("--batch-size",), low=1,
+        metavar="N"))
     conv_hessian: str = field(default=AUTO_READING, metadata=_meta(
         "convolution reading: patch (paper), channel (released code) or auto (patch while C·KH·KW+1 ≤ 1024)", "str",
         flag="--conv-hessian", choices=conv_readings, extra_choices=(AUTO_READING,)))
@@ -570,7 +575,8 @@ class FinetuneConfig(ConfigGroup):
     SECTION: ClassVar[str] = "finetune"
 
     steps: int | None = field(default=None, metadata=_meta(
-        "optimiser steps (each takes one batch of every task)", "int", flag="--steps", low=1, required=True, metavar="N"))
+        "optimiser steps (each takes one batch of every task)", "int", flag="--steps", low=1, required=True,
+        metavar="N"))
     lr: float | None = field(default=None, metadata=_meta(
         "peak learning rate (null: 0.01 for sgd, 0.001 for adamw)", "number", flag="--lr", low=0.0, nullable=True))
     batch_size: int = field(default=64, metadata=_meta(
@@ -584,7 +590,8 @@ class FinetuneConfig(ConfigGroup):
     nesterov: bool = field(default=True, metadata=_meta("Nesterov momentum (SGD)", "bool", flag="--no-nesterov"))
     weight_decay: float = field(default=0.0, metadata=_meta("weight decay", "number", flag="--weight-decay", low=0.0))
     losses: dict[str, str] | None = field(default=None, metadata=_meta(
-        "{task: ce | bce | mse} (default ce)", "mapping", flag="--loss", nullable=True, metavar="TASK=LOSS[,TASK=LOSS]"))
+        "{task: ce | bce | mse} (default ce)", "mapping", flag="--loss", nullable=True,
+        metavar="TASK=LOSS[,TASK=LOSS]"))
     task_weights: dict[str, float] | None = field(default=None, metadata=_meta(
         "{task: weight ≥ 0} in the summed loss (default 1)", "weights",
         flag="--task-weight", low=0.0, nullable=True, metavar="TASK=W[,TASK=W]"))
@@ -597,7 +604,8 @@ class FinetuneConfig(ConfigGroup):
         "evaluate every N steps", "int", flag="--eval-every", low=1, nullable=True, metavar="N"))
     seed: int = field(default=0, metadata=_meta("seed of the batch order", "int", flag="--seed", low=0))
     threads: int | None = field(default=None, metadata=_meta(
-        "onnxruntime intra-op threads (1: bit-reproducible)", "int", flag="--threads", low=1, nullable=True, metavar="N"))
+        "onnxruntime intra-op threads (1: bit-reproducible)", "int", flag="--threads", low=1, nullable=True,
+        metavar="N"))
 
     def _rules(self) -> list[str]:
         return [
