@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from pathlib import Path
 
 import numpy as np
@@ -204,10 +204,10 @@ def _as_reader(
     elif isinstance(data, Mapping):
         dataset = data_mod.bind_arrays(data, specs, source="calibration arrays")
     elif hasattr(data, "get_next"):
-        total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+        total = len(data) if isinstance(data, Sized) else None
         if total is not None and limit is not None:
             total = min(total, limit)
-        return data, total, type(data).__name__  # type: ignore[return-value]
+        return data, total, type(data).__name__
     else:
         raise DataError(
             f"calibration data of type {type(data).__name__} is not supported",

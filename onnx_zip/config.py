@@ -28,10 +28,10 @@ import difflib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from onnx_zip import mtz
-from onnx_zip.errors import InputError
+from onnx_zip.errors import InputError, raise_all
 
 __all__ = [
     "AUTO_READING",
@@ -60,7 +60,6 @@ __all__ = [
     "conv_readings",
     "iter_options",
     "option_groups",
-    "raise_problems",
     "sections_from_mapping",
 ]
 
@@ -203,7 +202,9 @@ PAIRINGS.register(PairingMethod("mtz", "Hessian-weighted costs and merge (the pa
 PAIRINGS.register(PairingMethod("l2", "baseline: weight distance, plain average", "none", "l2", False))
 PAIRINGS.register(PairingMethod("random", "baseline: random pairs, plain average", "none", "random", False))
 PAIRINGS.register(
-    PairingMethod("correlation", "baseline: activation correlation, plain average", "correlation", "correlation", False, 2)
+    PairingMethod(
+        "correlation", "baseline: activation correlation, plain average", "correlation", "correlation", False, 2
+    )
 )
 
 #: Fitting methods (mtz-method §2–§5: ``paper``; §10: ``compensated``).
@@ -234,7 +235,7 @@ DEFAULT_CALIBRATION_LIMIT = 4096
 DEFAULT_CALIBRATION_BATCH = 256
 
 _OPTION = "onnx_zip.option"
-KINDS = ("int", "number", "str", "bool", "fractions", "steps", "mapping", "weights", "strings")
+KINDS = ("int", "number", "str", "bool", "fractions", "steps", "mapping", "weights", "strings", "alignment")
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ class Option:
         section: The group's section (``zip``, ``calibration``, ``finetune``, ``retrain``).
         kind: ``int``, ``number``, ``str``, ``bool``, ``fractions`` (list of fractions (float) or
             counts (int)), ``steps`` (an int or a list of ints), ``mapping`` (str → str),
-            ``weights`` (str → number) or ``strings`` (list of str).
+            ``weights`` (str → number), ``strings`` (list of str) or ``alignment`` (node names: str → str
+            for two models, or a list of rows with one name per model).
         default: The value when not given.
         help: One line for users.
         flag: The command-line spelling (``--share``), ``None`` when not on the command line. For a
@@ -341,6 +343,18 @@ def _is_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0
 
 
+def _is_alignment(v: Any) -> bool:
+    """``{node of model 1: node of model 2}``, or rows of node names, one per model (two or more),
+    every row as long."""
+    if isinstance(v, Mapping):
+        return all(isinstance(a, str) and a and isinstance(b, str) and b for a, b in v.items())
+    if not _is_list(v) or not all(isinstance(row, (list, tuple)) for row in v):
+        return False
+    return len({len(row) for row in v}) == 1 and len(v[0]) >= 2 and all(
+        isinstance(n, str) and n for row in v for n in row
+    )
+
+
 _ACCEPTS = {
     "int": _is_int,
     "number": _is_number,
@@ -348,15 +362,18 @@ _ACCEPTS = {
     "bool": lambda v: isinstance(v, bool),
     "fractions": lambda v: _is_list(v) and all(_is_number(x) and x >= 0 for x in v),
     "steps": lambda v: (_is_int(v) and v >= 0) or (_is_list(v) and all(_is_int(x) and x >= 0 for x in v)),
-    "mapping": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+    "mapping": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str)
+                                                        for a, b in v.items()),
     "weights": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and _is_number(b) for a, b in v.items()),
     "strings": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v),
+    "alignment": _is_alignment,
 }
 _DESCRIBE = {
     "int": "a whole number", "number": "a number", "str": "a string", "bool": "true or false",
     "fractions": "a list of fractions (floats) or counts (ints)", "steps": "a whole number or a list of them",
     "mapping": "a mapping of names to names", "weights": "a mapping of task names to numbers",
     "strings": "a list of strings",
+    "alignment": '{"node of model 1": "node of model 2"} or a list of rows of node names, one per model',
 }
 
 
@@ -376,18 +393,11 @@ def _normalise(kind: str, value: Any) -> Any:
         return tuple(value)
     if kind == "steps" and isinstance(value, list):
         return tuple(value)
-    if kind in ("mapping", "weights") and isinstance(value, Mapping):
+    if kind in ("mapping", "weights", "alignment") and isinstance(value, Mapping):
         return dict(value)
+    if kind == "alignment" and isinstance(value, (list, tuple)):
+        return tuple(tuple(row) if isinstance(row, (list, tuple)) else row for row in value)
     return value
-
-
-def raise_problems(problems: Sequence[str], *, hint: str | None = None) -> None:
-    """Raise one :class:`InputError` listing every problem (nothing when there is none)."""
-    if not problems:
-        return
-    if len(problems) == 1:
-        raise InputError(problems[0], hint=hint)
-    raise InputError(f"{len(problems)} problems in the settings: " + "; ".join(problems), hint=hint)
 
 
 class ConfigGroup:
@@ -398,7 +408,7 @@ class ConfigGroup:
     def __post_init__(self) -> None:
         for opt in iter_options(type(self)):
             object.__setattr__(self, opt.name, _normalise(opt.kind, getattr(self, opt.name)))
-        raise_problems(self.problems())
+        raise_all(self.problems())
 
     def problems(self) -> list[str]:
         """Every problem of the values (types, choices, ranges, then the group's own rules)."""
@@ -415,7 +425,7 @@ class ConfigGroup:
         return []
 
     @classmethod
-    def collect(cls, data: Mapping[str, Any] | None) -> tuple[Self | None, list[str]]:
+    def collect(cls: type[G], data: Mapping[str, Any] | None) -> tuple[G | None, list[str]]:
         """Build from a mapping, returning the problems instead of raising (``None`` when any)."""
         data = dict(data or {})
         options = {opt.name: opt for opt in iter_options(cls)}
@@ -443,7 +453,7 @@ class ConfigGroup:
             return None, [exc.message]
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None) -> Self:
+    def from_mapping(cls: type[G], data: Mapping[str, Any] | None) -> G:
         """Build from ``{option name: value}`` (absent keys: defaults).
 
         Raises:
@@ -451,7 +461,7 @@ class ConfigGroup:
                 every one listed.
         """
         built, problems = cls.collect(data)
-        raise_problems(problems)
+        raise_all(problems)
         assert built is not None
         return built
 
@@ -460,12 +470,23 @@ class ConfigGroup:
         out = {}
         for opt in iter_options(type(self)):
             value = getattr(self, opt.name)
-            out[opt.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
+            out[opt.name] = _plain(value)
         return out
 
-    def replace(self, **changes: Any) -> Self:
+    def replace(self: G, **changes: Any) -> G:
         """A copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable copy: tuples (also nested ones) become lists, mappings dicts."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+# The group a method is called on (``typing.Self`` is Python 3.11+).
+G = TypeVar("G", bound="ConfigGroup")
 
 
 def iter_options(cls: type[ConfigGroup] | ConfigGroup) -> list[Option]:
@@ -520,8 +541,8 @@ class ZipConfig(ConfigGroup):
         "fold BatchNormalization into the layers", "bool", flag="--no-fold-batchnorm"))
     seed: int = field(default=0, metadata=_meta(
         "seed (random pairing); same inputs and seed give the same bytes", "int", flag="--seed", low=0))
-    mapping: dict[str, str] | None = field(default=None, metadata=_meta(
-        "explicit alignment {node of model 1: node of model 2}", "mapping",
+    mapping: dict[str, str] | tuple[tuple[str, ...], ...] | None = field(default=None, metadata=_meta(
+        "explicit alignment: {node of model 1: node of model 2}, or rows of node names, one per model", "alignment",
         flag="--map", nullable=True, metavar="FILE", cli_file=True))
     until: str | None = field(default=None, metadata=_meta(
         "zip at most up to this hidden layer (node name); it is the last zipped, the rest stays task-specific",
@@ -565,7 +586,8 @@ class ZipConfig(ConfigGroup):
                     hint="give one entry per hidden layer (see `onnx-zip align`)",
                 )
             return tuple(
-                mtz.ShareCount(int(e)) if isinstance(e, int) else mtz.ShareFraction(float(e)) for e in self.share_per_layer
+                mtz.ShareCount(int(e)) if isinstance(e, int) else mtz.ShareFraction(float(e))
+                for e in self.share_per_layer
             )
         share = 0.5 if self.share is None else float(self.share)
         return (mtz.ShareFraction(share),) * hidden_count
@@ -581,7 +603,8 @@ class CalibrationConfig(ConfigGroup):
         "calibration samples per model (null, or 0 on the command line: all)", "int",
         flag="--calib-limit", low=1, nullable=True, metavar="N", zero_means_none=True))
     batch_size: int = field(default=DEFAULT_CALIBRATION_BATCH, metadata=_meta(
-        "calibration samples per session run", "int", flag="--calib-batch", aliases=("--batch-size",), low=1, metavar="N"))
+        "calibration samples per session run", "int", flag="--calib-batch", aliases=("--batch-size",), low=1,
+        metavar="N"))
     conv_hessian: str = field(default=AUTO_READING, metadata=_meta(
         "convolution reading: patch (paper), channel (released code) or auto (patch while C·KH·KW+1 ≤ 1024)", "str",
         flag="--conv-hessian", choices=conv_readings, extra_choices=(AUTO_READING,)))
@@ -596,7 +619,8 @@ class FinetuneConfig(ConfigGroup):
     SECTION: ClassVar[str] = "finetune"
 
     steps: int | None = field(default=None, metadata=_meta(
-        "optimiser steps (each takes one batch of every task)", "int", flag="--steps", low=1, required=True, metavar="N"))
+        "optimiser steps (each takes one batch of every task)", "int", flag="--steps", low=1, required=True,
+        metavar="N"))
     lr: float | None = field(default=None, metadata=_meta(
         "peak learning rate (null: 0.01 for sgd, 0.001 for adamw)", "number", flag="--lr", low=0.0, nullable=True))
     batch_size: int = field(default=64, metadata=_meta(
@@ -610,7 +634,8 @@ class FinetuneConfig(ConfigGroup):
     nesterov: bool = field(default=True, metadata=_meta("Nesterov momentum (SGD)", "bool", flag="--no-nesterov"))
     weight_decay: float = field(default=0.0, metadata=_meta("weight decay", "number", flag="--weight-decay", low=0.0))
     losses: dict[str, str] | None = field(default=None, metadata=_meta(
-        "{task: ce | bce | mse} (default ce)", "mapping", flag="--loss", nullable=True, metavar="TASK=LOSS[,TASK=LOSS]"))
+        "{task: ce | bce | mse} (default ce)", "mapping", flag="--loss", nullable=True,
+        metavar="TASK=LOSS[,TASK=LOSS]"))
     task_weights: dict[str, float] | None = field(default=None, metadata=_meta(
         "{task: weight ≥ 0} in the summed loss (default 1)", "weights",
         flag="--task-weight", low=0.0, nullable=True, metavar="TASK=W[,TASK=W]"))
@@ -623,7 +648,8 @@ class FinetuneConfig(ConfigGroup):
         "evaluate every N steps", "int", flag="--eval-every", low=1, nullable=True, metavar="N"))
     seed: int = field(default=0, metadata=_meta("seed of the batch order", "int", flag="--seed", low=0))
     threads: int | None = field(default=None, metadata=_meta(
-        "onnxruntime intra-op threads (1: bit-reproducible)", "int", flag="--threads", low=1, nullable=True, metavar="N"))
+        "onnxruntime intra-op threads (1: bit-reproducible)", "int", flag="--threads", low=1, nullable=True,
+        metavar="N"))
 
     def _rules(self) -> list[str]:
         return [
@@ -698,7 +724,7 @@ def sections_from_mapping(
         built, found = GROUPS[section].collect(data.get(section))
         out[section] = built
         problems += found
-    raise_problems(problems)
+    raise_all(problems)
     return out
 
 

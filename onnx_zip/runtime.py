@@ -139,7 +139,7 @@ def training_modules() -> TrainingModules:
     stub_name = "onnxruntime.training.optim"
     if stub_name not in sys.modules:
         try:
-            import torch  # type: ignore[import-not-found, unused-ignore]  # noqa: F401, PLC0415
+            importlib.import_module("torch")  # by name: torch is optional and untyped here
         except ImportError:
             sys.modules[stub_name] = types.ModuleType(stub_name)
     ort()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig, raise_problems
+from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig
 from onnx_zip.data import Dataset, bind_arrays, load_dataset, model_inputs
-from onnx_zip.errors import InputError
+from onnx_zip.errors import InputError, raise_all
 from onnx_zip.evaluate import evaluate_dataset
 from onnx_zip.model_io import save_model
 from onnx_zip.pipeline.compensated import zip_compensated
@@ -103,7 +103,7 @@ def _finetune_config(
 def _level_configs(config: ZipConfig, shares: Sequence[float]) -> list[ZipConfig]:
     """One zip setting per level, every bad level reported at once."""
     built = [ZipConfig.collect({**config.to_dict(), "share": float(share)}) for share in shares]
-    raise_problems([problem for _, problems in built for problem in problems])
+    raise_all([problem for _, problems in built for problem in problems])
     return [c for c, _ in built if c is not None]
 
 
@@ -168,6 +168,19 @@ def _level(job: ZipJob, share: float, ctx: _Sweep) -> dict[str, Any]:
     level["seconds"] = time.perf_counter() - started
     logger.info("share %.2f: %s", share, level["accuracy"])
     return level
+
+
+def _settings(
+    zip_config: ZipConfig, calib_config: CalibrationConfig, tune: FinetuneConfig | None, finetune_steps: int
+) -> dict[str, Any]:
+    """The report's ``settings``: the zip and calibration settings without the per-level sharing policy,
+    and the fine-tuning settings when the levels are fine-tuned."""
+    settings = {k: v for k, v in settings_record(zip_config, calib_config).items()
+                if k not in ("share", "share_per_layer", "max_cost")}
+    if tune is not None:
+        settings["finetune_steps"] = finetune_steps
+        settings["finetune"] = tune.to_dict()
+    return settings
 
 
 def sweep(
@@ -242,11 +255,7 @@ def sweep(
         if on_level is not None:
             on_level(records[-1])
     timings["levels"] = sum(level["seconds"] for level in records)
-    settings = {k: v for k, v in settings_record(zip_config, calib_config).items()
-                if k not in ("share", "share_per_layer", "max_cost")}
-    if tune is not None:
-        settings["finetune_steps"] = finetune_steps
-        settings["finetune"] = tune.to_dict()
+    settings = _settings(zip_config, calib_config, tune, finetune_steps)
     return {
         "kind": "sweep", "tasks": job.tasks, "sources": dict(zip(job.tasks, job.sources)), "settings": settings,
         "original_accuracy": original, "sweep": records, "timings": timings,

@@ -114,3 +114,14 @@ def test_registries_and_later_registration():
 def test_a_registered_pairing_is_accepted(monkeypatch):
     monkeypatch.setitem(PAIRINGS._entries, "compensated", PairingMethod("compensated", "test", "hessian", "hessian", True))
     assert ZipConfig(pairing="compensated").pairing_method.name == "compensated"
+
+
+def test_the_mapping_takes_node_pairs_or_rows_of_node_names():
+    assert ZipConfig(mapping={"fc0": "dense0"}).mapping == {"fc0": "dense0"}
+    rows = ZipConfig.from_mapping({"mapping": [["fc0", "fc0", "d0"], ["fc1", "fc1", "d1"]]})
+    assert rows.mapping == (("fc0", "fc0", "d0"), ("fc1", "fc1", "d1"))
+    assert ZipConfig.from_mapping(json.loads(json.dumps(rows.to_dict()))) == rows
+    assert rows.to_dict()["mapping"] == [["fc0", "fc0", "d0"], ["fc1", "fc1", "d1"]]
+    for bad in ([["fc0", "fc0"], ["fc1"]], [["fc0"]], [], [["fc0", 3]], {"fc0": 1}, "fc0"):
+        with pytest.raises(InputError, match="zip.mapping"):
+            ZipConfig(mapping=bad)

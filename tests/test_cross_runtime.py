@@ -18,7 +18,7 @@ import pytest
 
 import builders
 from onnx_zip import model_io, runtime
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_task
 
 OTHER = os.environ.get("ONNX_ZIP_OTHER_PYTHON")

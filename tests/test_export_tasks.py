@@ -19,7 +19,7 @@ from onnx_zip.deploy.export import export_tasks
 from onnx_zip.deploy.manifest import SHARED_WEIGHTS, read_manifest
 from onnx_zip.deploy.weights import PAGE, PAGE_ALIGN_FROM, external_tensors
 from onnx_zip.errors import InputError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 
 TASKS = ("a", "b", "c")
 OTHER = os.environ.get("ONNX_ZIP_OTHER_PYTHON")

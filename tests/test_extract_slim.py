@@ -14,7 +14,7 @@ from conftest import zoo_model
 from onnx_zip import runtime
 from onnx_zip.cli.main import main
 from onnx_zip.errors import InputError
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.extract import extract_file, extract_task, fold_constants, strip_task_prefix, task_subgraph
 
 #: What an extracted model may add to its original: the provenance metadata.

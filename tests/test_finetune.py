@@ -160,7 +160,7 @@ def test_shared_weight_gets_the_sum_of_untied_gradients():
 
 def test_loss_falls_and_accuracy_rises_on_a_zipped_mlp():
     a, b = builders.mlp([D_IN, 8, 6, CLASSES_A], seed=0), builders.mlp([D_IN, 8, 6, CLASSES_B], seed=1)
-    from onnx_zip.zipper.api import zip_models
+    from onnx_zip.pipeline import zip_models
 
     d = {"a": task_data(1, 400, CLASSES_A), "b": task_data(2, 400, CLASSES_B)}
     zipped = zip_models([a, b], [{"x": d["a"]["x"]}, {"x": d["b"]["x"]}], names=["a", "b"], share=0.5).model
@@ -344,7 +344,7 @@ def test_cli_bad_input_exits_2_without_output(cli_files, case, message):
 
 @pytest.mark.slow
 def test_zoo_lenet300_pair_recovers_with_100_steps(zoo):
-    from onnx_zip.zipper.api import zip_models
+    from onnx_zip.pipeline import zip_models
 
     entries = [zoo_model(zoo, n) for n in ("lenet300_mnist_s0", "lenet300_mnist_s1")]
     zipped = zip_models([e["file"] for e in entries], [e["data"]["train"] for e in entries], names=["a", "b"],

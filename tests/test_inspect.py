@@ -12,7 +12,7 @@ import pytest
 
 import builders
 from conftest import run_cli
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 from onnx_zip.zipper.report import parameter_count
 
 cli = run_cli

@@ -24,7 +24,7 @@ from onnx_zip.errors import ModelError
 from onnx_zip.graph import ops
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 
 ATOL = 1e-5
 C, N_OUT = 4, 5
@@ -268,3 +268,19 @@ def test_register_refuses_duplicates_and_unknown_effects() -> None:
     with pytest.raises(ValueError, match="unknown path effects"):
         ops.register(ops.OpRule("NewOp", ("teleport",), ops.classify_elementwise, ops.rebuild_copy))
     assert "NewOp" not in ops.OP_RULES
+
+
+def test_broken_invariants_of_the_rewrite_are_internal_errors() -> None:
+    """A bug, not the user's input: exit 1 and "please report" (the CLI), never an InputError."""
+    from onnx_zip.errors import InputError, InternalError  # noqa: PLC0415
+    from onnx_zip.graph.layers import Layer, neuron_weights  # noqa: PLC0415
+    from onnx_zip.zipper.graph_builder import GraphBuilder  # noqa: PLC0415
+
+    emit = GraphBuilder()
+    emit.constant("shared/fc0/weight", np.zeros((2, 2), np.float32))
+    with pytest.raises(InternalError, match="created twice") as info:
+        emit.constant("shared/fc0/weight", np.zeros((2, 2), np.float32))
+    assert not isinstance(info.value, InputError)
+    odd = Layer(0, "n", "Add", "dense", "w", None, 2, 2, "x", "y", False)
+    with pytest.raises(InternalError, match="no weight layout for op Add"):
+        neuron_weights(odd, np.zeros((2, 2)))

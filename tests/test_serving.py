@@ -15,8 +15,8 @@ from onnx_zip import runtime
 from onnx_zip.cli.main import main
 from onnx_zip.deploy.export import export_tasks
 from onnx_zip.errors import InputError
+from onnx_zip.pipeline import zip_models
 from onnx_zip.serving import TaskSwitcher
-from onnx_zip.zipper.api import zip_models
 
 
 @pytest.fixture(scope="module")

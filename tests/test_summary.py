@@ -12,8 +12,8 @@ import pytest
 
 import builders
 from conftest import assert_one_error_line, run_cli
+from onnx_zip.pipeline import zip_models
 from onnx_zip.reporting import plots, render_markdown, write_summary
-from onnx_zip.zipper.api import zip_models
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

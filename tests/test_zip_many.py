@@ -285,3 +285,30 @@ def test_three_task_model_fine_tunes():
     last = tuned.history[-1]
     assert sorted(last["loss"]) == ["a", "b", "c"] and all(np.isfinite(v) for v in last["loss"].values())
     assert [o.name for o in tuned.model.graph.output] == ["a/y", "b/y", "c/y"]
+
+
+def test_cli_zips_three_models_with_an_explicit_map_of_rows(tmp_path):
+    """``zip --map`` takes the ``[[a, b, c], ...]`` form for three models (and ``align --json``'s output)."""
+    paths, calibs = [], []
+    for s in (1, 2, 3):
+        model = builders.mlp([6, 10, 4, 3], seed=s)
+        paths.append(str(tmp_path / f"m{s}.onnx"))
+        (tmp_path / f"m{s}.onnx").write_bytes(model.SerializeToString())
+        calibs.append(str(tmp_path / f"c{s}.npz"))
+        np.savez(calibs[-1], **builders.random_inputs(model, 50, seed=s))
+    aligned = _cli("align", *paths, "--json")
+    assert aligned.returncode == 0, aligned.stderr
+    rows = [layer["nodes"] for layer in json.loads(aligned.stdout)["layers"]]
+    assert len(rows) == 3 and all(len(row) == 3 for row in rows)
+    mapping = tmp_path / "map.json"
+    for document in (rows, json.loads(aligned.stdout)):
+        mapping.write_text(json.dumps(document))
+        out = tmp_path / "z.onnx"
+        done = _cli("zip", *paths, *[f"--calib={c}" for c in calibs], "--map", mapping, "--share", "1.0",
+                    "-o", out, "--report", tmp_path / "r.json", "--no-progress")
+        assert done.returncode == 0, done.stderr
+        assert [layer["shared"] for layer in json.loads((tmp_path / "r.json").read_text())["layers"]] == [10, 4]
+        out.unlink()
+    mapping.write_text(json.dumps([row[:2] for row in rows]))
+    short = _cli("zip", *paths, *[f"--calib={c}" for c in calibs], "--map", mapping, "-o", out)
+    assert short.returncode == 2 and "got 3" in short.stderr and not out.exists()

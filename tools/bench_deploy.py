@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from onnx_zip import runtime
 from onnx_zip.deploy.bench import ServeBench, format_table, serve_bench
 from onnx_zip.deploy.export import export_tasks
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 
 SIZES = (1024, 2048, 2048, 2048, 10)
 TASKS = ("a", "b", "c")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from onnx_zip.evaluate import evaluate  # noqa: E402
 from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: E402
-from onnx_zip.zipper.api import zip_models  # noqa: E402
+from onnx_zip.pipeline import zip_models  # noqa: E402
 
 PAIRS = {
     "lenet5": (("lenet5_mnist_s0", "lenet5_fashion"), ("mnist", "fashion"), 0.5),

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: E402
 from onnx_zip.model_io import atomic_write_bytes  # noqa: E402
-from onnx_zip.zipper.api import zip_models  # noqa: E402
-from onnx_zip.zipper.layerwise import zip_layerwise  # noqa: E402
+from onnx_zip.pipeline import zip_models  # noqa: E402
+from onnx_zip.pipeline.layerwise import zip_layerwise  # noqa: E402
 
 MODELS = ROOT / "models"
 TRAIN = MODELS / "data" / "mnist_train.npz"

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_zip.errors import ModelError
+from onnx_zip.errors import InternalError
 from onnx_zip.zipper.report import METADATA_PREFIX
 
 FINETUNE_KEY = f"{METADATA_PREFIX}finetune"
@@ -28,7 +28,7 @@ def with_values(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onn
     """A copy of ``model`` whose initializers named in ``values`` hold those values.
 
     Raises:
-        ModelError: a value's element count differs from the initializer's.
+        InternalError: a value's element count differs from the initializer's.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -39,7 +39,7 @@ def with_values(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onn
         dims = tuple(int(d) for d in tensor.dims)
         value = np.asarray(values[tensor.name])
         if value.size != int(np.prod(dims, dtype=np.int64)):
-            raise ModelError(f"internal error: trained {tensor.name} has {value.size} values for shape {dims}")
+            raise InternalError(f"trained {tensor.name} has {value.size} values for shape {dims}")
         doc = tensor.doc_string
         tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value.reshape(dims).astype(dtype)), tensor.name))
         if doc:

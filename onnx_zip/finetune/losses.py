@@ -32,6 +32,7 @@ starts) followed by ``finetune/<task>/loss`` per task.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -80,7 +81,7 @@ def add_loss_nodes(model: onnx.ModelProto, specs: Sequence[TaskSpec], out_ranks:
     graph = model.graph
     nodes: list[onnx.NodeProto] = []
 
-    def node(op: str, inputs: list[str], name: str, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [name], name=f"{name}_{op}", **attrs))
         return name
 
@@ -129,7 +130,7 @@ def joint_loss_block(specs: Sequence[TaskSpec], out_ranks: Sequence[int]) -> obj
     """
     onnxblock = runtime.training_modules().onnxblock
 
-    class JointLoss(onnxblock.Block):  # type: ignore[misc,name-defined]
+    class JointLoss(onnxblock.Block):  # type: ignore[name-defined]
         def build(self, *graph_outputs: str) -> tuple[str, ...]:
             return tuple(add_loss_nodes(self.base, specs, out_ranks))
 

@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,6 +106,34 @@ class TrainSettings:
     eval_every: int | None
 
 
+def _open_training(artifacts: Artifacts, threads: int | None) -> tuple[Any, Any]:
+    """The onnxruntime training ``Module`` (in train mode) and its ``CheckpointState``."""
+    rt = runtime.training_modules()
+    options = runtime.ort().SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    state = rt.api.CheckpointState.load_checkpoint(str(artifacts.training_model.parent / "checkpoint"))
+    ort = runtime.ort()
+    ort.set_default_logger_severity(3)  # the training session logs every graph transformer at INFO otherwise
+    try:
+        module = rt.api.Module(str(artifacts.training_model), state, None, "cpu", options)
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
+    module.train()
+    return module, state
+
+
+def _progress_bar(settings: TrainSettings) -> Any:
+    """A tqdm bar over the steps when asked for and stderr is a terminal, else None."""
+    if not (settings.progress and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=settings.steps, desc="fine-tune", unit="step", leave=False)
+
+
 def train(
     artifacts: Artifacts,
     specs: Sequence[TaskSpec],
@@ -135,20 +164,7 @@ def train(
     Raises:
         NumericalError: the loss became NaN or Inf.
     """
-    rt = runtime.training_modules()
-    options = runtime.ort().SessionOptions()
-    options.log_severity_level = 3
-    if settings.threads is not None:
-        options.intra_op_num_threads = int(settings.threads)
-        options.inter_op_num_threads = 1
-    state = rt.api.CheckpointState.load_checkpoint(str(artifacts.training_model.parent / "checkpoint"))
-    ort = runtime.ort()
-    ort.set_default_logger_severity(3)  # the training session logs every graph transformer at INFO otherwise
-    try:
-        module = rt.api.Module(str(artifacts.training_model), state, None, "cpu", options)
-    finally:
-        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
-    module.train()
+    module, state = _open_training(artifacts, settings.threads)
     order = module.input_names()
     out_names = module.output_names()
     params = state.parameters
@@ -160,11 +176,7 @@ def train(
 
     batchers = samplers([len(data[s.name]) for s in specs], settings.batch_size, settings.seed)
     history: list[dict[str, object]] = []
-    bar = None
-    if settings.progress and sys.stderr.isatty():
-        from tqdm import tqdm  # noqa: PLC0415
-
-        bar = tqdm(total=settings.steps, desc="fine-tune", unit="step", leave=False)
+    bar = _progress_bar(settings)
     try:
         for step in range(settings.steps):
             lr = learning_rate(step, settings.steps, settings.lr, settings.schedule)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from onnx_zip.errors import InternalError
+
 #: How a node between two zippable layers treats the channel (feature) axis.
 #: ``elementwise``: channel-agnostic (Relu, Sigmoid, ...); ``spatial``: acts per channel on the
 #: spatial axes (MaxPool, AveragePool, GlobalAveragePool, spatial Pad); ``flatten``: turns
@@ -207,7 +209,7 @@ def neuron_weights(layer: Layer, stored: np.ndarray) -> np.ndarray:
         return stored
     if layer.op_type in ("Gemm", "MatMul"):
         return stored.T
-    raise ValueError(f"layer {layer.node}: no weight layout for op {layer.op_type}")
+    raise InternalError(f"layer {layer.node}: no weight layout for op {layer.op_type}")
 
 
 def stored_weights(layer: Layer, neurons_first: np.ndarray) -> np.ndarray:
@@ -216,7 +218,7 @@ def stored_weights(layer: Layer, neurons_first: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(neurons_first)
     if layer.op_type in ("Gemm", "MatMul"):
         return np.ascontiguousarray(neurons_first.T)
-    raise ValueError(f"layer {layer.node}: no weight layout for op {layer.op_type}")
+    raise InternalError(f"layer {layer.node}: no weight layout for op {layer.op_type}")
 
 
 #: The axis of a layer's output tensor that indexes its neurons (NCHW channels; dense: last).

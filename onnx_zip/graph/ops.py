@@ -54,7 +54,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from numpy.typing import DTypeLike
 
-from onnx_zip.errors import ModelError
+from onnx_zip.errors import InternalError
 from onnx_zip.graph.layers import PATH_EFFECTS, PathStep
 from onnx_zip.graph.lookup import (
     activations,
@@ -177,7 +177,7 @@ def classify(ctx: PathContext) -> PathStep | None:
         return None
     step = rule.classify(ctx)
     if step is not None and step.effect not in rule.effects:
-        raise ValueError(f"op {rule.op_type} classified as {step.effect}, not one of its effects {rule.effects}")
+        raise InternalError(f"op {rule.op_type} classified as {step.effect}, not one of its effects {rule.effects}")
     return step
 
 
@@ -195,7 +195,7 @@ def rebuild(block: BlockStep) -> gs.Variable:
     """Build one path node on one block through its table entry."""
     rule = rule_for(block.node.op, block.node.domain or "")
     if rule is None:
-        raise ModelError(f"internal error: node {block.step.node} ({block.step.op_type}) is not in the op table")
+        raise InternalError(f"node {block.step.node} ({block.step.op_type}) is not in the op table")
     return rule.rebuild(block)
 
 
@@ -447,7 +447,7 @@ def rebuild_copy(block: BlockStep) -> gs.Variable:
         elif not any(i is block.inputs[0] for i in inputs):
             inputs.append(block.inputs[0])
         else:
-            raise ModelError(f"node {step.node}: input {t.name} is not a constant; cannot apply it per block")
+            raise InternalError(f"node {step.node}: input {t.name} is not a constant; cannot apply it per block")
     emit.node(op, f"{block.prefix}/{op}", inputs, [out], attrs=node.attrs)
     return out
 

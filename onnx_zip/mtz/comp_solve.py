@@ -15,18 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnx_zip.errors import InputError
 from onnx_zip.mtz._checks import as_f64, check_square, where
 from onnx_zip.mtz._linalg import checked_cholesky, chol_solve, pinv_psd
+from onnx_zip.mtz.comp_stats import CompensationStats
 
-if TYPE_CHECKING:
-    from onnx_zip.mtz.compensated import TaskLayer
-
-__all__ = ["CompensationView", "SpdSolver", "Stage", "TaskTerms", "build_stage", "prepare_task"]
+__all__ = ["CompensationView", "SpdSolver", "Stage", "TaskLayer", "TaskTerms", "build_stage", "prepare_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +55,8 @@ class SpdSolver:
         """``A⁻¹ rhs`` for ``rhs (D,)`` or ``(D, k)``."""
         if self._low is not None:
             return chol_solve(self._low, rhs)
-        return self._pinv @ rhs  # type: ignore[operator]
+        assert self._pinv is not None
+        return self._pinv @ rhs
 
 
 @dataclass(frozen=True)
@@ -68,6 +66,24 @@ class CompensationView:
     g: np.ndarray
     c: np.ndarray
     h: np.ndarray
+
+
+@dataclass(frozen=True)
+class TaskLayer:
+    """One task's side of a layer.
+
+    Attributes:
+        rows: Original neuron rows ``(N, D)``, or ``(N, P, D)`` in the per-channel reading (bias repeated).
+        stats: The task's :class:`~onnx_zip.mtz.comp_stats.CompensationStats` (``G (D̃, D̃)``, ``C (D̃, D)``,
+            ``H (D, D)``).
+        prior: ``rows`` moved into the zipped coordinates, ``(N, D̃)`` or ``(N, P, D̃)``.
+        name: Task name for messages.
+    """
+
+    rows: np.ndarray
+    stats: CompensationStats
+    prior: np.ndarray
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,7 @@ def _rows(arr: np.ndarray, name: str, label: str, taps: int, size: int) -> np.nd
 
 
 def prepare_task(task: TaskLayer, n_shared: int, bias: bool, taps: int, rho: float, label: str) -> TaskTerms:
-    """Check one :class:`~onnx_zip.mtz.compensated.TaskLayer` and compute its :class:`TaskTerms`.
+    """Check one :class:`TaskLayer` and compute its :class:`TaskTerms`.
 
     Raises:
         InputError: Moments of the wrong shape, rows or prior that do not fit them, a bias mismatch.

@@ -33,7 +33,7 @@ import numpy as np
 
 from onnx_zip.errors import InputError, NumericalError
 from onnx_zip.mtz._checks import as_f64, where
-from onnx_zip.mtz.hessian import _conv_params, im2col_columns
+from onnx_zip.mtz.hessian import conv_params, im2col_columns
 
 __all__ = [
     "CompensationStats",
@@ -246,7 +246,7 @@ class ConvPatchMoments(MomentAccumulator):
         layer: str | None = None,
     ) -> None:
         super().__init__(bias=bias, layer=layer)
-        self.geometry = _conv_params(kernel_shape, strides, pads, dilations, layer)
+        self.geometry = conv_params(kernel_shape, strides, pads, dilations, layer)
 
     def _config(self) -> tuple:
         return (type(self), self.bias, self.geometry)

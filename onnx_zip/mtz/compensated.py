@@ -53,31 +53,12 @@ import numpy as np
 
 from onnx_zip.errors import InputError
 from onnx_zip.mtz._checks import where
-from onnx_zip.mtz.comp_solve import Stage, TaskTerms, build_stage, prepare_task
-from onnx_zip.mtz.comp_stats import CompensationStats
+from onnx_zip.mtz.comp_solve import Stage, TaskLayer, TaskTerms, build_stage, prepare_task
 
 __all__ = ["DEFAULT_RHO", "CompensatedLayer", "SharedFit", "SpecificFit", "TaskLayer"]
 
 
 DEFAULT_RHO = 1e-2
-
-
-@dataclass(frozen=True)
-class TaskLayer:
-    """One task's side of a layer.
-
-    Attributes:
-        rows: Original neuron rows ``(N, D)``, or ``(N, P, D)`` in the per-channel reading (bias repeated).
-        stats: The task's :class:`~onnx_zip.mtz.comp_stats.CompensationStats` (``G (D̃, D̃)``, ``C (D̃, D)``,
-            ``H (D, D)``).
-        prior: ``rows`` moved into the zipped coordinates, ``(N, D̃)`` or ``(N, P, D̃)``.
-        name: Task name for messages.
-    """
-
-    rows: np.ndarray
-    stats: CompensationStats
-    prior: np.ndarray
-    name: str = ""
 
 
 @dataclass(frozen=True)

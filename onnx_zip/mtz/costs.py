@@ -79,6 +79,7 @@ class PairOperator:
         """Apply ``(H_A + H_B)⁻¹`` (or its pseudo-inverse) to ``rhs`` ``(D,)`` or ``(D, k)``."""
         if self._chol is not None:
             return chol_solve(self._chol, rhs)
+        assert self._pinv is not None
         return self._pinv @ rhs
 
 

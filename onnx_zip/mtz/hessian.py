@@ -32,6 +32,7 @@ __all__ = [
     "im2col",
     "im2col_columns",
     "conv_output_size",
+    "conv_params",
     "restrict",
     "dense_keep_index",
     "patch_keep_index",
@@ -230,13 +231,15 @@ def conv_output_size(
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _conv_params(
+def conv_params(
     kernel_shape: Sequence[int],
     strides: Sequence[int] | None,
     pads: Sequence[int] | None,
     dilations: Sequence[int] | None,
     layer: str | None,
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
+    """A 2-D Conv's checked geometry ``(kernel (KH, KW), strides, pads [h_begin, w_begin, h_end, w_end],
+    dilations)`` with ONNX's defaults filled in; an :class:`InputError` naming ``layer`` otherwise."""
     ks = tuple(int(k) for k in kernel_shape)
     st = tuple(int(s) for s in (strides if strides is not None else (1, 1)))
     pd = tuple(int(p) for p in (pads if pads is not None else (0, 0, 0, 0)))
@@ -250,7 +253,7 @@ def _conv_params(
         raise InputError(
             f"{where(layer)}invalid conv parameters kernel_shape {ks}, strides {st}, pads {pd}, dilations {dl}"
         )
-    return ks, st, pd, dl  # type: ignore[return-value]
+    return (ks[0], ks[1]), (st[0], st[1]), (pd[0], pd[1], pd[2], pd[3]), (dl[0], dl[1])
 
 
 def _windows(
@@ -266,7 +269,7 @@ def _windows(
     x = np.asarray(x)
     if x.ndim != 4:
         raise InputError(f"{where(layer)}conv input must be (N, C, H, W), got shape {x.shape}")
-    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = _conv_params(kernel_shape, strides, pads, dilations, layer)
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = conv_params(kernel_shape, strides, pads, dilations, layer)
     n, c, h, w = x.shape
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(w, kw, sw, pl, pr, dw)
@@ -362,7 +365,7 @@ class ConvPatchHessian(HessianAccumulator):
         bias: bool = True,
         layer: str | None = None,
     ) -> None:
-        self.kernel_shape, self.strides, self.pads, self.dilations = _conv_params(
+        self.kernel_shape, self.strides, self.pads, self.dilations = conv_params(
             kernel_shape, strides, pads, dilations, layer
         )
         self.channels = None if channels is None else int(channels)

@@ -224,7 +224,9 @@ def _check_request(models: Sequence[Any], calibration: Sequence[Any] | None, con
         )
 
 
-def _align(prepared: list[PreparedModel], mapping: Mapping[str, str] | None) -> list[tuple[Layer, ...]]:
+def _align(
+    prepared: list[PreparedModel], mapping: Mapping[str, str] | Sequence[Sequence[str]] | None
+) -> list[tuple[Layer, ...]]:
     if mapping is None:
         for i, chain in enumerate(match_depths([p.chain for p in prepared])):
             prepared[i] = dataclasses.replace(prepared[i], chain=chain)

@@ -15,8 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from onnx_zip.config import CalibrationConfig, ZipConfig, raise_problems
-from onnx_zip.errors import InputError
+from onnx_zip.config import CalibrationConfig, ZipConfig
+from onnx_zip.errors import InputError, raise_all
 from onnx_zip.model_io import check_writable
 from onnx_zip.pipeline.compensated import zip_compensated
 from onnx_zip.pipeline.job import CalibrationSource, ModelSource, ZipJob, prepare
@@ -47,7 +47,7 @@ def configs_from_options(options: Mapping[str, Any]) -> tuple[ZipConfig, Calibra
     calib_part = {_CALIBRATION_KEYS[k]: v for k, v in options.items() if k in _CALIBRATION_KEYS}
     zip_config, zip_problems = ZipConfig.collect(zip_part)
     calib_config, calib_problems = CalibrationConfig.collect(calib_part)
-    raise_problems(zip_problems + calib_problems)
+    raise_all(zip_problems + calib_problems)
     assert zip_config is not None and calib_config is not None
     return zip_config, calib_config
 

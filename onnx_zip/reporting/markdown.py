@@ -1,6 +1,6 @@
 """Markdown tables of a zip, run or sweep report (pure text, no plotting).
 
-Every function takes the JSON report as :func:`~onnx_zip.zipper.api.zip_models` (and the
+Every function takes the JSON report as :func:`~onnx_zip.pipeline.zip_models` (and the
 ``run``/``sweep`` commands) write it and returns Markdown lines; missing sections give no lines.
 """
 

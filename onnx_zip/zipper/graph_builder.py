@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from numpy.typing import DTypeLike
 
-from onnx_zip.errors import ModelError
+from onnx_zip.errors import InternalError
 
 #: Owner prefix of everything stored once for all tasks.
 SHARED = "shared"
@@ -71,7 +71,7 @@ class GraphBuilder:
     def constant(self, name: str, values: np.ndarray) -> gs.Constant:
         """A new initializer (names of initializers are never suffixed: a repeat is a bug)."""
         if name in self.constants:
-            raise ModelError(f"internal error: initializer {name} created twice")
+            raise InternalError(f"initializer {name} created twice")
         const = gs.Constant(name, np.ascontiguousarray(values).reshape(np.shape(values)))  # keeps a 0-d scalar 0-d
         self.constants[name] = const
         return const

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnx_zip.errors import ModelError
+from onnx_zip.errors import InternalError
 from onnx_zip.graph import ops
 from onnx_zip.graph.layers import PathStep
 from onnx_zip.graph.lookup import nodes_by_name
@@ -164,8 +164,8 @@ def tie_blocks(
     them to the op (the node's own order for a non-commutative op)."""
     left, right = operands
     if [b.units for b in left] != [b.units for b in right]:
-        raise ModelError(
-            f"internal error: the operands of {step.op_type} {step.node} of task {task} have channel blocks "
+        raise InternalError(
+            f"the operands of {step.op_type} {step.node} of task {task} have channel blocks "
             f"{[b.units for b in left]} and {[b.units for b in right]}"
         )
     out = []

@@ -139,7 +139,7 @@ def run_cell(cell: Cell, *, calibration_limit: int | None = 4096, eval_limit: in
     import onnx
 
     from onnx_zip.finetune import evaluate_tasks, finetune
-    from onnx_zip.zipper.api import zip_models
+    from onnx_zip.pipeline import zip_models
     from onnx_zip.pipeline.layerwise import zip_layerwise
     from onnx_zip.zipper.report import parameter_count
     from tools.bench.common import quiet_ort

@@ -39,7 +39,7 @@ def interleaved(candidates: dict[str, list], rounds: int, warmup: int = 3) -> di
 def pair_latency(pair_key: str, shares=(0.5, 0.75, 1.0), batches=(1, 64), rounds: dict[int, int] | None = None,
                  threads: int = 1, calibration_limit: int = 1024) -> dict[str, Any]:
     from onnx_zip import runtime
-    from onnx_zip.zipper.api import zip_models
+    from onnx_zip.pipeline import zip_models
     from onnx_zip.zipper.extract import extract_task
     from tools.bench.grid import no_sharing_model
 

@@ -79,7 +79,7 @@ def measure_zip(models: list[str], calib: list[np.ndarray], *, label: str, threa
     import gc
     import os
 
-    from onnx_zip.zipper.api import zip_models
+    from onnx_zip.pipeline import zip_models
 
     quiet_ort()
     limit = zip_options.get("calibration_limit")
