@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,41 @@ import onnx
 
 from onnx_zip import data as data_mod
 from onnx_zip import runtime
+from onnx_zip.config import DEFAULT_CALIBRATION_BATCH, READINGS, conv_readings
 from onnx_zip.errors import DataError, InputError, ModelError
 from onnx_zip.graph.layers import Layer
-from onnx_zip.mtz.hessian import ConvChannelHessian, ConvPatchHessian, DenseHessian, HessianAccumulator
+from onnx_zip.mtz.hessian import (
+    ConvChannelHessian,
+    ConvPatchHessian,
+    DenseHessian,
+    HessianAccumulator,
+)
 
 logger = logging.getLogger(__name__)
 
-READINGS = ("patch", "channel")
 DataSource = data_mod.Dataset | data_mod.DataReader | Mapping[str, np.ndarray] | str | os.PathLike
+
+
+def _dense(layer: Layer) -> HessianAccumulator:
+    return DenseHessian(layer.inputs, bias=layer.bias is not None, layer=layer.node)
+
+
+def _channel(layer: Layer) -> HessianAccumulator:
+    return ConvChannelHessian(layer.inputs, bias=layer.bias is not None, layer=layer.node)
+
+
+def _patch(layer: Layer) -> HessianAccumulator:
+    geometry = layer.conv
+    if geometry is None:
+        raise ModelError(f"layer {layer.node}: a conv layer without geometry")
+    return ConvPatchHessian(
+        geometry.kernel_shape, geometry.strides, geometry.pads, geometry.dilations,
+        channels=layer.inputs, bias=layer.bias is not None, layer=layer.node,
+    )
+
+
+#: The Hessian accumulator of each reading of :data:`onnx_zip.config.READINGS`.
+ACCUMULATORS: dict[str, Callable[[Layer], HessianAccumulator]] = {"dense": _dense, "patch": _patch, "channel": _channel}
 
 
 def accumulator_for(layer: Layer, reading: str = "patch") -> HessianAccumulator:
@@ -51,25 +78,15 @@ def accumulator_for(layer: Layer, reading: str = "patch") -> HessianAccumulator:
 
     Args:
         layer: A discovered layer.
-        reading: ``"patch"`` or ``"channel"`` for conv layers (ignored for dense ones).
+        reading: A convolution reading (``patch``, ``channel``) for conv layers; a dense layer is
+            always read ``dense``.
 
     Raises:
-        InputError: unknown reading.
+        InputError: unknown reading, or a dense reading asked of a conv layer.
     """
-    if reading not in READINGS:
-        raise InputError(f"layer {layer.node}: unknown conv reading {reading!r}", hint=f"use one of {READINGS}")
-    bias = layer.bias is not None
-    if layer.kind == "dense":
-        return DenseHessian(layer.inputs, bias=bias, layer=layer.node)
-    if reading == "channel":
-        return ConvChannelHessian(layer.inputs, bias=bias, layer=layer.node)
-    geometry = layer.conv
-    if geometry is None:
-        raise ModelError(f"layer {layer.node}: a conv layer without geometry")
-    return ConvPatchHessian(
-        geometry.kernel_shape, geometry.strides, geometry.pads, geometry.dilations,
-        channels=layer.inputs, bias=bias, layer=layer.node,
-    )
+    if reading not in READINGS or (layer.kind == "conv" and READINGS.get(reading).layer_kind != "conv"):
+        raise InputError(f"layer {layer.node}: unknown conv reading {reading!r}", hint=f"use one of {conv_readings()}")
+    return ACCUMULATORS["dense" if layer.kind == "dense" else reading](layer)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -173,7 +190,7 @@ def calibrate(
     *,
     reading: str | Mapping[str, str] = "patch",
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_CALIBRATION_BATCH,
     threads: int | None = None,
     progress: bool = True,
     label: str = "model",
@@ -223,7 +240,7 @@ def calibrate(
     for layer in layers:
         by_tensor.setdefault(layer.input, []).append(layer)
 
-    from tqdm.auto import tqdm  # noqa: PLC0415 - only needed here
+    from tqdm.auto import tqdm
 
     show = progress and sys.stderr.isatty()
     batches = _Limited(reader, specs, limit, source)

@@ -29,6 +29,7 @@ import numpy as np
 
 import onnx_zip
 from onnx_zip import runtime
+from onnx_zip.config import CalibrationConfig, FinetuneConfig, ZipConfig
 from onnx_zip.data import load_dataset
 from onnx_zip.errors import InputError
 from onnx_zip.evaluate import evaluate_dataset
@@ -144,10 +145,10 @@ def run_demo(
         InputError: the models or data are not found, a setting is out of range, ``out_dir`` cannot
             be created.
     """
-    if not 0.0 <= share <= 1.0:
-        raise InputError(f"demo: share must be a fraction in [0, 1], got {share}")
-    for name, value in (("steps", steps), ("calibration limit", calibration_limit), ("eval limit", eval_limit),
-                        ("latency runs", latency_runs)):
+    zip_config = ZipConfig(share=share)  # the settings' own checks (share within [0, 1], ...)
+    calib_config = CalibrationConfig(limit=calibration_limit, threads=threads)
+    tune_config = FinetuneConfig(steps=steps, threads=threads)
+    for name, value in (("eval limit", eval_limit), ("latency runs", latency_runs)):
         if value < 1:
             raise InputError(f"demo: {name} must be positive, got {value}")
     files = find_files(models_dir)
@@ -158,10 +159,10 @@ def run_demo(
         raise InputError(f"demo: cannot create {out}: its folder {out.parent} does not exist", hint="create it first")
     runtime.training_modules()  # fail fast without the training runtime
 
-    from onnx_zip.finetune import evaluate_tasks, finetune  # noqa: PLC0415 - needs the training runtime
-    from onnx_zip.reporting import write_summary  # noqa: PLC0415
-    from onnx_zip.zipper.api import zip_models  # noqa: PLC0415
-    from onnx_zip.zipper.report import parameter_count  # noqa: PLC0415
+    from onnx_zip.finetune import evaluate_tasks, finetune
+    from onnx_zip.pipeline.workflows import zip_models
+    from onnx_zip.reporting import write_summary
+    from onnx_zip.zipper.report import parameter_count
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -176,15 +177,15 @@ def run_demo(
     start = time.perf_counter()
     zipped_path, tuned_path, report_path = out / "zipped.onnx", out / "zipped_finetuned.onnx", out / "report.json"
     result = zip_models(
-        [files[t]["model"] for t in tasks], [train[t] for t in tasks], zipped_path, names=tasks, share=share,
-        calibration_limit=calibration_limit, threads=threads, progress=progress,
+        [files[t]["model"] for t in tasks], [train[t] for t in tasks], zipped_path, names=tasks, config=zip_config,
+        calibration_config=calib_config, progress=progress,
     )
     seconds["zip"] = time.perf_counter() - start
     for t, value in evaluate_tasks(result.model, test, threads=threads).items():
         accuracy[t]["zipped"] = value
 
     start = time.perf_counter()
-    tuned = finetune(result.model, train, steps=steps, threads=threads, progress=progress, output=tuned_path)
+    tuned = finetune(result.model, train, tune_config, progress=progress, output=tuned_path)
     seconds["finetune"] = time.perf_counter() - start
     for t, value in evaluate_tasks(tuned.model, test, threads=threads).items():
         accuracy[t]["finetuned"] = value
@@ -202,7 +203,7 @@ def run_demo(
     settings = {"share": share, "steps": steps, "calibration_limit": calibration_limit, "eval_limit": eval_limit,
                 "latency_runs": latency_runs, "threads": threads, "latency_threads": rt_threads,
                 "models": {t: files[t]["model"].name for t in tasks}}
-    report = {**result.report, "evaluation": accuracy, "finetune": {**tuned.record, "seconds": tuned.seconds}}
+    report = {**result.report.to_dict(), "evaluation": accuracy, "finetune": {**tuned.record, "seconds": tuned.seconds}}
     atomic_write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
     summary = write_summary(report, out / "summary.md", title="onnx-zip demo: LeNet-5 MNIST + LeNet-5 Fashion-MNIST")
     demo = DemoResult(tasks=tasks, accuracy=accuracy, params=params, bytes=sizes, latency_ms=latency,

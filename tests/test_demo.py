@@ -52,5 +52,5 @@ def test_demo_without_models_exits_2_with_a_hint(tmp_path):
 
 def test_demo_bad_setting_exits_2(tmp_path):
     result = cli("demo", "--share", "2", "--out", tmp_path / "out")
-    assert result.returncode == 2 and "share must be a fraction" in result.stderr
+    assert result.returncode == 2 and "zip.share is 2.0, must be within [0, 1]" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -261,7 +261,7 @@ def test_preflight_freezes_or_refuses_ops_without_gradient(caplog):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": 0}, "finetune.steps is 0, must be ≥ 1"),
         ({"train": {"a": None, "c": None}}, "unknown task 'c'"),
         ({"train": {"a": None}}, "no training data for task 'b'"),
         ({"losses": {"a": "hinge"}}, "loss 'hinge'"),

@@ -9,7 +9,7 @@ import builders
 from onnx_zip import runtime
 from onnx_zip.errors import InputError
 from onnx_zip.zipper.api import zip_models
-from onnx_zip.zipper.layerwise import zip_layerwise
+from onnx_zip.pipeline.layerwise import zip_layerwise
 
 pytestmark = pytest.mark.skipif(not runtime.has_training(), reason="the layer-wise loop fine-tunes: needs the train extra")
 
@@ -61,7 +61,7 @@ def test_bad_loop_settings_are_refused_before_work():
     a, b = builders.mlp([6, 8, 5, 3], seed=1), builders.mlp([6, 8, 5, 3], seed=2)
     data = {"a": labelled(a, 16, 1), "b": labelled(b, 16, 2)}
     calib = [{"x": data["a"]["x"]}] * 2
-    with pytest.raises(InputError, match="3 retrain step counts for 2 hidden layers"):
+    with pytest.raises(InputError, match="3 counts for 2 hidden layers"):
         zip_layerwise([a, b], calib, data, retrain_steps=[1, 2, 3])
     with pytest.raises(InputError, match="tasks are"):
         zip_layerwise([a, b], calib, {"a": data["a"], "c": data["b"]}, retrain_steps=1)

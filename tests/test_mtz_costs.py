@@ -15,7 +15,6 @@ from onnx_zip.mtz import (
     cost_matrix,
     dense_rows,
     greedy_matching,
-    merge_conv,
     merge_pairs,
     merged_vectors,
     optimal_matching,
@@ -92,7 +91,7 @@ def test_channel_reading_costs_and_merge_match_literal() -> None:
                     lit[i, j] += 0.5 * diff @ m @ diff
     np.testing.assert_allclose(got, lit, rtol=1e-10, atol=1e-12 * lit.max())
     pairs = np.array([[3, 0], [1, 4]])
-    w, b = merge_conv(wa, ba, wb, bb, pairs, op, "channel")
+    w, b = channel_rows_to_conv(merge_pairs(ra, rb, pairs, op), (kh, kw))
     for t, (i, j) in enumerate(pairs):
         biases = []
         for y in range(kh):
@@ -118,7 +117,7 @@ def test_patch_reading_costs_and_merge_match_literal() -> None:
     lit = np.array([[0.5 * (u - v) @ lit_m(ha, hb) @ (u - v) for v in rb] for u in ra])
     np.testing.assert_allclose(cost_matrix(ra, rb, op), lit, rtol=1e-10, atol=1e-12 * lit.max())
     pairs = np.array([[2, 1], [0, 3], [1, 0]])
-    w, b = merge_conv(wa, ba, wb, bb, pairs, op, "patch")
+    w, b = patch_rows_to_conv(merge_pairs(ra, rb, pairs, op), c, (k, k))
     for t, (i, j) in enumerate(pairs):
         mv = lit_merge(ra[i], rb[j], ha, hb)
         np.testing.assert_allclose(w[t].ravel(), mv[:-1], **TOL)
@@ -258,7 +257,3 @@ def test_bad_input_errors_name_layer_and_array() -> None:
         pair_operator(h, h, damping=-1.0)
     with pytest.raises(InputError, match="out of range"):
         merge_pairs(a, a, np.array([[0, 5]]), op)
-    with pytest.raises(InputError, match="reading"):
-        one = np.ones((1, 1, 1, 1))
-        op1 = pair_operator(np.eye(1), np.eye(1))
-        merge_conv(one, None, one, None, np.array([[0, 0]]), op1, "rows")  # type: ignore[arg-type]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -13,7 +12,6 @@ from onnx_zip.mtz import (
     DenseHessian,
     conv_output_size,
     dense_keep_index,
-    hessian_accumulator,
     im2col,
     patch_keep_index,
     restrict,
@@ -133,27 +131,22 @@ def test_patch_chunking_small_buffer(monkeypatch) -> None:
     np.testing.assert_allclose(ConvPatchHessian((3, 3), pads=(1, 1, 1, 1)).update(x).hessian(), full, **TOL)
 
 
-def test_factory_and_restriction() -> None:
+def test_restriction() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3, 4, 5, 5))
     keep = np.array([2, 0])
-    acc = hessian_accumulator("conv_patch", kernel_shape=(2, 2), pads=(1, 0, 0, 1), n_inputs=4, layer="c1")
-    sub = hessian_accumulator("conv_patch", kernel_shape=(2, 2), pads=(1, 0, 0, 1), layer="c1")
+    acc = ConvPatchHessian((2, 2), pads=(1, 0, 0, 1), channels=4, layer="c1")
+    sub = ConvPatchHessian((2, 2), pads=(1, 0, 0, 1), layer="c1")
     h_full = acc.update(x).hessian()
     h_sub = sub.update(x[:, keep]).hessian()
     idx = patch_keep_index(keep, 4, (2, 2))
     assert idx[-1] == 16 and list(idx[:4]) == [8, 9, 10, 11]
     np.testing.assert_allclose(restrict(h_full, idx), h_sub, **TOL)
-    hc = hessian_accumulator("conv_channel").update(x).hessian()
+    hc = ConvChannelHessian().update(x).hessian()
     np.testing.assert_allclose(
         restrict(hc, dense_keep_index(keep, 4)), ConvChannelHessian().update(x[:, keep]).hessian(), **TOL
     )
     assert list(dense_keep_index([1], 3, bias=False)) == [1]
-    assert isinstance(hessian_accumulator("dense", n_inputs=3), DenseHessian)
-    with pytest.raises(InputError, match="unknown Hessian kind"):
-        hessian_accumulator("lstm")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="kernel_shape"):
-        hessian_accumulator("conv_patch")
     with pytest.raises(InputError, match="out of range"):
         patch_keep_index([4], 4, (2, 2))
 

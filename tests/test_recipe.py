@@ -71,7 +71,7 @@ def test_misspelled_key_fails_fast_with_a_suggestion_before_any_model_work(zoo, 
         raise AssertionError("a model was loaded before the recipe's keys were checked")
 
     monkeypatch.setattr("onnx_zip.model_io.load_model", no_model_work)
-    monkeypatch.setattr("onnx_zip.zipper.api.load_model", no_model_work)
+    monkeypatch.setattr("onnx_zip.pipeline.job.load_model", no_model_work)
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"zip\.shrae: unknown key \(did you mean 'share'\?\)"):
         prepare_run(load_recipe(path))
@@ -154,3 +154,25 @@ def test_run_check_only_validates(zoo, tmp_path):
     result = cli("run", path, "--check")
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_a_run_prepares_each_model_once_and_reads_each_data_file_once(zoo, tmp_path, monkeypatch):
+    import onnx_zip.pipeline.job as job_module
+    import onnx_zip.recipes.run as run_module
+
+    calls = {"prepare": 0, "data": 0}
+    real_prepare, real_job_load, real_run_load = job_module.prepare_model, job_module.load_dataset, run_module.load_dataset
+
+    def counting(real, key):
+        def wrapped(*args, **kwargs):
+            calls[key] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(job_module, "prepare_model", counting(real_prepare, "prepare"))
+    monkeypatch.setattr(job_module, "load_dataset", counting(real_job_load, "data"))
+    monkeypatch.setattr(run_module, "load_dataset", counting(real_run_load, "data"))
+    plan = prepare_run(load_recipe(write(tmp_path, small_recipe(zoo, tmp_path))))
+    # calibration (also the training data, with labels: not read again) and evaluation, per model
+    assert calls == {"prepare": 2, "data": 4}
+    assert plan.finetune is not None and plan.finetune.steps == 2 and plan.job.calibration_config.limit == 256

@@ -386,13 +386,14 @@ def test_cli_zip_then_extract(tmp_path):
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_task_views_compute_what_the_zipped_model_computes(share):
-    from onnx_zip.zipper.api import prepare_job
+    from onnx_zip.config import ZipConfig
+    from onnx_zip.pipeline import prepare
     from onnx_zip.zipper.views import task_views
 
     a, b = builders.cnn(seed=1), builders.cnn(seed=2)
     calib = [builders.random_inputs(a, 100, seed=1), builders.random_inputs(b, 100, seed=2)]
     result = zip_models([a, b], calib, share=share)
-    job = prepare_job([a, b], calib, share=share)
+    job = prepare([a, b], calib, config=ZipConfig(share=share))
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     x = builders.random_inputs(a, 8, seed=3)
     zipped = run_model(result.model, x)

@@ -121,7 +121,7 @@ def test_channel_concat_and_the_layerwise_loop_are_refused_with_the_nodes_named(
     onnx.checker.check_model(model)
     with pytest.raises(ModelError, match="add concatenate"):
         zip_models([model, model], None, pairing="l2")
-    from onnx_zip.zipper.layerwise import zip_layerwise
+    from onnx_zip.pipeline.layerwise import zip_layerwise
 
     a = builders.residual(seed=1)
     calib = builders.random_inputs(a, 20)

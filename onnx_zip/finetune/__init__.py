@@ -40,11 +40,17 @@ import numpy as np
 import onnx
 
 from onnx_zip import runtime
+from onnx_zip.config import FinetuneConfig
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.evaluate import count_correct
-from onnx_zip.finetune.artifacts import float_initializers, preflight, resolve_freeze, training_artifacts
+from onnx_zip.finetune.artifacts import (
+    float_initializers,
+    preflight,
+    resolve_freeze,
+    training_artifacts,
+)
 from onnx_zip.finetune.export import add_record, with_values
-from onnx_zip.finetune.optim import DEFAULT_LR, OPTIMIZERS, SCHEDULES, Optimizer, warmup_steps
+from onnx_zip.finetune.optim import DEFAULT_LR, Optimizer, warmup_steps
 from onnx_zip.finetune.tasks import (
     LOSSES,
     TaskBatchData,
@@ -64,7 +70,7 @@ from onnx_zip.model_io import check_writable, load_model, save_model
 from onnx_zip.zipper.extract import split_shared_input
 from onnx_zip.zipper.report import read_metadata
 
-__all__ = ["FinetuneResult", "evaluate_tasks", "finetune"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "evaluate_tasks", "finetune"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,28 +240,67 @@ def _training_view(
     return split, split_specs, split_data, False
 
 
+def _config(config: FinetuneConfig | None, settings: Mapping[str, Any]) -> FinetuneConfig:
+    if config is not None and settings:
+        raise InputError("give the fine-tuning settings either as a FinetuneConfig or by name, not both")
+    if config is not None:
+        return config
+    values = dict(settings)
+    if isinstance(values.get("steps"), np.integer):
+        values["steps"] = int(values["steps"])
+    if isinstance(values.get("freeze"), (list, tuple)):
+        values["freeze"] = list(values["freeze"])
+    return FinetuneConfig.from_mapping(values)
+
+
+def _trainable(proto: onnx.ModelProto, tasks: list[str], specs: list[TaskSpec], config: FinetuneConfig, label: str) -> tuple[list[str], list[str]]:
+    """The parameters that train and those kept fixed (``freeze`` rules, then ops without a gradient)."""
+    params = float_initializers(proto)
+    frozen = resolve_freeze(proto, tasks, config.freeze)
+    frozen |= preflight(proto, set(params) - frozen, [s.output for s in specs], no_grad=config.no_grad, label=label)
+    trainable = [p for p in params if p not in frozen]
+    if not trainable:
+        raise ModelError(f"{label}: every parameter is frozen: nothing to train", hint="freeze less")
+    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        logger.warning(
+            "%s has BatchNormalization: it trains with the joint batch's statistics and its running "
+            "mean/variance are updated (zip without --no-fold-batchnorm to fold it first)", label
+        )
+    return trainable, [p for p in params if p in frozen]
+
+
+def _record(
+    config: FinetuneConfig, lr: float, specs: list[TaskSpec], frozen: list[str], data: Mapping[str, TaskBatchData],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The run's ``onnx_zip.finetune`` metadata record."""
+    steps = int(config.steps or 0)
+    tail = history[-max(1, len(history) // 10):]
+    sgd = config.optimizer == "sgd"
+    return {
+        "steps": steps, "lr": lr, "schedule": config.schedule, "warmup_steps": warmup_steps(steps, config.schedule),
+        "optimizer": config.optimizer, "momentum": config.momentum if sgd else None,
+        "nesterov": config.nesterov if sgd else None, "weight_decay": config.weight_decay,
+        "batch": int(config.batch_size), "seed": int(config.seed),
+        "losses": {s.name: s.loss for s in specs},
+        "outputs": {s.name: s.output for s in specs},
+        "task_weights": {s.name: s.weight for s in specs},
+        "frozen": frozen,
+        "train_samples": {s.name: len(data[s.name]) for s in specs},
+        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) for s in specs},
+        "runtime": f"onnxruntime-training {runtime.runtime_version()}",
+    }
+
+
 def finetune(
     model: onnx.ModelProto | str | os.PathLike[str],
     train_data: Mapping[str, TaskData],
+    config: FinetuneConfig | None = None,
     *,
-    steps: int,
-    eval: Mapping[str, TaskData] | None = None,  # noqa: A002 - the documented API name
-    lr: float | None = None,
-    batch_size: int = 64,
-    optimizer: str = "sgd",
-    losses: Mapping[str, str] | None = None,
-    task_weights: Mapping[str, float] | None = None,
-    freeze: Sequence[str] = (),
-    seed: int = 0,
-    schedule: str = "cosine",
-    eval_every: int | None = None,
+    eval: Mapping[str, TaskData] | None = None,
     output: str | os.PathLike[str] | None = None,
     progress: bool = False,
-    threads: int | None = None,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 0.0,
-    no_grad: str = "freeze",
+    **settings: Any,
 ) -> FinetuneResult:
     """Fine-tune a zipped model jointly on every task's data.
 
@@ -264,22 +309,13 @@ def finetune(
         train_data: ``{task: Dataset | .npz path | {input name: (N, ...) array, "label": targets}}``
             for every task of the model (``onnx_zip.tasks`` metadata). Data arrays are keyed by
             the original input names (``image``, not ``a/image``).
-        steps: Optimiser steps (each takes one batch of every task).
+        config: The settings (:class:`~onnx_zip.config.FinetuneConfig`: steps, lr (default 0.01 for
+            ``sgd``, 1e-3 for ``adamw``), batch_size, optimizer, schedule, momentum, nesterov,
+            weight_decay, losses, task_weights, freeze, no_grad, eval_every, seed, threads).
         eval: Optional labelled evaluation data per task (accuracy of ``ce`` tasks).
-        lr: Peak learning rate (default 0.01 for ``sgd``, 1e-3 for ``adamw``).
-        batch_size: Samples per task and step.
-        optimizer: ``sgd`` (momentum ``momentum``, Nesterov) or ``adamw``.
-        losses: ``{task: "ce" | "bce" | "mse"}`` (default ``ce``).
-        task_weights: ``{task: weight}`` in the summed loss (default 1).
-        freeze: ``shared``, ``heads`` or initializer-name prefixes to keep fixed.
-        seed: Seed of the batch order.
-        schedule: ``cosine`` (5% linear warm-up, cosine decay) or ``constant``.
-        eval_every: Evaluate on ``eval`` every this many steps (and always at the end).
         output: Write the fine-tuned model here (atomically).
         progress: Show a progress bar (only on a terminal).
-        threads: onnxruntime intra-op threads (1 for bit-reproducible runs).
-        momentum, nesterov, weight_decay: Optimiser settings.
-        no_grad: ``freeze`` or ``error`` for parameters behind ops without a gradient.
+        **settings: Instead of ``config``: its settings by name (``steps=100, lr=0.01``).
 
     Returns:
         A :class:`FinetuneResult`.
@@ -290,21 +326,10 @@ def finetune(
         NumericalError: the loss became NaN or Inf.
     """
     start = time.perf_counter()
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}", hint="pass --steps N with N >= 1")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}", hint=f"use one of {', '.join(OPTIMIZERS)}")
-    if schedule not in SCHEDULES:
-        raise InputError(f"unknown schedule {schedule!r}", hint=f"use one of {', '.join(SCHEDULES)}")
-    if no_grad not in ("freeze", "error"):
-        raise InputError(f"no_grad must be freeze or error, got {no_grad!r}")
-    lr = DEFAULT_LR[optimizer] if lr is None else float(lr)
-    if not (np.isfinite(lr) and lr > 0):
+    config = _config(config, settings)
+    lr = DEFAULT_LR[config.optimizer] if config.lr is None else float(config.lr)
+    if not lr > 0:
         raise InputError(f"learning rate must be a positive number, got {lr}")
-    if eval_every is not None and eval_every < 1:
-        raise InputError(f"eval_every must be a positive integer, got {eval_every}")
     if not train_data:
         raise InputError("no training data", hint="give --train TASK=FILE for every task")
     if output is not None:
@@ -313,61 +338,31 @@ def finetune(
 
     proto, label = _model(model)
     tasks = model_tasks(proto, list(train_data), label=label)
-    specs, shared = _task_specs(proto, tasks, losses, task_weights, label)
+    specs, shared = _task_specs(proto, tasks, config.losses, config.task_weights, label)
     data, shapes = _bind_all(proto, specs, train_data, shared)
     eval_data: dict[str, TaskBatchData] = {}
     if eval:
         _per_task(eval, tasks, None, "evaluation data")
         eval_data, _ = _bind_all(proto, specs, eval, shared, evaluation=True)
-
-    params = float_initializers(proto)
-    frozen = resolve_freeze(proto, tasks, freeze)
-    frozen |= preflight(proto, set(params) - frozen, [s.output for s in specs], no_grad=no_grad, label=label)
-    trainable = [p for p in params if p not in frozen]
-    if not trainable:
-        raise ModelError(f"{label}: every parameter is frozen: nothing to train", hint="freeze less")
-    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
-        logger.warning(
-            "%s has BatchNormalization: it trains with the joint batch's statistics and its running "
-            "mean/variance are updated (zip without --no-fold-batchnorm to fold it first)", label
-        )
-    frozen_list = [p for p in params if p in frozen]
+    trainable, frozen_list = _trainable(proto, tasks, specs, config, label)
 
     def evaluate_now(values: dict[str, np.ndarray]) -> dict[str, float]:
-        return _accuracy(with_values(proto, values), specs, eval_data, threads)
+        return _accuracy(with_values(proto, values), specs, eval_data, config.threads)
 
-    settings = TrainSettings(steps=int(steps), lr=lr, schedule=schedule, batch_size=int(batch_size), seed=int(seed),
-                             threads=threads, progress=progress, eval_every=eval_every)
-    opt = Optimizer(optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    steps = int(config.steps or 0)
+    train_settings = TrainSettings(steps=steps, lr=lr, schedule=config.schedule, batch_size=int(config.batch_size),
+                                   seed=int(config.seed), threads=config.threads, progress=progress,
+                                   eval_every=config.eval_every)
+    opt = Optimizer(config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
     ranks = [len(shapes[s.name]) for s in specs]
-    train_proto, train_specs, train_data, train_shared = _training_view(proto, specs, data, shared, tasks)
+    train_proto, train_specs, split_data, train_shared = _training_view(proto, specs, data, shared, tasks)
     setup = time.perf_counter()
     with training_artifacts(train_proto, train_specs, ranks, trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
-        values, history = train(arts, train_specs, train_data, opt, settings, shared=train_shared,
+        values, history = train(arts, train_specs, split_data, opt, train_settings, shared=train_shared,
                                 evaluate=evaluate_now if any(s.name in eval_data for s in specs) else None)
-
-    tail = history[-max(1, len(history) // 10):]
     warn_if_loss_rose(history, lr)
-    record: dict[str, Any] = {
-        "steps": int(steps),
-        "lr": lr,
-        "schedule": schedule,
-        "warmup_steps": warmup_steps(int(steps), schedule),
-        "optimizer": optimizer,
-        "momentum": momentum if optimizer == "sgd" else None,
-        "nesterov": nesterov if optimizer == "sgd" else None,
-        "weight_decay": weight_decay,
-        "batch": int(batch_size),
-        "seed": int(seed),
-        "losses": {s.name: s.loss for s in specs},
-        "outputs": {s.name: s.output for s in specs},
-        "task_weights": {s.name: s.weight for s in specs},
-        "frozen": frozen_list,
-        "train_samples": {s.name: len(data[s.name]) for s in specs},
-        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) for s in specs},
-        "runtime": f"onnxruntime-training {runtime.runtime_version()}",
-    }
+    record = _record(config, lr, specs, frozen_list, data, history)
     tuned = with_values(proto, values)
     add_record(tuned, record)
     accuracy = history[-1].get("accuracy") if eval_data else None

@@ -21,7 +21,13 @@ Conventions (the rest of onnx_zip depends on them):
   the array.
 """
 
-from onnx_zip.mtz.costs import PairOperator, cost_matrix, damp, pair_operator, paired_costs
+from onnx_zip.mtz.costs import (
+    PairOperator,
+    cost_matrix,
+    damp,
+    pair_operator,
+    paired_costs,
+)
 from onnx_zip.mtz.hessian import (
     ConvChannelHessian,
     ConvPatchHessian,
@@ -29,7 +35,6 @@ from onnx_zip.mtz.hessian import (
     HessianAccumulator,
     conv_output_size,
     dense_keep_index,
-    hessian_accumulator,
     im2col,
     patch_keep_index,
     restrict,
@@ -53,17 +58,15 @@ from onnx_zip.mtz.matching import (
     select_pairs,
     share_count,
 )
-from onnx_zip.mtz.merge import merge_conv, merge_pairs, merged_vectors
-from onnx_zip.mtz.multi import AddModelResult, add_model, joint_hessian
+from onnx_zip.mtz.merge import merge_pairs, merged_vectors
 
 __all__ = [
-    "HessianAccumulator", "DenseHessian", "ConvChannelHessian", "ConvPatchHessian", "hessian_accumulator",
+    "HessianAccumulator", "DenseHessian", "ConvChannelHessian", "ConvPatchHessian",
     "im2col", "conv_output_size", "restrict", "dense_keep_index", "patch_keep_index",
     "dense_rows", "rows_to_dense", "conv_patch_rows", "patch_rows_to_conv", "conv_channel_rows",
     "channel_rows_to_conv",
     "PairOperator", "damp", "pair_operator", "cost_matrix", "paired_costs",
-    "merged_vectors", "merge_pairs", "merge_conv",
+    "merged_vectors", "merge_pairs",
     "Matching", "greedy_matching", "optimal_matching", "ShareCount", "ShareFraction", "ShareThreshold",
     "SharePolicy", "share_count", "select_pairs",
-    "joint_hessian", "AddModelResult", "add_model",
 ]

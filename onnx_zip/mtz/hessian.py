@@ -18,7 +18,6 @@ Each accumulator keeps only ``Σ x xᵀ``, ``Σ x`` and the count, so batches ar
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import numpy as np
 
@@ -30,7 +29,6 @@ __all__ = [
     "DenseHessian",
     "ConvChannelHessian",
     "ConvPatchHessian",
-    "hessian_accumulator",
     "im2col",
     "im2col_columns",
     "conv_output_size",
@@ -396,45 +394,6 @@ class ConvPatchHessian(HessianAccumulator):
             self.kernel_shape, self.strides, self.pads, self.dilations,
             channels=self.channels, bias=self.bias, layer=self.layer,
         )
-
-
-def hessian_accumulator(
-    kind: Literal["dense", "conv_channel", "conv_patch"],
-    *,
-    bias: bool = True,
-    n_inputs: int | None = None,
-    kernel_shape: Sequence[int] | None = None,
-    strides: Sequence[int] | None = None,
-    pads: Sequence[int] | None = None,
-    dilations: Sequence[int] | None = None,
-    layer: str | None = None,
-) -> HessianAccumulator:
-    """Build the accumulator for a layer description.
-
-    Args:
-        kind: ``"dense"``, ``"conv_channel"`` (released code) or ``"conv_patch"`` (paper).
-        bias: Augment with the constant 1.
-        n_inputs: Input features (dense) or input channels (conv); ``None`` = infer.
-        kernel_shape, strides, pads, dilations: Conv attributes (``conv_patch`` needs ``kernel_shape``;
-            ONNX pads ``[h_begin, w_begin, h_end, w_end]``).
-        layer: Layer name for messages.
-
-    Raises:
-        InputError: Unknown ``kind`` or missing ``kernel_shape``.
-    """
-    if kind == "dense":
-        return DenseHessian(n_inputs, bias=bias, layer=layer)
-    if kind == "conv_channel":
-        return ConvChannelHessian(n_inputs, bias=bias, layer=layer)
-    if kind == "conv_patch":
-        if kernel_shape is None:
-            raise InputError(f"{where(layer)}the conv_patch Hessian needs kernel_shape")
-        return ConvPatchHessian(
-            kernel_shape, strides, pads, dilations, channels=n_inputs, bias=bias, layer=layer
-        )
-    raise InputError(
-        f"{where(layer)}unknown Hessian kind {kind!r}", hint="use 'dense', 'conv_channel' or 'conv_patch'"
-    )
 
 
 def restrict(h: np.ndarray, keep_index: Sequence[int] | np.ndarray, *, layer: str | None = None) -> np.ndarray:

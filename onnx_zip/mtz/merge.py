@@ -15,16 +15,13 @@ per-position merged bias entries, as the released code does.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 from onnx_zip.errors import InputError
 from onnx_zip.mtz._checks import as_f64, where
 from onnx_zip.mtz.costs import PairOperator
-from onnx_zip.mtz.layout import channel_rows_to_conv, conv_channel_rows, conv_patch_rows, patch_rows_to_conv
 
-__all__ = ["merged_vectors", "merge_pairs", "merge_conv"]
+__all__ = ["merged_vectors", "merge_pairs"]
 
 
 def merged_vectors(a: np.ndarray, b: np.ndarray, op: PairOperator, *, layer: str | None = None) -> np.ndarray:
@@ -81,42 +78,3 @@ def merge_pairs(
     b = np.asarray(b)
     p = _pairs(pairs, a.shape[0], b.shape[0], layer or op.layer)
     return merged_vectors(a[p[:, 0]], b[p[:, 1]], op, layer=layer)
-
-
-def merge_conv(
-    w_a: np.ndarray,
-    b_a: np.ndarray | None,
-    w_b: np.ndarray,
-    b_b: np.ndarray | None,
-    pairs: np.ndarray,
-    op: PairOperator,
-    reading: Literal["patch", "channel"],
-    *,
-    layer: str | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Merged conv weight and bias for the chosen pairs.
-
-    Args:
-        w_a: Conv weight of A ``(N_A, C, KH, KW)`` restricted to the shared inputs; ``b_a``: ``(N_A,)`` or None.
-        w_b: Conv weight of B ``(N_B, C, KH, KW)``; ``b_b``: ``(N_B,)`` or None (both or neither).
-        pairs: ``(k, 2)`` pairs.
-        op: Operator of size ``C·KH·KW[+1]`` (patch) or ``C[+1]`` (channel).
-        reading: ``"patch"`` (paper) or ``"channel"`` (released code; bias = mean over positions).
-
-    Returns:
-        Weight ``(k, C, KH, KW)`` and bias ``(k,)`` (None without bias).
-    """
-    if (b_a is None) != (b_b is None):
-        raise InputError(f"{where(layer)}either both or neither of the two convs must have a bias")
-    bias = b_a is not None
-    w_a = np.asarray(w_a)
-    kernel = w_a.shape[2:]
-    if reading == "patch":
-        ra, rb = conv_patch_rows(w_a, b_a, layer=layer), conv_patch_rows(w_b, b_b, layer=layer)
-        rows = merge_pairs(ra, rb, pairs, op, layer=layer)
-        return patch_rows_to_conv(rows, w_a.shape[1], kernel, bias=bias, layer=layer)
-    if reading == "channel":
-        ra, rb = conv_channel_rows(w_a, b_a, layer=layer), conv_channel_rows(w_b, b_b, layer=layer)
-        rows = merge_pairs(ra, rb, pairs, op, layer=layer)
-        return channel_rows_to_conv(rows, kernel, bias=bias, layer=layer)
-    raise InputError(f"{where(layer)}unknown conv reading {reading!r}", hint="use 'patch' or 'channel'")

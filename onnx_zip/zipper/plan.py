@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,72 +31,11 @@ from onnx_zip import mtz
 from onnx_zip.errors import InputError
 from onnx_zip.graph.layers import Layer, LayerChain, neuron_weights
 from onnx_zip.zipper.pairing import Member, choose_pairs, group_share_count, merge_fixed
+from onnx_zip.zipper.readings import ops_of
+from onnx_zip.zipper.settings import PlanSettings
 from onnx_zip.zipper.structure import channel_group_positions, source_position
 
 logger = logging.getLogger(__name__)
-
-#: Largest patch-reading vector size ``C·KH·KW + 1`` used by ``conv_hessian="auto"``. Beyond it the
-#: per-channel reading is used: the patch Hessian costs about ``D / N_out`` conv forward passes to
-#: accumulate and ``O(D³)`` to factor, against ``(C+1)²`` for the per-channel one.
-PATCH_MAX_SIZE = 1024
-
-Pairing = Literal["mtz", "l2", "random", "correlation"]
-
-
-@dataclass(frozen=True)
-class FixedPairs:
-    """Share exactly these pairs, already chosen (the layer-wise loop's earlier layers).
-
-    Attributes:
-        pairs: ``(k, T)`` neuron indices, in shared-neuron order. The merge uses identity Hessians
-            (a plain average, exact for neurons already tied by joint fine-tuning).
-    """
-
-    pairs: np.ndarray
-Reading = Literal["patch", "channel"]
-
-
-@dataclass(frozen=True)
-class ZipSettings:
-    """How to choose and merge pairs.
-
-    Attributes:
-        policy: One share policy for every hidden layer, or one per hidden layer.
-        match: ``greedy`` (the released code's rule) or ``optimal`` (minimum total cost).
-        conv_hessian: ``patch`` (paper), ``channel`` (released code) or ``auto`` (patch while
-            ``C·KH·KW + 1 ≤`` :data:`PATCH_MAX_SIZE`).
-        damping: Relative damping λ added to each Hessian (λ·mean(diag H)·I).
-        pairing: ``mtz`` (Hessian costs and merge), ``l2`` (weight distance, plain average),
-            ``random`` (random pairs, plain average) or ``correlation`` (activation correlation
-            across the models, plain average): the baselines use the same pipeline.
-        seed: Seed of the random pairing.
-    """
-
-    policy: mtz.SharePolicy | FixedPairs | tuple[mtz.SharePolicy | FixedPairs, ...] = mtz.ShareFraction(0.5)
-    match: Literal["greedy", "optimal"] = "greedy"
-    conv_hessian: Literal["patch", "channel", "auto"] = "auto"
-    damping: float = 0.0
-    pairing: Pairing = "mtz"
-    seed: int = 0
-
-    def policy_for(self, hidden_index: int, hidden_count: int) -> mtz.SharePolicy | FixedPairs:
-        if isinstance(self.policy, tuple):
-            if len(self.policy) != hidden_count:
-                raise InputError(
-                    f"{len(self.policy)} per-layer share settings for {hidden_count} hidden layers",
-                    hint="give one entry per hidden layer (see `onnx-zip align`)",
-                )
-            return self.policy[hidden_index]
-        return self.policy
-
-    def reading_for(self, layer: Layer) -> Reading | None:
-        """The convolution Hessian reading of a layer (``None`` for a dense layer)."""
-        if layer.kind != "conv":
-            return None
-        if self.conv_hessian != "auto":
-            return self.conv_hessian
-        kh, kw = layer.kernel_shape
-        return "patch" if layer.inputs * kh * kw + 1 <= PATCH_MAX_SIZE else "channel"
 
 
 @dataclass
@@ -127,7 +65,7 @@ class LayerZip:
     index: int
     tag: str
     layers: tuple[Layer, ...]
-    reading: Reading | None
+    reading: str | None
     pairs: np.ndarray
     costs: np.ndarray
     shared_inputs: int
@@ -196,65 +134,21 @@ def _fictive_hessian(h: np.ndarray, width: int, has_bias: bool) -> np.ndarray:
     return out
 
 
-def _vectors(
-    layer: Layer, reading: Reading | None, w_shared: np.ndarray, b: np.ndarray | None
-) -> np.ndarray:
-    """Neuron rows over the shared inputs: (N, D) dense/patch or (N, P, C+1) channel reading."""
-    if layer.kind == "dense":
-        return mtz.dense_rows(w_shared, b, layer=layer.node)
-    if reading == "patch":
-        return mtz.conv_patch_rows(w_shared, b, layer=layer.node)
-    return mtz.conv_channel_rows(w_shared, b, layer=layer.node)
+def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
+    return None if x is None else np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _restricted_hessian(
-    layer: Layer, reading: Reading | None, hessian: np.ndarray, kept: np.ndarray, has_bias: bool
-) -> np.ndarray:
-    """The Hessian over the kept original inputs (in the new order), bias row last."""
-    if layer.kind == "conv" and reading == "patch":
-        index = mtz.patch_keep_index(kept, layer.inputs, layer.kernel_shape, bias=has_bias, layer=layer.node)
-    else:
-        index = mtz.dense_keep_index(kept, layer.inputs, bias=has_bias, layer=layer.node)
-    return mtz.restrict(hessian, index, layer=layer.node)
-
-
-def _pair_operator(
-    settings: ZipSettings, h_a: np.ndarray, h_b: np.ndarray, layer: str
-) -> mtz.PairOperator:
-    if settings.pairing == "mtz":
-        return mtz.pair_operator(h_a, h_b, damping=settings.damping, layer=layer)
-    eye = np.eye(h_a.shape[0])
-    return mtz.pair_operator(eye, eye, layer=layer)
-
-
-def _rows_to_weights(
-    layer: Layer, reading: Reading | None, rows: np.ndarray, shared_in: int, has_bias: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Merged rows ``(k, D)`` / ``(k, P, C+1)`` back to a weight ``(k, S, *kernel)`` and bias ``(k,)``."""
-    if layer.kind == "dense":
-        return mtz.rows_to_dense(rows, bias=has_bias, layer=layer.node)
-    if reading == "patch":
-        return mtz.patch_rows_to_conv(rows, shared_in, layer.kernel_shape, bias=has_bias, layer=layer.node)
-    return mtz.channel_rows_to_conv(rows, layer.kernel_shape, bias=has_bias, layer=layer.node)
-
-
-def shares_nothing(policy: mtz.SharePolicy | FixedPairs, group: Sequence[Layer]) -> bool:
+def shares_nothing(policy: mtz.SharePolicy, group: Sequence[Layer]) -> bool:
     """True when a count or fraction policy asks for no pair (no costs needed)."""
-    if isinstance(policy, FixedPairs):
-        return len(policy.pairs) == 0
     if isinstance(policy, mtz.ShareThreshold):
         return False
     return group_share_count(policy, group) == 0
 
 
-def _as_stored(x: np.ndarray | None) -> np.ndarray | None:
-    return None if x is None else np.ascontiguousarray(x, dtype=np.float32)
-
-
 def layers_to_calibrate(
-    chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]], settings: ZipSettings
+    chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]], settings: PlanSettings
 ) -> list[int]:
-    """The hidden positions that may share neurons, so need Hessians (in order).
+    """The hidden positions that may share neurons, so need statistics (in order).
 
     A layer shares when its channel group's deciding (first) layer's policy asks for pairs and the
     layer it reads shares (or it reads the input). A layer sharing nothing needs no statistics: a
@@ -266,7 +160,7 @@ def layers_to_calibrate(
     result = []
     for position in hidden:  # hidden layers come first: a hidden position is its hidden index
         deciding = groups[position][0]
-        group_shares = not shares_nothing(settings.policy_for(deciding, len(hidden)), aligned[deciding])
+        group_shares = not shares_nothing(settings.policy_for(deciding), aligned[deciding])
         source = source_position(aligned[position], aligned)
         shares = group_shares and (source is None or sharing.get(source, False))
         sharing[position] = shares
@@ -275,49 +169,85 @@ def layers_to_calibrate(
     return result
 
 
-def plan_layers(
-    chains: Sequence[LayerChain],
-    aligned: Sequence[Sequence[Layer]],
-    tensors: Sequence[Mapping[str, np.ndarray]],
-    hessians: Sequence[Mapping[str, np.ndarray]],
-    settings: ZipSettings,
-    pair_costs: Mapping[int, np.ndarray] | None = None,
-) -> list[LayerZip]:
-    """Pair and merge every aligned hidden layer bottom-up; re-order the heads' inputs.
+@dataclass
+class _Inputs:
+    """Per task the original input feature of each new input position ``(C_t,)``, and ``S``."""
+
+    index: list[np.ndarray]
+    shared: int
+
+
+@dataclass
+class _LayerData:
+    """One aligned layer's weights with the input axis in the new order (fictive inputs added)."""
+
+    w_new: list[np.ndarray]
+    biases: tuple[np.ndarray | None, ...]
+    shared_in: int
+    has_bias: bool
+
+
+@dataclass
+class _Decision:
+    pairs: np.ndarray
+    costs: np.ndarray
+    merged_rows: np.ndarray | None = None
+
+
+class Planner:
+    """Pairs and merges aligned layers bottom-up, one position after the other.
+
+    :meth:`plan` must see the positions in order (a layer's input order is its source's new neuron
+    order). :func:`plan_layers` runs every position; a per-layer workflow may add the statistics of
+    position ``l`` (:attr:`hessians`, :attr:`pair_costs`) just before planning it.
 
     Args:
         chains: Each task's layer chain (canonical graphs).
         aligned: Aligned layers, one tuple per position, one layer per task (hidden layers first,
             heads last, as :func:`onnx_zip.graph.align.align_chains` gives them).
         tensors: Each task's initializers by name (float arrays).
-        hessians: Each task's finished Hessians by layer node name, in the reading
-            :meth:`ZipSettings.reading_for` chooses (not needed for heads or random pairing).
-        settings: The pairing settings.
-        pair_costs: For ``pairing="correlation"``: the ``(N_A, N_B)`` cost matrix of each aligned
-            position, in the original neuron indices.
-
-    Returns:
-        One :class:`LayerZip` per aligned position.
+        settings: Policies, method, matching, damping, seed, convolution reading.
+        hessians: Each task's finished Hessians ``(D, D)`` by layer node name, in the reading
+            :meth:`PlanSettings.reading_for` chooses (Hessian methods only).
+        pair_costs: Correlation pairing: the ``(N_0, N_1)`` cost matrix of each aligned position.
+        fixed: Pairs already chosen ``(k, T)`` by position (the layer-wise loop's earlier layers,
+            whose neurons are already tied): merged by plain averaging, costs reported as 0.
     """
-    tasks = len(chains)
-    if tasks < 2:
-        raise InputError(f"zipping needs at least two models, got {tasks}")
-    hidden_count = sum(1 for group in aligned if not group[0].is_head)
-    groups = channel_group_positions(chains, aligned)
-    rng = np.random.default_rng(settings.seed)
-    decided: dict[int, LayerZip] = {}  # a channel group's pairs and orders, by its first position
-    inputs: dict[int, tuple[list[np.ndarray], int]] = {}  # position → (input index per task, S)
-    members: dict[int, Member] = {}
 
-    def input_order(position: int) -> tuple[list[np.ndarray], int]:
-        """Per task the original input feature of each new input position, and the shared count S."""
-        if position in inputs:
-            return inputs[position]
-        group = tuple(aligned[position])
-        source = source_position(group, aligned)
+    def __init__(
+        self,
+        chains: Sequence[LayerChain],
+        aligned: Sequence[Sequence[Layer]],
+        tensors: Sequence[Mapping[str, np.ndarray]],
+        settings: PlanSettings,
+        hessians: Sequence[Mapping[str, np.ndarray]] | None = None,
+        pair_costs: Mapping[int, np.ndarray] | None = None,
+        fixed: Mapping[int, np.ndarray] | None = None,
+    ) -> None:
+        if len(chains) < 2:
+            raise InputError(f"zipping needs at least two models, got {len(chains)}")
+        self.tasks = len(chains)
+        self.aligned = [tuple(g) for g in aligned]
+        self.tensors = tensors
+        self.settings = settings
+        self.hessians: list[dict[str, np.ndarray]] = [dict(h) for h in (hessians or [{} for _ in chains])]
+        self.pair_costs: dict[int, np.ndarray] = dict(pair_costs or {})
+        self.fixed = {p: np.asarray(v, dtype=np.int64).reshape(-1, self.tasks) for p, v in (fixed or {}).items()}
+        self.groups = channel_group_positions(chains, aligned)
+        self.rng = np.random.default_rng(settings.seed)
+        self.decided: dict[int, LayerZip] = {}  # a channel group's pairs and orders, by its first position
+        self._inputs: dict[int, _Inputs] = {}
+        self._members: dict[int, Member] = {}
+
+    def input_order(self, position: int) -> _Inputs:
+        """The new input order of a position (its source must be planned)."""
+        if position in self._inputs:
+            return self._inputs[position]
+        group = self.aligned[position]
         features = group[0].source_features
         if any(layer.source_features != features for layer in group):
             raise InputError(f"layers {[layer.node for layer in group]} read their inputs flattened to different feature counts")
+        source = source_position(group, self.aligned)
         if source is None:
             shared_in = max(layer.inputs for layer in group)
             if any(layer.inputs != shared_in for layer in group) and group[0].kind != "dense":
@@ -329,143 +259,185 @@ def plan_layers(
             # A narrower dense input gets fictive zero weights for the missing features (mtz-method §7).
             index = [np.arange(layer.inputs) for layer in group]
         else:
-            state = decided[groups[source][0]]
-            index = [_input_index(state.order[t], features) for t in range(tasks)]
+            state = self.decided[self.groups[source][0]]
+            index = [_input_index(state.order[t], features) for t in range(self.tasks)]
             shared_in = len(state.pairs) * features
-        inputs[position] = (index, shared_in)
-        return index, shared_in
+        self._inputs[position] = _Inputs(index, shared_in)
+        return self._inputs[position]
 
-    def is_ready(position: int) -> bool:
-        source = source_position(aligned[position], aligned)
-        return source is None or groups[source][0] in decided
+    def is_ready(self, position: int) -> bool:
+        """The position's inputs are known (its source is planned, or it reads the input)."""
+        source = source_position(self.aligned[position], self.aligned)
+        return source is None or self.groups[source][0] in self.decided
 
-    def member(position: int, w_new, biases, shared_in: int, policy) -> Member:
-        if position in members:
-            return members[position]
-        group = tuple(aligned[position])
-        first = group[0]
-        reading = settings.reading_for(first)
-        tag = layer_tag(first, position)
+    def layer_data(self, position: int) -> _LayerData:
+        """The position's weights with the input axis re-ordered (fictive inputs added)."""
+        group = self.aligned[position]
         has_bias = any(layer.bias is not None for layer in group)
-        index, _ = input_order(position)
-        rows = [_vectors(first, reading, w_new[t][:, :shared_in], biases[t]) for t in range(tasks)]
-        eye = np.eye(rows[0].shape[-1])
-        if isinstance(policy, FixedPairs) or settings.pairing != "mtz":
-            hessians_t = [eye] * tasks
-        else:
-            hessians_t = [
-                _fictive_hessian(
-                    _restricted_hessian(group[t], reading, np.asarray(hessians[t][group[t].node]), index[t][:shared_in], has_bias),
-                    shared_in, has_bias,
-                )
-                for t in range(tasks)
-            ]
-        name = f"{tag} ({first.node})"
-        if isinstance(policy, FixedPairs):
-            op = _pair_operator(replace(settings, pairing="l2"), eye, eye, tag)
-        else:
-            op = _pair_operator(settings, hessians_t[0], hessians_t[1], name if settings.pairing == "mtz" else tag)
-        members[position] = Member(position, name, rows, hessians_t, op)
-        return members[position]
-
-    def layer_data(position: int):
-        group = tuple(aligned[position])
-        has_bias = any(layer.bias is not None for layer in group)
-        weights = [_weights(layer, tensors[t], has_bias) for t, layer in enumerate(group)]
-        index, shared_in = input_order(position)
+        weights = [_weights(layer, self.tensors[t], has_bias) for t, layer in enumerate(group)]
+        inputs = self.input_order(position)
         for t, layer in enumerate(group):
-            if index[t].shape[0] != weights[t][0].shape[1]:
+            if inputs.index[t].shape[0] != weights[t][0].shape[1]:
                 raise InputError(
                     f"layer {layer.node} of task {t}: {weights[t][0].shape[1]} inputs, "
-                    f"but the previous layer gives {index[t].shape[0]}"
+                    f"but the previous layer gives {inputs.index[t].shape[0]}"
                 )
-        w_new = [_fictive_inputs(w[:, index[t]], shared_in) for t, (w, _) in enumerate(weights)]
-        biases = tuple(b for _, b in weights)
-        return weights, w_new, biases, shared_in, has_bias
+        w_new = [_fictive_inputs(w[:, inputs.index[t]], inputs.shared) for t, (w, _) in enumerate(weights)]
+        return _LayerData(w_new, tuple(b for _, b in weights), inputs.shared, has_bias)
 
-    result: list[LayerZip] = []
-    for position, group in enumerate(aligned):
-        group = tuple(group)
+    def _averages(self, position: int) -> bool:
+        return position in self.fixed or not self.settings.method.hessian_merge
+
+    def member(self, position: int, data: _LayerData) -> Member:
+        """The position's neuron rows over its shared inputs, Hessians and pair operator of tasks 0, 1."""
+        if position in self._members:
+            return self._members[position]
+        group = self.aligned[position]
         first = group[0]
-        is_head = first.is_head
-        hidden_index = position if not is_head else None
-        reading = settings.reading_for(first)
-        weights, w_new, biases, shared_in, has_bias = layer_data(position)
-        tag = layer_tag(first, hidden_index)
-        deciding = groups[position][0]
-        merged_rows = None
-        empty = np.zeros((0, tasks), dtype=np.int64)
-        if is_head:
-            pairs, costs = empty, np.zeros(0)
-        elif deciding in decided:  # a later layer of a residual channel group: the group's pairs
-            pairs = decided[deciding].pairs
-            policy = settings.policy_for(hidden_index, hidden_count)
-            if len(pairs) and shared_in == 0:
-                raise InputError(
-                    f"layer {tag} ({first.node}) shares {len(pairs)} channels with "
-                    f"{aligned[deciding][0].node} through a residual Add, but the layer it reads shares none",
-                    hint="share some neurons of every layer inside a residual block, or none of the block's channels",
-                )
-            if len(pairs):
-                m = member(position, w_new, biases, shared_in, policy)
-                merged_rows, costs = merge_fixed(m, pairs, settings if not isinstance(policy, FixedPairs) else replace(settings, pairing="l2"))
-                if isinstance(policy, FixedPairs):
-                    costs = np.zeros(len(pairs))
-            else:
-                costs = np.zeros(0)
-        elif shared_in == 0:
-            logger.info("layer %s: no shared inputs (the previous layer shares nothing): sharing nothing", tag)
-            pairs, costs = empty, np.zeros(0)
-        elif shares_nothing(settings.policy_for(hidden_index, hidden_count), group):
-            pairs, costs = empty, np.zeros(0)
+        reading = self.settings.reading_for(first)
+        ops = ops_of(reading)
+        tag = layer_tag(first, position)
+        shared_in = data.shared_in
+        rows = [ops.rows(first, data.w_new[t][:, :shared_in], data.biases[t]) for t in range(self.tasks)]
+        name = f"{tag} ({first.node})"
+        if self._averages(position):
+            eye = np.eye(rows[0].shape[-1])
+            hessians = [eye] * self.tasks
+            op = mtz.pair_operator(eye, eye, layer=tag)
         else:
-            policy = settings.policy_for(hidden_index, hidden_count)
-            current = member(position, w_new, biases, shared_in, policy)
-            if isinstance(policy, FixedPairs):
-                pairs = np.asarray(policy.pairs, dtype=np.int64).reshape(-1, tasks)
-                merged_rows, _ = merge_fixed(current, pairs, replace(settings, pairing="l2"))
-                costs = np.zeros(len(pairs))
-            else:
-                ready = [current]
-                for other in groups[position]:
-                    if other != position and is_ready(other):
-                        _, other_w, other_b, other_in, _ = layer_data(other)
-                        if other_in > 0:
-                            ready.append(member(other, other_w, other_b, other_in, policy))
-                pairs, costs, merged_rows = choose_pairs(ready, policy, group, settings, rng, pair_costs)
-        k = pairs.shape[0]
-        reads_input = source_position(group, aligned) is None
-        new_orders = []
-        inter, specific_w, specific_b = [], [], []
-        for t in range(tasks):
-            n = w_new[t].shape[0]
-            rest = np.setdiff1d(np.arange(n), pairs[:, t], assume_unique=False)
-            new_orders.append(np.concatenate([pairs[:, t], rest]).astype(np.int64))
-            inter.append(_as_stored(w_new[t][pairs[:, t], shared_in:]) if k and w_new[t].shape[1] > shared_in else None)
-            own = w_new[t][:, : group[t].inputs] if reads_input else w_new[t]  # without fictive inputs
-            specific_w.append(_as_stored(own[rest]) if rest.size else None)
-            specific_b.append(_as_stored(biases[t][rest]) if rest.size and biases[t] is not None else None)
-        shared_weight = shared_bias = None
-        if k:
-            shared_weight, shared_bias = _rows_to_weights(first, reading, merged_rows, shared_in, has_bias)
-        result.append(
-            LayerZip(
-                index=position,
-                tag=tag,
-                layers=group,
-                reading=reading,
-                pairs=pairs,
-                costs=np.asarray(costs, dtype=np.float64),
-                shared_inputs=shared_in,
-                order=tuple(new_orders),
-                shared_weight=_as_stored(shared_weight),
-                shared_bias=_as_stored(shared_bias),
-                inter_weight=tuple(inter),
-                specific_weight=tuple(specific_w),
-                specific_bias=tuple(specific_b),
-                has_bias=has_bias,
+            index = self.input_order(position).index
+            hessians = [
+                _fictive_hessian(
+                    mtz.restrict(
+                        np.asarray(self._hessian(t, group[t])),
+                        ops.keep_index(group[t], index[t][:shared_in], data.has_bias), layer=group[t].node,
+                    ),
+                    shared_in, data.has_bias,
+                )
+                for t in range(self.tasks)
+            ]
+            op = mtz.pair_operator(hessians[0], hessians[1], damping=self.settings.damping, layer=name)
+        self._members[position] = Member(position, name, rows, hessians, op)
+        return self._members[position]
+
+    def _hessian(self, task: int, layer: Layer) -> np.ndarray:
+        if layer.node not in self.hessians[task]:
+            raise InputError(f"no statistics for layer {layer.node} of task {task}", hint="calibrate this layer first")
+        return self.hessians[task][layer.node]
+
+    def _damping(self, position: int) -> float:
+        return 0.0 if self._averages(position) else self.settings.damping
+
+    def _follow_group(self, position: int, deciding: int, data: _LayerData) -> _Decision:
+        """A later layer of a residual channel group takes the group's pairs."""
+        pairs = self.decided[deciding].pairs
+        first = self.aligned[position][0]
+        if len(pairs) and data.shared_in == 0:
+            raise InputError(
+                f"layer {layer_tag(first, position)} ({first.node}) shares {len(pairs)} channels with "
+                f"{self.aligned[deciding][0].node} through a residual Add, but the layer it reads shares none",
+                hint="share some neurons of every layer inside a residual block, or none of the block's channels",
             )
-        )
-        if not is_head and deciding not in decided:
-            decided[deciding] = result[-1]
-    return result
+        if not len(pairs):
+            return _Decision(pairs, np.zeros(0))
+        merged, costs = merge_fixed(self.member(position, data), pairs, self._damping(position))
+        return _Decision(pairs, np.zeros(len(pairs)) if position in self.fixed else costs, merged)
+
+    def _choose(self, position: int, data: _LayerData) -> _Decision:
+        """A deciding layer: fixed pairs, or pairs chosen from the costs of its ready group members."""
+        current = self.member(position, data)
+        if position in self.fixed:
+            pairs = self.fixed[position]
+            merged, _ = merge_fixed(current, pairs, 0.0)
+            return _Decision(pairs, np.zeros(len(pairs)), merged)
+        ready = [current]
+        for other in self.groups[position]:
+            if other != position and self.is_ready(other):
+                other_data = self.layer_data(other)
+                if other_data.shared_in > 0:
+                    ready.append(self.member(other, other_data))
+        policy = self.settings.policy_for(position)
+        pairs, costs, merged = choose_pairs(ready, policy, self.aligned[position], self.settings, self.rng, self.pair_costs)
+        return _Decision(pairs, costs, merged)
+
+    def decide(self, position: int, data: _LayerData) -> _Decision:
+        """The pairs of one position, their costs and merged rows."""
+        group = self.aligned[position]
+        empty = _Decision(np.zeros((0, self.tasks), dtype=np.int64), np.zeros(0))
+        if group[0].is_head:
+            return empty
+        deciding = self.groups[position][0]
+        if deciding in self.decided:
+            return self._follow_group(position, deciding, data)
+        if data.shared_in == 0:
+            logger.info("layer %s: no shared inputs (the previous layer shares nothing): sharing nothing",
+                        layer_tag(group[0], position))
+            return empty
+        if position in self.fixed:
+            return self._choose(position, data) if len(self.fixed[position]) else empty
+        if shares_nothing(self.settings.policy_for(position), group):
+            return empty
+        return self._choose(position, data)
+
+    def plan(self, position: int) -> LayerZip:
+        """Plan one position (the positions it reads must be planned)."""
+        group = self.aligned[position]
+        first = group[0]
+        data = self.layer_data(position)
+        decision = self.decide(position, data)
+        reading = self.settings.reading_for(first)
+        reads_input = source_position(group, self.aligned) is None
+        result = _layer_zip(position, group, None if reading == "dense" else reading, data, decision, reads_input)
+        deciding = self.groups[position][0]
+        if not first.is_head and deciding not in self.decided:
+            self.decided[deciding] = result
+        return result
+
+
+def _layer_zip(
+    position: int, group: tuple[Layer, ...], reading: str | None, data: _LayerData, decision: _Decision, reads_input: bool
+) -> LayerZip:
+    """The weight blocks of one planned position."""
+    first = group[0]
+    pairs, shared_in, w_new = decision.pairs, data.shared_in, data.w_new
+    k = pairs.shape[0]
+    orders, inter, specific_w, specific_b = [], [], [], []
+    for t in range(len(group)):
+        rest = np.setdiff1d(np.arange(w_new[t].shape[0]), pairs[:, t], assume_unique=False)
+        orders.append(np.concatenate([pairs[:, t], rest]).astype(np.int64))
+        inter.append(_as_stored(w_new[t][pairs[:, t], shared_in:]) if k and w_new[t].shape[1] > shared_in else None)
+        own = w_new[t][:, : group[t].inputs] if reads_input else w_new[t]  # without fictive inputs
+        specific_w.append(_as_stored(own[rest]) if rest.size else None)
+        bias = data.biases[t]
+        specific_b.append(_as_stored(bias[rest]) if rest.size and bias is not None else None)
+    shared_weight = shared_bias = None
+    if k:
+        assert decision.merged_rows is not None
+        name = reading if reading is not None else "dense"
+        shared_weight, shared_bias = ops_of(name).to_weights(first, decision.merged_rows, shared_in, data.has_bias)
+    return LayerZip(
+        index=position, tag=layer_tag(first, position if not first.is_head else None), layers=group, reading=reading,
+        pairs=pairs, costs=np.asarray(decision.costs, dtype=np.float64), shared_inputs=shared_in, order=tuple(orders),
+        shared_weight=_as_stored(shared_weight), shared_bias=_as_stored(shared_bias), inter_weight=tuple(inter),
+        specific_weight=tuple(specific_w), specific_bias=tuple(specific_b), has_bias=data.has_bias,
+    )
+
+
+def plan_layers(
+    chains: Sequence[LayerChain],
+    aligned: Sequence[Sequence[Layer]],
+    tensors: Sequence[Mapping[str, np.ndarray]],
+    hessians: Sequence[Mapping[str, np.ndarray]] | None,
+    settings: PlanSettings,
+    pair_costs: Mapping[int, np.ndarray] | None = None,
+    fixed: Mapping[int, np.ndarray] | None = None,
+) -> list[LayerZip]:
+    """Pair and merge every aligned hidden layer bottom-up; re-order the heads' inputs.
+
+    See :class:`Planner` for the arguments.
+
+    Returns:
+        One :class:`LayerZip` per aligned position.
+    """
+    planner = Planner(chains, aligned, tensors, settings, hessians, pair_costs, fixed)
+    return [planner.plan(position) for position in range(len(aligned))]

@@ -141,7 +141,7 @@ def run_cell(cell: Cell, *, calibration_limit: int | None = 4096, eval_limit: in
 
     from onnx_zip.finetune import evaluate_tasks, finetune
     from onnx_zip.zipper.api import zip_models
-    from onnx_zip.zipper.layerwise import zip_layerwise
+    from onnx_zip.pipeline.layerwise import zip_layerwise
     from onnx_zip.zipper.report import parameter_count
     from tools.bench.common import quiet_ort
 
@@ -164,9 +164,10 @@ def run_cell(cell: Cell, *, calibration_limit: int | None = 4096, eval_limit: in
         zip_s = time.perf_counter() - t0
         timings: dict[str, float] = {}
     elif cell.method == "mtz-layerwise":
-        from onnx_zip.zipper.api import prepare_job
+        from onnx_zip.config import ZipConfig
+        from onnx_zip.pipeline import prepare
 
-        hidden = len(prepare_job(models, None, names=list(TASKS), pairing="l2").hidden)
+        hidden = len(prepare(models, None, names=list(TASKS), config=ZipConfig(pairing="l2")).hidden)
         steps = layer_steps(cell.budget, hidden)
         result = zip_layerwise(models, calib, train, retrain_steps=steps, finetune_options=ft, pairing="mtz", **zip_opts)
         model = result.model
