@@ -18,6 +18,9 @@ import numpy as np
 import onnx
 
 from onnx_zip.errors import ModelError
+from onnx_zip.graph.canonicalize import canonicalize
+from onnx_zip.graph.discover import discover_layers
+from onnx_zip.graph.lookup import import_graph, input_names, output_names
 from onnx_zip.model_io import load_model, sha256_file
 from onnx_zip.zipper.report import parameter_count, read_metadata
 
@@ -108,10 +111,8 @@ def inspect_zipped(model: onnx.ModelProto, meta: dict[str, Any]) -> dict[str, An
 
 def inspect_plain(model: onnx.ModelProto, label: str) -> dict[str, Any]:
     """The zippable layers of a model that was not zipped (see :func:`inspect_model`)."""
-    from onnx_zip.graph.canonicalize import canonicalize  # noqa: PLC0415 - only for plain models
-    from onnx_zip.graph.discover import discover_layers  # noqa: PLC0415
-
     chain = discover_layers(canonicalize(model, label=label), label=label)
+    graph = import_graph(model)
     layers = [
         {
             "index": layer.index,
@@ -127,8 +128,8 @@ def inspect_plain(model: onnx.ModelProto, label: str) -> dict[str, Any]:
     ]
     return {
         "zipped": False,
-        "inputs": [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}],
-        "outputs": [o.name for o in model.graph.output],
+        "inputs": list(input_names(graph)),
+        "outputs": list(output_names(graph)),
         "layers": layers,
         "channel_groups": [list(g) for g in chain.channel_groups],
         "params": {"total": parameter_count(model)},

@@ -89,6 +89,24 @@ def test_explicit_mapping() -> None:
         align_chains([a, b], mapping=[["fc0", "fc1"], ["fc1", "fc0"]])
 
 
+def test_align_json_is_accepted_as_a_mapping(tmp_path: Path) -> None:
+    """``align --json`` output given back as ``--map`` (to align or zip) pairs the same layers."""
+    a = chain(builders.mlp([8, 6, 4, 3], seed=0), "a")
+    b = chain(builders.mlp([8, 5, 4, 3], seed=1), "b")
+    alignment = align_chains([a, b])
+    document = json.loads(json.dumps(alignment.to_dict()))
+    assert align_chains([a, b], mapping=document) == alignment
+    paths = []
+    for name, model in (("a", builders.cnn(0)), ("b", builders.cnn(1, channels=(5, 7)))):
+        paths.append(str(tmp_path / f"{name}.onnx"))
+        onnx.save(model, paths[-1])
+    mapping = tmp_path / "align.json"
+    mapping.write_text(cli("align", *paths, "--json").stdout)
+    again = cli("align", *paths, "--json", "--map", str(mapping))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == json.loads(mapping.read_text())
+
+
 def test_cli_tiny(tmp_path: Path) -> None:
     paths = {}
     for name, model in {"a": builders.cnn(0), "b": builders.cnn(1, channels=(5, 7)), "m": builders.mlp([144, 16, 10])}.items():

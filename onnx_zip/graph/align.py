@@ -8,8 +8,8 @@ zero weights for the missing features). Neuron counts may differ (MTZ zips N_A w
 Heads are never zipped and may differ in kind.
 
 An explicit ``mapping`` of node names overrides the positional pairing: a dict
-``{"a_node": "b_node"}`` for two models, or a list of lists (one node per model, in model
-order) for any number. It must cover every hidden layer of every model, keep each model's
+``{"a_node": "b_node"}`` for two models, a list of lists (one node per model, in model
+order) for any number, or the document ``onnx-zip align --json`` writes (its ``layers``' ``nodes``). It must cover every hidden layer of every model, keep each model's
 layer order, and may leave out the heads (then paired by position). The same checks apply.
 
 When the models do not align, the :class:`ModelError` carries a side-by-side table of the
@@ -145,8 +145,20 @@ def _positional_rows(chains: Sequence[LayerChain]) -> list[list[Layer | None]]:
     return rows
 
 
-def _normalise_mapping(mapping: Mapping[str, str] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
-    if isinstance(mapping, Mapping):
+def alignment_entries(document: Mapping[str, Any]) -> list[tuple[str, ...]] | None:
+    """The node names per position of an ``align --json`` document (:meth:`Alignment.to_dict`),
+    or None when ``document`` is not one (e.g. a ``{a_node: b_node}`` mapping)."""
+    layers = document.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(a, Mapping) and isinstance(a.get("nodes"), list) for a in layers):
+        return None
+    return [tuple(str(n) for n in a["nodes"]) for a in layers]
+
+
+def _normalise_mapping(mapping: Mapping[str, Any] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
+    entries: list[tuple[str, ...]]
+    if isinstance(mapping, Mapping) and (from_align := alignment_entries(mapping)) is not None:
+        entries = from_align
+    elif isinstance(mapping, Mapping):
         if count != 2:
             raise ModelError(
                 f"a {{a_node: b_node}} mapping pairs two models, got {count}",
@@ -161,7 +173,7 @@ def _normalise_mapping(mapping: Mapping[str, str] | Sequence[Sequence[str]], cou
     return entries
 
 
-def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequence[Sequence[str]]) -> list[list[Layer | None]]:
+def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, Any] | Sequence[Sequence[str]]) -> list[list[Layer | None]]:
     entries = _normalise_mapping(mapping, len(chains))
     rows: list[list[Layer | None]] = []
     for entry in entries:
@@ -176,7 +188,7 @@ def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequ
                 ) from None
         rows.append(row)
     for m, chain in enumerate(chains):
-        used = [row[m].node for row in rows if row[m] is not None]
+        used = [layer.node for row in rows if (layer := row[m]) is not None]
         duplicates = sorted({n for n in used if used.count(n) > 1})
         if duplicates:
             raise ModelError(f"mapping: {chain.model} layer(s) {', '.join(duplicates)} mapped more than once")
@@ -186,7 +198,7 @@ def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, str] | Sequ
                 f"mapping: hidden layer(s) {', '.join(missing)} of {chain.model} are not mapped",
                 hint="map every hidden layer of every model (heads may be left out)",
             )
-        indices = [row[m].index for row in rows if row[m] is not None]
+        indices = [layer.index for row in rows if (layer := row[m]) is not None]
         if indices != sorted(indices):
             raise ModelError(f"mapping: the layers of {chain.model} are not in model order ({', '.join(used)})")
     mapped_heads = {row[0].node for row in rows if row[0] is not None and row[0].is_head}
@@ -249,7 +261,7 @@ def match_depths(chains: Sequence[LayerChain]) -> list[LayerChain]:
 def align_chains(
     chains: Sequence[LayerChain],
     *,
-    mapping: Mapping[str, str] | Sequence[Sequence[str]] | None = None,
+    mapping: Mapping[str, Any] | Sequence[Sequence[str]] | None = None,
 ) -> Alignment:
     """Pair the layers of two or more models.
 

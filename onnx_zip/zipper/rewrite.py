@@ -24,77 +24,26 @@ flattened blocks equals flattening the concatenated channels (C-major), so Flatt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnx_zip.data import model_inputs
-from onnx_zip.errors import InputError, ModelError
-from onnx_zip.graph.layers import Layer, LayerChain, PathStep, neuron_axis, stored_weights
+from onnx_zip.errors import InputError
+from onnx_zip.graph.layers import LayerChain
+from onnx_zip.zipper.graph_builder import (
+    SHARED,
+    GraphBuilder,
+    TaskCopier,
+    block_names,
+    task_prefix,
+)
+from onnx_zip.zipper.layer_blocks import LayerSite, input_blocks, layer_blocks
+from onnx_zip.zipper.paths import PathState, build_path
 from onnx_zip.zipper.plan import LayerZip
 
-SHARED = "shared"
-
-
-def block_names(owner: str, tag: str, part: str) -> tuple[str, str]:
-    """Initializer names (weight, bias) of one block: ``shared/<layer>/weight``, ``<task>/<layer>/weight``
-    (task-specific neurons) or ``<task>/<layer>/inter_weight`` (inter weights; no bias)."""
-    if part in ("specific", "shared"):
-        return f"{owner}/{tag}/weight", f"{owner}/{tag}/bias"
-    return f"{owner}/{tag}/{part}_weight", f"{owner}/{tag}/{part}_bias"
-
-
-@dataclass
-class _Block:
-    """A group of consecutive channels of a layer's output for one task."""
-
-    tensor: gs.Variable
-    units: int
-    common: bool  # the same tensor for every task
-
-
-@dataclass
-class _Builder:
-    """Accumulates nodes, tensors and doc strings of the zipped graph."""
-
-    nodes: list[gs.Node] = field(default_factory=list)
-    docs: dict[str, str] = field(default_factory=dict)
-    names: set[str] = field(default_factory=set)
-    constants: dict[str, gs.Constant] = field(default_factory=dict)
-
-    def unique(self, name: str) -> str:
-        if name not in self.names:
-            self.names.add(name)
-            return name
-        i = 1
-        while f"{name}_{i}" in self.names:
-            i += 1
-        self.names.add(f"{name}_{i}")
-        return f"{name}_{i}"
-
-    def constant(self, name: str, values: np.ndarray) -> gs.Constant:
-        if name in self.constants:
-            raise ModelError(f"internal error: initializer {name} created twice")
-        const = gs.Constant(name, np.ascontiguousarray(values))
-        self.constants[name] = const
-        return const
-
-    def variable(self, name: str, dtype: np.dtype = np.float32) -> gs.Variable:
-        return gs.Variable(self.unique(name), dtype=dtype)
-
-    def node(self, op: str, name: str, inputs: list, outputs: list, attrs: dict | None = None, doc: str = "") -> gs.Node:
-        node = gs.Node(op, self.unique(name), attrs=dict(attrs or {}), inputs=inputs, outputs=outputs)
-        self.nodes.append(node)
-        if doc:
-            self.docs[node.name] = doc
-        return node
-
-
-def _task_prefix(task: str, name: str) -> str:
-    """``<task>/<name>``, without the leading ``/`` some exporters put on every name."""
-    return f"{task}/{name.lstrip('/')}"
+__all__ = ["SHARED", "block_names", "build_zipped_model", "check_task_names", "inputs_match"]
 
 
 def _upstream(graph: gs.Graph, tensor: str) -> list[gs.Node]:
@@ -115,9 +64,9 @@ def _signature(graph: gs.Graph, nodes: Sequence[gs.Node]) -> list[tuple]:
     """A structural fingerprint of a subgraph: ops, attributes, constants and wiring."""
     inputs = {t.name: i for i, t in enumerate(graph.inputs)}
     produced = {out.name: (j, k) for j, node in enumerate(nodes) for k, out in enumerate(node.outputs)}
-    sig = []
+    sig: list[tuple] = []
     for node in nodes:
-        refs = []
+        refs: list[tuple] = []
         for t in node.inputs:
             if isinstance(t, gs.Constant):
                 values = np.asarray(t.values)
@@ -160,112 +109,101 @@ def inputs_match(models: Sequence[onnx.ModelProto]) -> bool:
     return True
 
 
-class _TaskCopier:
-    """Copies one task's graph outside the zipped chain, renaming tensors with ``<task>/``."""
-
-    def __init__(self, builder: _Builder, task: str, graph: gs.Graph, inputs: dict[str, gs.Variable]) -> None:
-        self.builder = builder
-        self.task = task
-        self.graph = graph
-        self.tensors: dict[str, gs.Tensor] = dict(inputs)
-
-    def tensor(self, original: gs.Tensor) -> gs.Tensor:
-        if original.name == "":
-            return gs.Variable.empty()
-        if original.name not in self.tensors:
-            name = _task_prefix(self.task, original.name)
-            if isinstance(original, gs.Constant):
-                self.tensors[original.name] = self.builder.constant(name, original.values)
-            else:
-                self.tensors[original.name] = gs.Variable(self.builder.unique(name), dtype=original.dtype, shape=original.shape)
-        return self.tensors[original.name]
-
-    def copy(self, node: gs.Node) -> None:
-        self.builder.node(
-            node.op,
-            _task_prefix(self.task, node.name),
-            [self.tensor(t) for t in node.inputs],
-            [self.tensor(t) for t in node.outputs],
-            attrs=node.attrs,
-        )
-        self.builder.nodes[-1].domain = node.domain
+def _input_variable(builder: GraphBuilder, name: str, spec) -> gs.Variable:
+    shape = [d if d is not None else "N" for d in spec.shape] if spec.shape else None
+    return gs.Variable(builder.unique(name), dtype=spec.dtype, shape=shape)
 
 
-def _layer_attrs(graph: gs.Graph, layer: Layer) -> dict:
-    node = next(n for n in graph.nodes if n.name == layer.node)
-    return dict(node.attrs)
+def _graph_inputs(
+    builder: GraphBuilder, tasks: Sequence[str], models: Sequence[onnx.ModelProto], shared_input: bool
+) -> tuple[list[gs.Variable], list[dict[str, gs.Variable]]]:
+    """The zipped graph's inputs, and per task its input names → those inputs.
 
-
-def _apply_layer(
-    builder: _Builder,
-    layer: Layer,
-    attrs: dict,
-    x: gs.Variable,
-    weight: np.ndarray,
-    bias: np.ndarray | None,
-    owner: str,
-    tag: str,
-    part: str,
-    doc: str,
-    *,
-    weight_const: gs.Constant | None = None,
-    bias_const: gs.Constant | None = None,
-    out: gs.Variable | None = None,
-) -> gs.Variable:
-    """``Op(x, weight, bias)`` in the layer's own op and layout; creates the initializers.
-
-    Writes into ``out`` when given (a head writes its original, prefixed output tensor).
+    Raises:
+        InputError: ``shared_input`` while the models' inputs differ.
     """
-    weight_name, bias_name = block_names(owner, tag, part)
-    if weight_const is None:
-        weight_const = builder.constant(weight_name, stored_weights(layer, weight))
-    if bias_const is None and bias is not None:
-        bias_const = builder.constant(bias_name, bias)
-    if out is None:
-        out = builder.variable(f"{owner}/{tag}/{part}", dtype=np.float32)
-    if layer.op_type == "MatMul":
-        mm_out = out if bias_const is None else builder.variable(f"{owner}/{tag}/{part}_matmul")
-        builder.node("MatMul", f"{owner}/{tag}/{part}_MatMul", [x, weight_const], [mm_out], doc=doc)
-        if bias_const is not None:
-            builder.node("Add", f"{owner}/{tag}/{part}_bias_Add", [mm_out, bias_const], [out], doc=doc)
-        return out
-    inputs = [x, weight_const] + ([bias_const] if bias_const is not None else [])
-    builder.node(layer.op_type, f"{owner}/{tag}/{part}_{layer.op_type}", inputs, [out], attrs=attrs, doc=doc)
-    return out
+    specs = [model_inputs(m) for m in models]
+    if not shared_input:
+        graph_inputs: list[gs.Variable] = []
+        per_task: list[dict[str, gs.Variable]] = []
+        for task, task_specs in zip(tasks, specs):
+            mapping = {s.name: _input_variable(builder, task_prefix(task, s.name), s) for s in task_specs}
+            graph_inputs.extend(mapping.values())
+            per_task.append(mapping)
+        return graph_inputs, per_task
+    if not inputs_match(models):
+        raise InputError(
+            "the models' inputs differ: " + "; ".join(
+                f"{t}: {', '.join(s.describe() for s in task_specs)}" for t, task_specs in zip(tasks, specs)
+            ),
+            hint="pass --separate-inputs to give each task its own input",
+        )
+    names = [[s.name for s in task_specs] for task_specs in specs]
+    graph_inputs = []
+    for position, spec in enumerate(specs[0]):
+        same_name = all(n[position] == spec.name for n in names)
+        name = spec.name if same_name else ("input" if len(specs[0]) == 1 else f"input_{position}")
+        graph_inputs.append(_input_variable(builder, name, spec))
+    return graph_inputs, [{s.name: graph_inputs[i] for i, s in enumerate(task_specs)} for task_specs in specs]
 
 
-def _apply_path(
-    builder: _Builder,
-    graph: gs.Graph,
-    steps: Sequence[PathStep],
-    x: gs.Variable,
-    owner: str,
-    tag: str,
-    part: str,
-) -> gs.Variable:
-    """The nodes between two layers, applied to one block (Flatten per block)."""
-    for i, step in enumerate(steps):
-        node = next(n for n in graph.nodes if n.name == step.node)
-        out = builder.variable(f"{owner}/{tag}/{part}/{step.op_type.lower()}")
-        if step.effect == "flatten":
-            builder.node("Flatten", f"{owner}/{tag}/{part}/Flatten", [x], [out], attrs={"axis": 1})
-        elif step.effect in ("elementwise", "spatial"):
-            extra = []
-            for t in node.inputs[1:]:
-                if isinstance(t, gs.Constant):
-                    extra.append(builder.constant(f"{owner}/{tag}/{part}/{step.op_type.lower()}_{i}_{len(extra)}", t.values))
-                elif t.name == "":
-                    extra.append(gs.Variable.empty())
-                else:
-                    raise ModelError(f"node {step.node}: input {t.name} is not a constant; cannot apply it per block")
-            builder.node(step.op_type, f"{owner}/{tag}/{part}/{step.op_type}", [x, *extra], [out], attrs=node.attrs)
-        else:
-            raise ModelError(
-                f"node {step.node} ({step.op_type}) between layers holds per-channel parameters",
-                hint="fold BatchNormalization into the layer (the default) before zipping",
-            )
-        x = out
-    return x
+def _segment_nodes(zips: Sequence[LayerZip], tasks: int) -> list[set[str]]:
+    """Per task, the nodes the zipped segment rebuilds (layers, MatMul bias Adds, hidden paths)."""
+    segment: list[set[str]] = [set() for _ in range(tasks)]
+    for z in zips:
+        for t, layer in enumerate(z.layers):
+            segment[t].add(layer.node)
+            if layer.bias_node is not None:  # a rank > 2 MatMul's separate bias Add is part of the layer
+                segment[t].add(layer.bias_node)
+            if not layer.is_head:
+                segment[t].update(step.node for step in layer.path)
+    return segment
+
+
+def _share_preprocessing(site: LayerSite, zips: Sequence[LayerZip], inputs: dict[str, gs.Variable], segment: list[set[str]]) -> None:
+    """Pre-processing identical in every task (e.g. a Flatten of the shared input) is built once,
+    so that the first layer's shared neurons can be computed once too."""
+    graphs = site.graphs
+    upstream = [_upstream(graph, layer.input) for graph, layer in zip(graphs, zips[0].layers)]
+    signatures = [_signature(graph, nodes) for graph, nodes in zip(graphs, upstream)]
+    if not upstream[0] or any(sig != signatures[0] for sig in signatures[1:]):
+        return
+    common = TaskCopier(site.builder, SHARED, graphs[0], inputs)
+    for node in upstream[0]:
+        common.copy(node)
+    for t, nodes in enumerate(upstream):
+        for node, node0 in zip(nodes, upstream[0]):
+            for out, out0 in zip(node.outputs, node0.outputs):
+                site.copiers[t].tensors[out.name] = common.tensors[out0.name]
+            segment[t].add(node.name)
+
+
+def _export(
+    site: LayerSite, graph_inputs: list[gs.Variable], models: Sequence[onnx.ModelProto], opset: int
+) -> onnx.ModelProto:
+    """The assembled graph, cleaned up and sorted, as a model."""
+    outputs = [site.copiers[t].tensor(out) for t, graph in enumerate(site.graphs) for out in graph.outputs]
+    graph = gs.Graph(
+        nodes=site.builder.nodes,
+        inputs=graph_inputs,
+        outputs=outputs,
+        name="onnx_zip",
+        opset=opset,
+        import_domains=_domains(models, opset),
+    )
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return gs.export_onnx(graph, do_type_check=True)
+
+
+def _build_segment(site: LayerSite, zips: Sequence[LayerZip]) -> None:
+    """Every zipped layer bottom-up, each followed by its path to the next layers."""
+    state = PathState.of(site.builder, site.graphs)
+    for z in zips:
+        blocks = layer_blocks(z, site, input_blocks(z, site, state.blocked))
+        if z.is_head:
+            continue
+        for t, (task, layer) in enumerate(zip(site.tasks, z.layers)):
+            build_path(state, t, task, z.tag, layer.path, layer.output, blocks[t], z.shared)
 
 
 def build_zipped_model(
@@ -287,269 +225,22 @@ def build_zipped_model(
         shared_input: One input for all tasks (their inputs must match).
         opset: Default-domain opset of the output.
     """
-    builder = _Builder()
+    builder = GraphBuilder()
     graphs = [gs.import_onnx(m) for m in models]
-    input_specs = [model_inputs(m) for m in models]
-    # Graph inputs.
-    graph_inputs: list[gs.Variable] = []
-    per_task_inputs: list[dict[str, gs.Variable]] = []
+    graph_inputs, per_task_inputs = _graph_inputs(builder, tasks, models, shared_input)
+    copiers = [TaskCopier(builder, task, graph, per_task_inputs[t]) for t, (task, graph) in enumerate(zip(tasks, graphs))]
+    site = LayerSite(builder, tuple(tasks), graphs, copiers)
+    segment = _segment_nodes(zips, len(tasks))
     if shared_input:
-        if not inputs_match(models):
-            raise InputError(
-                "the models' inputs differ: " + "; ".join(
-                    f"{t}: {', '.join(s.describe() for s in specs)}" for t, specs in zip(tasks, input_specs)
-                ),
-                hint="pass --separate-inputs to give each task its own input",
-            )
-        names = [[s.name for s in specs] for specs in input_specs]
-        for position, spec in enumerate(input_specs[0]):
-            same_name = all(n[position] == spec.name for n in names)
-            name = spec.name if same_name else ("input" if len(input_specs[0]) == 1 else f"input_{position}")
-            shape = [d if d is not None else "N" for d in spec.shape] if spec.shape else None
-            graph_inputs.append(gs.Variable(builder.unique(name), dtype=spec.dtype, shape=shape))
-        for specs in input_specs:
-            per_task_inputs.append({s.name: graph_inputs[i] for i, s in enumerate(specs)})
-    else:
-        for task, specs in zip(tasks, input_specs):
-            mapping = {}
-            for s in specs:
-                shape = [d if d is not None else "N" for d in s.shape] if s.shape else None
-                var = gs.Variable(builder.unique(_task_prefix(task, s.name)), dtype=s.dtype, shape=shape)
-                graph_inputs.append(var)
-                mapping[s.name] = var
-            per_task_inputs.append(mapping)
-
-    copiers = [_TaskCopier(builder, task, graph, per_task_inputs[t]) for t, (task, graph) in enumerate(zip(tasks, graphs))]
-    segment_nodes = [set() for _ in tasks]
-    for z in zips:
-        for t, layer in enumerate(z.layers):
-            segment_nodes[t].add(layer.node)
-            if layer.bias_node is not None:  # a rank > 2 MatMul's separate bias Add is part of the layer
-                segment_nodes[t].add(layer.bias_node)
-            if not layer.is_head:
-                segment_nodes[t].update(step.node for step in layer.path)
-    # Pre-processing identical in every task (e.g. a Flatten of the shared input) is built once,
-    # so that the first layer's shared neurons can be computed once too.
-    if shared_input:
-        upstream = [_upstream(graph, z_layer.input) for graph, z_layer in zip(graphs, zips[0].layers)]
-        signatures = [_signature(graph, nodes) for graph, nodes in zip(graphs, upstream)]
-        if upstream[0] and all(sig == signatures[0] for sig in signatures[1:]):
-            common = _TaskCopier(builder, SHARED, graphs[0], per_task_inputs[0])
-            for node in upstream[0]:
-                common.copy(node)
-            for t, nodes in enumerate(upstream):
-                for node, node0 in zip(nodes, upstream[0]):
-                    for out, out0 in zip(node.outputs, node0.outputs):
-                        copiers[t].tensors[out.name] = common.tensors[out0.name]
-                    segment_nodes[t].add(node.name)
+        _share_preprocessing(site, zips, per_task_inputs[0], segment)
     # Everything else outside the segment (pre- and post-processing) is copied per task; tensors
     # are created on first use, so the order of copying does not matter.
     for t, (graph, copier) in enumerate(zip(graphs, copiers)):
         for node in graph.nodes:
-            if node.name not in segment_nodes[t]:
+            if node.name not in segment[t]:
                 copier.copy(node)
-
-    # The zipped segment. ``blocked[t][name]``: task t's tensor ``name`` (its original name) as
-    # channel blocks in the zipped order [shared ; specific] of the channels it carries.
-    blocked: list[dict[str, list[_Block]]] = [{} for _ in tasks]
-    path_cache: dict[int, gs.Variable] = {}
-    add_cache: dict[tuple[int, int], gs.Variable] = {}
-    for z in zips:
-        blocks = _input_blocks(z, graphs, copiers, blocked)
-        attrs = [_layer_attrs(graphs[t], layer) for t, layer in enumerate(z.layers)]
-        origin = ", ".join(f"{task}:{layer.node}" for task, layer in zip(tasks, z.layers))
-        new_blocks: list[list[_Block]] = [[] for _ in tasks]
-        k = z.shared
-        if k:
-            weight_name, bias_name = block_names(SHARED, z.tag, "shared")
-            w_const = builder.constant(weight_name, stored_weights(z.layers[0], z.shared_weight))
-            b_const = builder.constant(bias_name, z.shared_bias) if z.shared_bias is not None else None
-            doc = f"{k} shared neurons merged by MTZ from {origin}; weights from the {z.shared_inputs} shared inputs"
-            common_input = all(b[0].common for b in blocks) and z.shared_inputs > 0
-            core_common: gs.Variable | None = None
-            for t, task in enumerate(tasks):
-                s_block = blocks[t][0]
-                if common_input:
-                    if core_common is None:
-                        core_common = _apply_layer(
-                            builder, z.layers[0], attrs[0], s_block.tensor, z.shared_weight, None, SHARED, z.tag, "shared", doc,
-                            weight_const=w_const, bias_const=b_const,
-                        )
-                    core = core_common
-                else:
-                    weight = w_const
-                    if not z.layers[t].sources and s_block.units < z.shared_inputs:  # a narrower first dense input
-                        weight = _narrowed(builder, z.layers[t], w_const, s_block.units, task, z.tag)
-                    core = _apply_layer(
-                        builder, z.layers[t], attrs[t], s_block.tensor, z.shared_weight, None, task, z.tag, "shared", doc,
-                        weight_const=weight, bias_const=b_const,
-                    )
-                common = common_input
-                if z.inter_weight[t] is not None:
-                    rest = blocks[t][1].tensor
-                    inter = _apply_layer(
-                        builder, z.layers[t], attrs[t], rest, z.inter_weight[t], None, task, z.tag, "inter",
-                        f"{task}'s inter weights: its task-specific inputs into the {k} shared neurons of {origin}",
-                    )
-                    summed = builder.variable(f"{task}/{z.tag}/shared_sum")
-                    builder.node(
-                        "Add", f"{task}/{z.tag}/shared_Add", [core, inter], [summed],
-                        doc=f"{task}'s view of the {k} shared neurons: merged weights plus its inter weights",
-                    )
-                    core, common = summed, False
-                new_blocks[t].append(_Block(core, k, common))
-        for t, task in enumerate(tasks):
-            count = z.specific_count(t)
-            if count == 0:
-                continue
-            if len(blocks[t]) == 1:
-                x = blocks[t][0].tensor
-            else:
-                x = builder.variable(f"{task}/{z.tag}/input")
-                axis = neuron_axis(z.layers[t])
-                builder.node("Concat", f"{task}/{z.tag}/input_Concat", [b.tensor for b in blocks[t]], [x], attrs={"axis": axis})
-            layer = z.layers[t]
-            if z.is_head:
-                doc = f"{task}'s head ({layer.node}), input re-ordered to the zipped channel order"
-            else:
-                doc = f"{count} neurons specific to {task} from {layer.node} (all inputs)"
-            target = copiers[t].tensor(graphs[t].tensors()[layer.output]) if z.is_head else None
-            out = _apply_layer(
-                builder, layer, attrs[t], x, z.specific_weight[t], z.specific_bias[t], task, z.tag, "specific", doc, out=target
-            )
-            new_blocks[t].append(_Block(out, count, common=False))
-        if z.is_head:
-            continue
-        # The path to the next layers, per block (a common block's once); a residual Add waits
-        # until both of its operands exist, then sums them block by block.
-        for t, task in enumerate(tasks):
-            layer = z.layers[t]
-            current = new_blocks[t]
-            name = layer.output
-            blocked[t][name] = current
-            for run, add in _path_runs(layer.path):
-                if run:
-                    after = []
-                    for i, block in enumerate(current):
-                        key = id(block.tensor)
-                        if key not in path_cache:
-                            owner = SHARED if block.common else task
-                            part = "shared" if i == 0 and k else "specific"
-                            path_cache[key] = _apply_path(builder, graphs[t], run, block.tensor, owner, z.tag, part)
-                        after.append(_Block(path_cache[key], block.units, block.common))
-                    current = after
-                    name = _step_output(graphs[t], run[-1])
-                    blocked[t][name] = current
-                if add is None:
-                    break
-                add_node = next(n for n in graphs[t].nodes if n.name == add.node)
-                out_name = add_node.outputs[0].name
-                if out_name in blocked[t]:
-                    break  # summed already, from the other operand's side
-                operands = [i.name for i in add_node.inputs]
-                other = operands[1] if operands[0] == name else operands[0]
-                if other not in blocked[t]:
-                    break  # the other operand is built later; its layer's path does the Add
-                current = _add_blocks(builder, add_cache, task, z.tag, add, current, blocked[t][other], k)
-                name = out_name
-                blocked[t][name] = current
-
-    outputs = []
-    for t, graph in enumerate(graphs):
-        for out in graph.outputs:
-            outputs.append(copiers[t].tensor(out))
-    graph = gs.Graph(
-        nodes=builder.nodes,
-        inputs=graph_inputs,
-        outputs=outputs,
-        name="onnx_zip",
-        opset=opset,
-        import_domains=_domains(models, opset),
-    )
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    model = gs.export_onnx(graph, do_type_check=True)
-    return model, builder.docs
-
-
-def _narrowed(builder: _Builder, layer: Layer, weight: gs.Constant, width: int, task: str, tag: str) -> gs.Variable:
-    """The shared weight restricted to a narrower task's first ``width`` input features (``Slice``)."""
-    axis = 1 if layer.op_type == "Gemm" and layer.trans_b else 0
-    out = builder.variable(f"{task}/{tag}/shared_weight_narrowed")
-    ints = {"starts": 0, "ends": width, "axes": axis}
-    consts = [builder.constant(f"{task}/{tag}/shared_weight_{k}", np.array([v], dtype=np.int64)) for k, v in ints.items()]
-    builder.node("Slice", f"{task}/{tag}/shared_weight_Slice", [weight, *consts], [out],
-                 doc=f"the shared weights of {task}'s {width} input features (the rest are fictive zeros for it)")
-    return out
-
-
-def _input_blocks(
-    z: LayerZip, graphs: Sequence[gs.Graph], copiers: Sequence[_TaskCopier], blocked: Sequence[dict[str, list[_Block]]]
-) -> list[list[_Block]]:
-    """Each task's input of a layer as channel blocks: the zipped channels it reads, or (first
-    layer) the pre-processed input as one block, common when every task has the same tensor."""
-    if z.layers[0].input in blocked[0]:
-        return [list(blocked[t][layer.input]) for t, layer in enumerate(z.layers)]
-    blocks = []
-    for t, layer in enumerate(z.layers):
-        x = copiers[t].tensor(graphs[t].tensors()[layer.input])
-        blocks.append([_Block(x, layer.inputs, common=False)])
-    if all(b[0].tensor is blocks[0][0].tensor for b in blocks):
-        for b in blocks:
-            b[0].common = True
-    return blocks
-
-
-def _path_runs(steps: Sequence[PathStep]) -> list[tuple[list[PathStep], PathStep | None]]:
-    """Split a path at its residual Adds: ``[(steps before Add, Add), ..., (last steps, None)]``."""
-    runs: list[tuple[list[PathStep], PathStep | None]] = []
-    run: list[PathStep] = []
-    for step in steps:
-        if step.effect == "residual":
-            runs.append((run, step))
-            run = []
-        else:
-            run.append(step)
-    runs.append((run, None))
-    return runs
-
-
-def _step_output(graph: gs.Graph, step: PathStep) -> str:
-    node = next(n for n in graph.nodes if n.name == step.node)
-    return node.outputs[0].name
-
-
-def _add_blocks(
-    builder: _Builder,
-    cache: dict[tuple[int, int], gs.Variable],
-    task: str,
-    tag: str,
-    step: PathStep,
-    left: list[_Block],
-    right: list[_Block],
-    shared: int,
-) -> list[_Block]:
-    """A residual Add, block by block (both operands carry the same channel group, in the same order)."""
-    if [b.units for b in left] != [b.units for b in right]:
-        raise ModelError(
-            f"internal error: the operands of residual Add {step.node} of task {task} have channel blocks "
-            f"{[b.units for b in left]} and {[b.units for b in right]}"
-        )
-    out = []
-    for i, (a, b) in enumerate(zip(left, right)):
-        common = a.common and b.common
-        part = "shared" if i == 0 and shared else "specific"
-        key = (id(a.tensor), id(b.tensor))
-        if common and key in cache:
-            out.append(_Block(cache[key], a.units, True))
-            continue
-        owner = SHARED if common else task
-        summed = builder.variable(f"{owner}/{tag}/{part}/add")
-        builder.node("Add", f"{owner}/{tag}/{part}/residual_Add", [a.tensor, b.tensor], [summed],
-                     doc=f"residual Add {step.node}, on the {part} channels")
-        if common:
-            cache[key] = summed
-        out.append(_Block(summed, a.units, common))
-    return out
+    _build_segment(site, zips)
+    return _export(site, graph_inputs, models, opset), builder.docs
 
 
 def _domains(models: Sequence[onnx.ModelProto], opset: int) -> list[onnx.OperatorSetIdProto]:
