@@ -1,9 +1,16 @@
-"""Shared fixtures: the repository root and the bundled model zoo (``models/manifest.json``)."""
+"""Shared fixtures: the repository root, the bundled model zoo (``models/manifest.json``) and the
+in-process ``onnx-zip`` command line (:func:`run_cli`, fixture ``cli``)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +62,62 @@ def zoo_model(zoo: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     if name not in zoo:
         pytest.fail(f"zoo model {name} is not in models/manifest.json (or its file is missing)")
     return zoo[name]
+
+
+def _import_cli() -> None:
+    """Import every command and the modules they import lazily, now: a module first imported while a
+    test has monkeypatched a function it imports by name would keep the patched function for good."""
+    from onnx_zip.cli.main import command_modules  # noqa: PLC0415
+
+    command_modules()
+    for name in ("onnx_zip.finetune", "onnx_zip.zipper.layerwise", "onnx_zip.recipes", "onnx_zip.sweep",
+                 "onnx_zip.reporting", "onnx_zip.zipper.api", "onnx_zip.demo"):
+        importlib.import_module(name)
+
+
+_import_cli()
+
+
+@dataclass
+class CliResult:
+    """What one ``onnx-zip`` run gave: exit code and captured output (like ``subprocess.CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: object, cwd: str | os.PathLike[str] | None = None) -> CliResult:
+    """Run ``onnx-zip ARGS`` in this process: ``main(argv)`` with stdout/stderr captured and ``cwd``
+    as the working directory for the call; argparse exits and uncaught errors become exit codes."""
+    from onnx_zip.cli.main import main  # noqa: PLC0415 - after sys.path is set up
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # pragma: no cover - main returns argparse's exits
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(previous)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """``cli("zip", a, b, "--calib", …)`` → :class:`CliResult`, run in-process (see :func:`run_cli`)."""
+    return run_cli
+
+
+def assert_one_error_line(result: CliResult, *needles: str, code: int = 2) -> None:
+    """Exit ``code`` with exactly one ``onnx-zip: error: …`` line on stderr containing every needle."""
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnx-zip: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]

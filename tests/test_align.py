@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
 import builders
-from conftest import REPO_ROOT, zoo_model
+from conftest import REPO_ROOT, CliResult, run_cli, zoo_model
 from onnx_zip.errors import ModelError
 from onnx_zip.graph.align import Alignment, align_chains
 from onnx_zip.graph.canonicalize import canonicalize
@@ -22,9 +20,8 @@ def chain(model: onnx.ModelProto, label: str):
     return discover_layers(canonicalize(model, label=label), label=label)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          timeout=120)
+def cli(*args: str) -> CliResult:
+    return run_cli(*args, cwd=REPO_ROOT)
 
 
 def test_positional_pairs_allow_different_widths() -> None:

@@ -4,19 +4,13 @@ models folder exits 2 with a hint to pass --models and writes nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 
 PAIR_FILES = ["lenet5_mnist_s0.onnx", "lenet5_fashion.onnx"]
 
 
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+cli = run_cli
 
 
 def test_demo_with_defaults_prints_the_table(tmp_path):

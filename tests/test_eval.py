@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import run_cli
 from onnx_zip import model_io
 from onnx_zip.data import bind_arrays, model_inputs
 from onnx_zip.errors import DataError
@@ -38,8 +37,6 @@ def classifier(path: Path, classes: int = 3) -> Path:
     return path
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_accuracy_counts_argmax_matches(tmp_path):

@@ -5,8 +5,6 @@ losses (ce/bce/mse), freezing and the no-gradient preflight, determinism, bad in
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import builders
-from conftest import zoo_model
+from conftest import CliResult, run_cli, zoo_model
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.finetune import evaluate_tasks, finetune
@@ -287,8 +285,8 @@ def test_bad_input_is_refused_before_training(kwargs, message):
 # ----------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", "finetune", *args], capture_output=True, text=True, timeout=120)
+def _cli(*args: str) -> CliResult:
+    return run_cli("finetune", *args)
 
 
 @pytest.fixture()

@@ -4,8 +4,6 @@ layers; bad input exits 2 with one error line."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +11,11 @@ import onnx
 import pytest
 
 import builders
+from conftest import run_cli
 from onnx_zip.zipper.api import zip_models
 from onnx_zip.zipper.report import parameter_count
 
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ recipes validate; bad recipes exit 2 with one error line and write nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import onnx
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, zoo_model
+from conftest import REPO_ROOT, assert_one_error_line, run_cli, zoo_model
 from onnx_zip.errors import InputError
 from onnx_zip.recipes import load_recipe, normalize, prepare_run
 from onnx_zip.zipper.report import read_metadata
@@ -22,18 +20,7 @@ from onnx_zip.zipper.report import read_metadata
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 
 
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("onnx-zip: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0]
+cli = run_cli
 
 
 def small_recipe(zoo, folder: Path, **changes) -> dict:
@@ -133,7 +120,9 @@ def test_recipe_runs_twice_to_the_same_bytes_and_is_stored(zoo, tmp_path):
     assert set(report["evaluation"]["s0"]) == {"original", "zipped", "finetuned"}
     assert report["finetune"]["steps"] == 2
     assert "| layer1_dense |" in (out / "zipped.md").read_text()
-    inspected = json.loads(cli("inspect", out / "zipped.onnx", "--json").stdout)
+    done = cli("inspect", out / "zipped.onnx", "--json")
+    assert done.returncode == 0, done.stderr
+    inspected = json.loads(done.stdout)
     assert inspected["provenance"]["recipe"]["finetune"]["steps"] == 2
 
 

@@ -4,8 +4,6 @@ numbers and real PNG plots beside them; bad reports exit 2 and write nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +11,14 @@ import onnx
 import pytest
 
 import builders
+from conftest import assert_one_error_line, run_cli
 from onnx_zip.reporting import plots, render_markdown, write_summary
 from onnx_zip.zipper.api import zip_models
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("onnx-zip: error: "), result.stderr
-    assert "Traceback" not in result.stderr
+cli = run_cli
 
 
 @pytest.fixture(scope="module")

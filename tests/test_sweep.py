@@ -4,12 +4,10 @@ with the accuracy-vs-sharing curve; bad levels or data exit 2 and leave nothing 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,8 +20,7 @@ def plots_available() -> bool:
     return True
 
 
-def cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *map(str, args)], capture_output=True, text=True, timeout=300)
+cli = run_cli
 
 
 def base_args(zoo) -> list[str]:

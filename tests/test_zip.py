@@ -4,8 +4,6 @@ numpy transcription of the method, parameter accounting, extraction, determinism
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 import builders
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, ModelError
 from onnx_zip.zipper.api import zip_models
@@ -323,8 +321,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert not out.exists()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, timeout=600)
+_cli = run_cli
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,12 @@ task-specific."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from onnx import helper
 
 import builders
+from conftest import run_cli
 from onnx_zip.errors import ModelError
 from onnx_zip.zipper.api import zip_models
 from test_zip import initializers, run_model, with_initializers
@@ -87,7 +85,7 @@ def test_align_says_which_layers_are_zipped(tmp_path):
         path = tmp_path / f"{name}.onnx"
         path.write_bytes(model.SerializeToString())
         paths.append(str(path))
-    done = subprocess.run([sys.executable, "-m", "onnx_zip", "align", *paths], capture_output=True, text=True, timeout=120)
+    done = run_cli("align", *paths)
     assert done.returncode == 0, done.stderr
     assert "different depths (2, 3 hidden layers): the first 2 are zipped" in done.stdout
     assert "fc2 7<-8" in done.stdout and "head" in done.stdout

@@ -5,14 +5,12 @@ exactly, an independent numpy transcription, smaller models, the CLI and fine-tu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import builders
-from conftest import zoo_model
+from conftest import run_cli, zoo_model
 from onnx_zip.errors import InputError
 from onnx_zip.finetune import finetune
 from onnx_zip.zipper.api import zip_models
@@ -238,8 +236,7 @@ def test_correlation_pairing_refuses_more_than_two_models():
 # ----------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_zip", *args], capture_output=True, text=True, timeout=300)
+_cli = run_cli
 
 
 def test_cli_zips_three_models_and_refuses_a_missing_calibration_set(tmp_path):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from onnx_zip import model_io
-from onnx_zip.errors import InputError
+from onnx_zip.cli.inputs import model_problems, raise_all, read_mapping
 from onnx_zip.graph.align import Alignment, align_chains, match_depths
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers
@@ -20,18 +19,10 @@ NEEDS_RUNTIME = False
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="two or more .onnx models")
-    parser.add_argument("--map", metavar="FILE.json", help='explicit pairing: {"a_node": "b_node"} or [[a, b, c], ...]')
+    parser.add_argument("--map", metavar="FILE.json",
+                        help='explicit pairing: {"a_node": "b_node"}, [[a, b, c], ...] or the output of align --json')
     parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes separate")
-    parser.add_argument("--json", action="store_true", help="print the alignment as JSON")
-
-
-def _read_mapping(path: str) -> object:
-    try:
-        return json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"mapping {path}: cannot read ({exc.strerror})") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"mapping {path}: not valid JSON ({exc})") from exc
+    parser.add_argument("--json", action="store_true", help="print the alignment as JSON (zip --map FILE accepts it)")
 
 
 def load_chain(path: str, *, fold_batchnorm: bool = True) -> LayerChain:
@@ -53,11 +44,9 @@ def format_alignment(alignment: Alignment) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if len(args.models) < 2:
-        raise InputError("align needs at least two models")
-    mapping = _read_mapping(args.map) if args.map else None
-    if mapping is not None and not isinstance(mapping, (dict, list)):
-        raise InputError(f"mapping {args.map}: expected an object or a list of lists")
+    problems = [] if len(args.models) >= 2 else [f"align needs at least two models, got {len(args.models)}"]
+    raise_all(problems + model_problems(args.models))
+    mapping = read_mapping(args.map) if args.map else None
     chains = [load_chain(path, fold_batchnorm=not args.no_fold_batchnorm) for path in args.models]
     if mapping is None:
         depths = [len(c.hidden) for c in chains]
@@ -65,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if len(set(depths)) > 1 and not args.json:
             print(f"different depths ({', '.join(map(str, depths))} hidden layers): the first {min(depths)} are zipped; "
                   "a deeper model's next layer is its head here, and it and the layers after it stay task-specific")
-    alignment = align_chains(chains, mapping=mapping)  # type: ignore[arg-type]
+    alignment = align_chains(chains, mapping=mapping)
     if args.json:
         print(json.dumps(alignment.to_dict(), indent=2))
     else:

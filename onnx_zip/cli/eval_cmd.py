@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from onnx_zip.cli.inputs import data_problems, model_problems, raise_all
 from onnx_zip.evaluate import evaluate
 
 NAME = "eval"
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    raise_all(model_problems([args.model]) + data_problems([args.data], "--data"))
     result = evaluate(args.model, args.data, output=args.output, batch_size=args.batch_size, threads=args.threads)
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, **result.to_dict()}, indent=2))

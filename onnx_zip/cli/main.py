@@ -1,7 +1,12 @@
 """Entry point of ``onnx-zip``: argument parsing, logging levels and exit codes.
 
-Exit codes: 0 success, 2 bad input or usage (an :class:`~onnx_zip.errors.InputError`,
-or an argparse usage error), 1 an unexpected failure (rerun with ``-v`` for the traceback).
+Exit codes: 0 success (also when the reader of the output goes away early, ``onnx-zip … | head``),
+2 bad input or usage (an :class:`~onnx_zip.errors.InputError`, or an argparse usage error, one
+``onnx-zip: error: …`` line), 1 an internal failure (an :class:`~onnx_zip.errors.InternalError` or any
+other exception: a bug, to be reported; ``-v`` shows the traceback), 130 interrupted.
+
+``-v``/``-q`` are accepted before and after the subcommand (``onnx-zip -v zip …`` and
+``onnx-zip zip … -v``).
 """
 
 from __future__ import annotations
@@ -9,72 +14,160 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from onnx_zip import runtime
 from onnx_zip._version import __version__
-from onnx_zip.errors import InputError, OnnxZipError
+from onnx_zip.errors import InputError
 
-#: Subcommand modules under ``onnx_zip.cli``; each defines NAME, HELP, add_arguments(parser), run(args).
-COMMANDS = ("zip_cmd", "extract_cmd", "align_cmd", "eval_cmd", "inspect_cmd", "report_cmd", "finetune_cmd", "run_cmd", "sweep_cmd", "demo_cmd")
+logger = logging.getLogger("onnx_zip")
+
+#: Subcommand modules under ``onnx_zip.cli``; each defines NAME, HELP, add_arguments(parser), run(args)
+#: and optionally NEEDS_RUNTIME (default True). To add a command, add its module name here.
+COMMANDS = (
+    "zip_cmd",
+    "extract_cmd",
+    "align_cmd",
+    "eval_cmd",
+    "inspect_cmd",
+    "report_cmd",
+    "finetune_cmd",
+    "run_cmd",
+    "sweep_cmd",
+    "demo_cmd",
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+#: Where to report internal errors.
+REPORT_HINT = "please report it with the command line (rerun with -v for the traceback)"
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, suffix: str, default: object) -> None:
+    """-v/-q on the top-level parser (``suffix=""``) or on a subcommand (``suffix="_sub"``).
+
+    The subcommand's copies write other destinations, so that ``onnx-zip -v zip … -v`` counts both.
+    """
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", dest=f"verbose{suffix}", action="count", default=default,
+                       help="more log output (-vv: debug)")
+    group.add_argument("-q", "--quiet", dest=f"quiet{suffix}", action="store_true", default=default,
+                       help="only errors")
+
+
+def command_modules() -> list[ModuleType]:
+    """The subcommand modules, in :data:`COMMANDS` order."""
+    return [importlib.import_module(f"onnx_zip.cli.{name}") for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``onnx-zip`` parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="onnx-zip",
         description="Merge pre-trained ONNX models into one multi-task model by Multi-Task Zipping.",
     )
     parser.add_argument("--version", action="version", version=f"onnx-zip {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _add_verbosity(parser, suffix="", default=None)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_name in COMMANDS:
-        module = importlib.import_module(f"onnx_zip.cli.{module_name}")
+    for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
+        _add_verbosity(sub, suffix="_sub", default=None)
         sub.set_defaults(handler=module.run, needs_runtime=getattr(module, "NEEDS_RUNTIME", True))
     return parser
 
 
-def configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code."""
-    parser = build_parser()
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, then merge the -v/-q given before and after the subcommand into ``verbose``/``quiet``."""
     args = parser.parse_args(argv)
-    configure_logging(args.verbose, args.quiet)
+    verbose = (args.verbose or 0) + (getattr(args, "verbose_sub", None) or 0)
+    quiet = bool(args.quiet or getattr(args, "quiet_sub", None))
+    if verbose and quiet:
+        parser.error("-q/--quiet and -v/--verbose exclude each other")
+    args.verbose, args.quiet = verbose, quiet
+    for name in ("verbose_sub", "quiet_sub"):
+        if hasattr(args, name):
+            delattr(args, name)
+    return args
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests capture it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - the StreamHandler attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """The ``onnx_zip`` loggers to stderr: errors only (-q), warnings (default), info (-v), debug (-vv).
+
+    Only the package's logger is configured (not the root logger), once however often :func:`main` runs.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+
+
+def run_command(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a subcommand's handler and map what it raises to an exit code and one stderr line."""
     try:
         if args.needs_runtime:
             runtime.check_installation()
-        return int(args.handler(args) or EXIT_OK)
+        code = int(handler(args) or EXIT_OK)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (onnx-zip … | head): not an error
+        _silence_stdout()
+        return EXIT_OK
     except InputError as exc:
         if args.verbose:
-            logging.getLogger("onnx_zip").exception("bad input")
+            logger.exception("bad input")
         print(f"onnx-zip: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OnnxZipError as exc:
-        if args.verbose:
-            logging.getLogger("onnx_zip").exception("failure")
-        print(f"onnx-zip: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("onnx-zip: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence of a CLI
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - InternalError and every bug: the last line of defence
         if args.verbose:
-            raise
-        print(f"onnx-zip: unexpected failure: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
+            logger.exception("internal error")
+        print(f"onnx-zip: internal error: {type(exc).__name__}: {exc} ({REPORT_HINT})", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (argparse's usage errors, --help and --version included)."""
+    parser = build_parser()
+    try:
+        args = parse_args(parser, argv)
+    except SystemExit as exc:  # argparse: usage error (2), --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    configure_logging(args.verbose, args.quiet)
+    return run_command(args.handler, args)
 
 
 def entry_point() -> None:

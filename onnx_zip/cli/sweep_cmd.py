@@ -6,14 +6,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from onnx_zip.cli.zip_cmd import task_files
-from onnx_zip.errors import InputError
+from onnx_zip.cli.inputs import data_problems, model_problems, raise_all, task_files
+from onnx_zip.cli.options import add_config_arguments, configs_from_args
+from onnx_zip.cli.zip_cmd import zip_options
 from onnx_zip.model_io import atomic_write_bytes
-from onnx_zip.zipper.api import DEFAULT_CALIBRATION_LIMIT
 
 NAME = "sweep"
 HELP = "zip two or more models at several sharing levels, evaluate each, and draw accuracy against sharing"
+
+
+#: A sweep sets the sharing itself (``--shares``); the rest of the zip settings apply to every level.
+SHARING_FLAGS = ("--share", "--share-per-layer", "--max-cost", "--map")
+#: The fine-tuning's --seed/--threads are the zip's and calibration's.
+FINETUNE_OWNED = ("--seed", "--threads", "--eval-every")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,56 +30,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--names", help="task names, comma separated (default a,b)")
     parser.add_argument("--shares", default="0,0.25,0.5,0.75,1", help="sharing levels (default 0,0.25,0.5,0.75,1)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json, sweep.md and the plot (created)")
-    parser.add_argument("--match", choices=("greedy", "optimal"), default="greedy", help="pair selection (default greedy)")
-    parser.add_argument("--conv-hessian", choices=("patch", "channel", "auto"), default="auto", help="convolution Hessian (default auto)")
-    parser.add_argument("--calib-limit", type=int, metavar="N", default=DEFAULT_CALIBRATION_LIMIT,
-                        help=f"calibration samples per model (default {DEFAULT_CALIBRATION_LIMIT}; 0: all)")
     parser.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on at most N samples per task")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    parser.add_argument("--seed", type=int, default=0, help="seed")
     parser.add_argument("--save-models", action="store_true", help="also write each level's model to DIR/share_<level>.onnx")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    tune = parser.add_argument_group("fine-tuning at each level")
-    tune.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="joint fine-tuning steps per level (default 0)")
-    tune.add_argument("--train", action="append", metavar="TASK=NPZ", help="training data of each task (with --finetune-steps)")
-    tune.add_argument("--lr", type=float, help="learning rate (default: the optimizer's)")
-    tune.add_argument("--batch", type=int, default=64, help="batch size per task (default 64)")
-    tune.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer (default sgd)")
+    add_config_arguments(parser, ("zip", "calibration", "finetune"), skip=SHARING_FLAGS)
+    tune = parser.add_argument_group("data of the fine-tuning at each level (with --steps N)")
+    tune.add_argument("--train", action="append", metavar="TASK=NPZ", help="training data of each task")
+    tune.add_argument("--finetune-steps", dest="steps", type=int, help=argparse.SUPPRESS)  # the earlier spelling
+
+
+def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """Every problem of the command line at once: ``(configs, train, evaluation)``.
+
+    Raises:
+        InputError: all the problems found.
+    """
+    problems: list[str] = []
+    train = task_files(args.train, "--train", problems)
+    evaluation = task_files(args.eval, "--eval", problems)
+    tuned = bool(args.steps)
+    sections = ("zip", "calibration", "finetune") if tuned else ("zip", "calibration")
+    configs, found = configs_from_args(args, sections, skip=SHARING_FLAGS + FINETUNE_OWNED)
+    problems += found
+    if args.eval_limit is not None and args.eval_limit < 1:
+        problems.append(f"--eval-limit must be positive, got {args.eval_limit}")
+    if tuned and not train:
+        problems.append("--steps needs --train TASK=NPZ for every task")
+    if train and not tuned:
+        problems.append("--train is only used with --steps N (fine-tuning at each level)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        problems.append(f"--out {out}: is a file, not a folder")
+    elif not out.exists() and not out.parent.is_dir():
+        problems.append(f"--out {out}: its folder {out.parent} does not exist (create it first)")
+    problems += model_problems(args.models, refuse_zipped=True) + data_problems(args.calib or [], "--calib")
+    problems += data_problems(train.values(), "--train") + data_problems(evaluation.values(), "--eval")
+    raise_all(problems)
+    return configs, train, evaluation
 
 
 def run(args: argparse.Namespace) -> int:
     from onnx_zip.reporting import write_summary  # noqa: PLC0415
     from onnx_zip.sweep import parse_shares, sweep  # noqa: PLC0415
 
+    configs, train, evaluation = check(args)
     shares = parse_shares(args.shares)
-    if args.eval_limit is not None and args.eval_limit < 1:
-        raise InputError(f"--eval-limit must be positive, got {args.eval_limit}")
-    if args.finetune_steps < 0:
-        raise InputError(f"--finetune-steps must be ≥ 0, got {args.finetune_steps}")
-    train = task_files(args.train, "--train")
-    if args.finetune_steps and not train:
-        raise InputError("--finetune-steps needs --train TASK=NPZ for every task")
-    if train and not args.finetune_steps:
-        raise InputError("--train is only used with --finetune-steps N")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file, not a folder")
-    if not out.exists() and not out.parent.is_dir():
-        raise InputError(f"--out {out}: its folder {out.parent} does not exist", hint="create it first")
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    finetune_options = {"batch_size": args.batch, "optimizer": args.optimizer, "seed": args.seed, "progress": progress}
-    if args.lr is not None:
-        finetune_options["lr"] = args.lr
+    options = {k: v for k, v in zip_options(configs).items() if k not in ("share", "share_per_layer", "max_cost", "mapping")}
+    finetune_options: dict[str, Any] = {"progress": progress}
+    if configs.get("finetune") is not None:
+        tuning = configs["finetune"].to_dict()
+        finetune_options.update({k: v for k, v in tuning.items() if k not in ("steps", "seed", "threads", "eval_every")})
+        finetune_options["seed"] = options["seed"]
+    steps = args.steps or 0
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
         report = sweep(
-            args.models, args.calib, shares, task_files(args.eval, "--eval"), train=train or None,
-            finetune_steps=args.finetune_steps, finetune_options=finetune_options, eval_limit=args.eval_limit,
-            save_models=out if args.save_models else None, names=names, match=args.match,
-            conv_hessian=args.conv_hessian, calibration_limit=args.calib_limit or None, threads=args.threads,
-            seed=args.seed, progress=progress,
+            args.models, args.calib, shares, evaluation, train=train or None,
+            finetune_steps=steps, finetune_options=finetune_options, eval_limit=args.eval_limit,
+            save_models=out if args.save_models else None, names=names, progress=progress, **options,
         )
     except BaseException:
         if created and not any(out.iterdir()):
@@ -81,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "sweep.json", (json.dumps(report, indent=2) + "\n").encode())
     summary = write_summary(report, out / "sweep.md", title=f"Sharing sweep: {' + '.join(report['tasks'])}")
     tasks = report["tasks"]
-    tuned = args.finetune_steps > 0
+    tuned = steps > 0
     header = f"{'share':>6}{'params':>11}{'shared':>9}" + "".join(f"{t:>12}" for t in tasks)
     header += "".join(f"{t + ' +ft':>14}" for t in tasks) if tuned else ""
     print(header)

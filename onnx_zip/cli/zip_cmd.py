@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+from typing import Any
 
 from onnx_zip.cli._output import print_zip_summary
-from onnx_zip.errors import InputError
+from onnx_zip.cli.inputs import collect, data_problems, model_problems, raise_all, read_json, read_mapping, task_files
+from onnx_zip.cli.options import add_config_arguments, configs_from_args
 from onnx_zip.model_io import check_writable
-from onnx_zip.reporting import write_summary
-from onnx_zip.zipper.api import DEFAULT_CALIBRATION_LIMIT, zip_models
 
 NAME = "zip"
 HELP = "zip two or more models into one multi-output model by Multi-Task Zipping"
+
+#: The settings of a one-pass zip; the layer-wise loop adds ``retrain``.
+SECTIONS = ("zip", "calibration", "retrain")
+#: Flags whose value this command reads itself (files whose format the configuration does not know).
+OWN_VALUES = ("--map", "--share-per-layer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,120 +25,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="two or more .onnx models (same input domain); further models are matched against the shared neurons")
     parser.add_argument("--calib", action="append", metavar="NPZ", help="calibration data, once per model, in order")
     parser.add_argument("-o", "--output", required=True, help="the zipped .onnx model to write")
-    policy = parser.add_mutually_exclusive_group()
-    policy.add_argument("--share", type=float, help="fraction of each hidden layer's neurons to share (default 0.5)")
-    policy.add_argument("--share-per-layer", metavar="FILE", help="JSON list, one entry per hidden layer: fraction (float) or count (int)")
-    policy.add_argument("--max-cost", type=float, metavar="EPS", help="share every pair whose merge cost is at most EPS")
-    parser.add_argument("--match", choices=("greedy", "optimal"), default="greedy", help="pair selection (default greedy, the released code's)")
-    parser.add_argument("--conv-hessian", choices=("patch", "channel", "auto"), default="auto",
-                        help="convolution Hessian: patch (paper), channel (released code), auto (patch while C*k*k+1 <= 1024)")
-    parser.add_argument("--pairing", choices=("mtz", "l2", "random", "correlation"), default="mtz",
-                        help="mtz, or a baseline with averaging: l2 weight distance, random, activation correlation")
-    parser.add_argument("--damping", type=float, default=0.0, help="relative Hessian damping (default 0)")
     parser.add_argument("--names", help="task names, comma separated (default a,b,c,…)")
-    parser.add_argument("--separate-inputs", action="store_true", help="give each task its own graph input")
-    parser.add_argument("--map", metavar="FILE", help="JSON mapping of node names of A to node names of B (explicit alignment)")
-    parser.add_argument("--no-fold-batchnorm", action="store_true", help="keep BatchNormalization nodes (not supported on zipped paths yet)")
-    parser.add_argument("--calib-limit", type=int, metavar="N", default=DEFAULT_CALIBRATION_LIMIT,
-                        help=f"use at most N calibration samples per model (default {DEFAULT_CALIBRATION_LIMIT}; 0: all)")
-    parser.add_argument("--batch-size", type=int, default=256, help="calibration batch size (default 256)")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    parser.add_argument("--seed", type=int, default=0, help="seed (random pairing); same inputs and seed give the same bytes")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--summary", metavar="FILE.md", help="write a Markdown summary here (PNG plots beside it with matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    loop = parser.add_argument_group("layer-wise zipping with joint retraining (the paper's Algorithm 1)")
+    add_config_arguments(parser, SECTIONS)
+    loop = parser.add_argument_group("data of the layer-wise loop")
     loop.add_argument("--train", action="append", metavar="TASK=NPZ", help="training data of a task (enables the loop)")
-    loop.add_argument("--retrain-steps", metavar="K[,K...]", help="joint fine-tuning steps after each hidden layer (default 100)")
     loop.add_argument("--eval", action="append", metavar="TASK=NPZ", help="test data of a task: accuracy before/after each layer")
-    loop.add_argument("--lr", type=float, help="fine-tuning learning rate (default: the optimizer's)")
-    loop.add_argument("--batch", type=int, default=64, help="fine-tuning batch size per task (default 64)")
-    loop.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="fine-tuning optimizer (default sgd)")
 
 
-def task_files(items: list[str] | None, option: str) -> dict[str, str]:
-    """``["a=x.npz", "b=y.npz"]`` → ``{"a": "x.npz", "b": "y.npz"}``."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        task, sep, path = item.partition("=")
-        if not sep or not task or not path:
-            raise InputError(f"{option} {item!r}: expected TASK=FILE", hint=f"for example {option} a=a_train.npz")
-        if task in out:
-            raise InputError(f"{option} names task {task!r} twice")
-        out[task] = path
-    return out
+def zip_options(configs: dict[str, Any]) -> dict[str, Any]:
+    """Keyword options of :func:`~onnx_zip.zipper.api.zip_models` from the zip and calibration settings."""
+    options: dict[str, Any] = configs["zip"].to_dict()
+    calibration = configs["calibration"].to_dict()
+    options.update(calibration_limit=calibration["limit"], batch_size=calibration["batch_size"],
+                   conv_hessian=calibration["conv_hessian"], threads=calibration["threads"])
+    return options
 
 
-def _read_json(path: str, what: str) -> object:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{what} {path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} {path}: not valid JSON ({exc})") from None
+def _file_problems(args: argparse.Namespace, train: dict[str, str], evaluation: dict[str, str]) -> list[str]:
+    problems = []
+    if len(args.models) < 2:
+        problems.append(f"zip takes two or more models, got {len(args.models)} (onnx-zip zip A.onnx B.onnx … --calib …)")
+    problems += model_problems(args.models, refuse_zipped=True)
+    problems += data_problems(args.calib or [], "--calib")
+    problems += data_problems(train.values(), "--train") + data_problems(evaluation.values(), "--eval")
+    for path in (args.output, args.summary, args.report):
+        if path:
+            collect(problems, check_writable, path)
+    return problems
+
+
+def check(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """Every problem of the command line at once: ``(configs, train, evaluation)`` when there is none.
+
+    Raises:
+        InputError: all the problems found.
+    """
+    problems: list[str] = []
+    train = task_files(args.train, "--train", problems)
+    evaluation = task_files(args.eval, "--eval", problems)
+    extra: dict[str, Any] = {}
+    if args.share_per_layer:
+        per_layer = collect(problems, read_json, args.share_per_layer, "--share-per-layer")
+        if per_layer is not None and not isinstance(per_layer, list):
+            problems.append(f"--share-per-layer {args.share_per_layer}: expected a JSON list, one entry per hidden layer")
+        elif per_layer is not None:
+            extra["share_per_layer"] = per_layer
+    sections = SECTIONS if train else SECTIONS[:2]
+    configs, found = configs_from_args(args, sections, skip=OWN_VALUES, extra={"zip": extra})
+    problems += found
+    if not train and (evaluation or any(getattr(args, a) is not None for a in ("retrain_steps", "lr", "optimizer", "batch"))):
+        problems.append("--retrain-steps, --lr, --optimizer, --batch and --eval need --train (the layer-wise loop)")
+    zip_config = configs.get("zip")
+    if zip_config is not None and zip_config.method.needs_calibration and len(args.calib or []) != len(args.models):
+        problems.append(f"{zip_config.pairing} pairing needs calibration data for each model: got "
+                        f"{len(args.calib or [])} --calib for {len(args.models)} models "
+                        "(pass one --calib per model, in model order: --calib A.npz --calib B.npz …)")
+    problems += _file_problems(args, train, evaluation)
+    raise_all(problems)
+    return configs, train, evaluation
 
 
 def run(args: argparse.Namespace) -> int:
-    if len(args.models) < 2:
-        raise InputError(f"zip takes two or more models, got {len(args.models)}", hint="onnx-zip zip A.onnx B.onnx [C.onnx …] --calib …")
-    per_layer = None
-    if args.share_per_layer:
-        per_layer = _read_json(args.share_per_layer, "share-per-layer file")
-        if not isinstance(per_layer, list):
-            raise InputError(f"share-per-layer file {args.share_per_layer}: expected a JSON list, one entry per hidden layer")
-    mapping = _read_json(args.map, "mapping file") if args.map else None
-    if args.summary:
-        check_writable(args.summary)
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
-    if args.pairing in ("mtz", "correlation") and (not args.calib or len(args.calib) != len(args.models)):
-        raise InputError(
-            f"{args.pairing} pairing needs calibration data for each model: got {len(args.calib or [])} --calib "
-            f"for {len(args.models)} models",
-            hint="pass one --calib per model, in model order (--calib A.npz --calib B.npz …)",
-        )
-    options = dict(
-        names=names,
-        share=args.share,
-        share_per_layer=per_layer,
-        max_cost=args.max_cost,
-        match=args.match,
-        conv_hessian=args.conv_hessian,
-        damping=args.damping,
-        pairing=args.pairing,
-        separate_inputs=args.separate_inputs,
-        seed=args.seed,
-        calibration_limit=args.calib_limit or None,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        fold_batchnorm=not args.no_fold_batchnorm,
-        mapping=mapping,
-        report_path=args.report,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
-    train = task_files(args.train, "--train")
+    configs, train, evaluation = check(args)
+    mapping = read_mapping(args.map) if args.map else None
+    progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
+    options = dict(zip_options(configs), mapping=mapping, report_path=args.report, progress=progress,
+                   names=[n.strip() for n in args.names.split(",")] if args.names else None)
     if train:
         from onnx_zip.zipper.layerwise import zip_layerwise  # noqa: PLC0415 - needs the training runtime
 
-        steps: int | list[int] = 100
-        if args.retrain_steps:
-            try:
-                parts = [int(x) for x in args.retrain_steps.split(",")]
-            except ValueError:
-                raise InputError(f"--retrain-steps {args.retrain_steps!r}: expected whole numbers") from None
-            steps = parts[0] if len(parts) == 1 else parts
-        finetune_options = {"batch_size": args.batch, "optimizer": args.optimizer, "seed": args.seed,
-                            "progress": options["progress"]}
-        if args.lr is not None:
-            finetune_options["lr"] = args.lr
-        result = zip_layerwise(
-            args.models, args.calib, train, args.output, retrain_steps=steps,
-            evaluation=task_files(args.eval, "--eval") or None, finetune_options=finetune_options, **options,
-        )
+        retrain = configs["retrain"]
+        finetune_options = {"batch_size": retrain.batch_size, "optimizer": retrain.optimizer, "seed": options["seed"],
+                            "progress": progress}
+        if retrain.lr is not None:
+            finetune_options["lr"] = retrain.lr
+        steps = retrain.steps if isinstance(retrain.steps, int) else list(retrain.steps)
+        result = zip_layerwise(args.models, args.calib, train, args.output, retrain_steps=steps,
+                               evaluation=evaluation or None, finetune_options=finetune_options, **options)
     else:
-        if args.retrain_steps or args.eval:
-            raise InputError("--retrain-steps and --eval need --train (the layer-wise loop)")
+        from onnx_zip.zipper.api import zip_models  # noqa: PLC0415
+
         result = zip_models(args.models, args.calib, args.output, **options)
-    report = result.report
+    _print_result(result.report, args)
+    return 0
+
+
+def _print_result(report: Any, args: argparse.Namespace) -> None:
+    from onnx_zip.reporting import write_summary  # noqa: PLC0415 - matplotlib only when asked
+
     print_zip_summary(report)
     for record in report.get("layerwise", []):
         before, after = record.get("accuracy_before"), record.get("accuracy_after")
@@ -146,4 +126,3 @@ def run(args: argparse.Namespace) -> int:
         summary = write_summary(report, args.summary)
         print(f"wrote {summary.markdown}" + (f" and {len(summary.images)} plots" if summary.images else ""))
     print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
-    return 0

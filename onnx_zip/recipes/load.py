@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from onnx_zip.errors import InputError
+from onnx_zip.errors import InputError, raise_all
+from onnx_zip.input_checks import data_problems, model_problems
 from onnx_zip.model_io import check_writable
-from onnx_zip.recipes.schema import INPUT_FILE, MODEL_KEYS, OUTPUT_FILE, SECTIONS, normalize
+from onnx_zip.recipes.schema import INPUT_FILE, MODEL_KEYS, OUTPUT_FILE, OWN_SECTIONS, normalize, recipe_configs
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,14 @@ class Recipe:
         """The resolved path of ``output.<key>``."""
         return self.resolve(self.data["output"][key])
 
+    def configs(self) -> dict[str, Any]:
+        """The typed settings: ``{"zip": ZipConfig, "calibration": CalibrationConfig,
+        "retrain": RetrainConfig | None, "finetune": FinetuneConfig | None}`` (:mod:`onnx_zip.config`),
+        with the recipe's ``seed`` and ``threads`` in every group that declares them."""
+        configs, problems = recipe_configs(self.data)
+        raise_all(problems, label=self.label)
+        return configs
+
     def canonical_json(self) -> str:
         """The recipe as stored in the model's ``onnx_zip.recipe`` metadata: sorted, compact JSON."""
         return json.dumps(self.data, sort_keys=True, separators=(",", ":"))
@@ -93,38 +102,54 @@ def _check_output(path: Path) -> None:
 
 def make_output_folders(recipe: Recipe) -> None:
     """Create the folders of the recipe's outputs (just before they are written)."""
-    for key in SECTIONS["output"]:
+    for key in OWN_SECTIONS["output"]:
         path = recipe.output(key)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _check_files(recipe: Recipe) -> None:
-    label = recipe.label
-    for i, model in enumerate(recipe.data["models"]):
+def _input_problems(recipe: Recipe) -> list[str]:
+    """Missing input files, data files that are models, models that are data or already zipped."""
+    problems = []
+    for i in range(len(recipe.tasks)):
         for key, spec in MODEL_KEYS.items():
             path = recipe.model_file(i, key)
-            if spec.file == INPUT_FILE and path is not None and not path.is_file():
-                raise InputError(
-                    f"{label}: models[{i}].{key}: {path} not found",
-                    hint="relative paths are relative to the recipe file's folder",
-                )
+            if spec.file != INPUT_FILE or path is None:
+                continue
+            where = f"models[{i}].{key}:"
+            if not path.is_file():
+                problems.append(f"{where} {path} not found (relative paths are relative to the recipe file's folder)")
+            elif key == "model":
+                problems += model_problems([path], where, refuse_zipped=True)
+            else:
+                problems += data_problems([path], where)
+    return problems
+
+
+def _output_problems(recipe: Recipe) -> list[str]:
+    problems = []
     outputs: dict[Path, str] = {}
-    inputs = {recipe.model_file(i, k).resolve() for i in range(len(recipe.tasks)) for k in MODEL_KEYS if recipe.model_file(i, k)}  # type: ignore[union-attr]
-    for key, spec in SECTIONS["output"].items():
+    inputs = {p.resolve() for i in range(len(recipe.tasks)) for k in MODEL_KEYS if (p := recipe.model_file(i, k))}
+    for key, spec in OWN_SECTIONS["output"].items():
         path = recipe.output(key)
         if spec.file != OUTPUT_FILE or path is None:
             continue
         try:
             _check_output(path)
         except InputError as exc:
-            raise InputError(f"{label}: output.{key}: {exc.message}", hint=exc.hint) from None
+            problems.append(f"output.{key}: {exc}")
+            continue
         resolved = path.resolve()
         if resolved in outputs:
-            raise InputError(f"{label}: output.{key} and output.{outputs[resolved]} are the same file {path}")
-        if resolved in inputs:
-            raise InputError(f"{label}: output.{key} {path} would overwrite an input file")
+            problems.append(f"output.{key} and output.{outputs[resolved]} are the same file {path}")
+        elif resolved in inputs:
+            problems.append(f"output.{key} {path} would overwrite an input file")
         outputs[resolved] = key
+    return problems
+
+
+def _check_files(recipe: Recipe) -> None:
+    raise_all(_input_problems(recipe) + _output_problems(recipe), label=recipe.label)
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:

@@ -29,9 +29,16 @@ A recipe is a YAML mapping::
       report: zipped.json
       summary: zipped.md
 
-Relative paths are relative to the recipe file. :func:`normalize` checks a parsed recipe against
-:data:`SCHEMA` (unknown keys get a "did you mean" from :mod:`difflib`) and fills in the defaults;
-it touches no file.
+Relative paths are relative to the recipe file. :func:`normalize` checks a parsed recipe and fills
+in the defaults; it touches no file, and reports every mistake of the recipe at once (unknown keys
+get a "did you mean" from :mod:`difflib`).
+
+The ``zip``, ``retrain`` and ``finetune`` sections are the settings of :mod:`onnx_zip.config`, declared
+there once (type, default, range, choices, help); this module only adds the recipe's own keys (models,
+evaluation, output, version) and its spellings: ``seed`` and ``threads`` are given once at the top for
+every group, and the calibration settings live in the ``zip`` section as ``calibration_limit``,
+``calibration_batch`` and ``conv_hessian`` (:data:`ZIP_CALIBRATION_KEYS`). :func:`recipe_configs` turns
+a canonical recipe into the typed configuration groups.
 """
 
 from __future__ import annotations
@@ -42,7 +49,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onnx_zip.errors import InputError
+from onnx_zip.config import (
+    PAIRINGS,
+    CalibrationConfig,
+    FinetuneConfig,
+    RetrainConfig,
+    ZipConfig,
+    iter_options,
+)
+from onnx_zip.errors import InputError, raise_all
 
 #: Input-file keys (must exist) and output-file keys (folder must be writable), for the loader.
 INPUT_FILE = "input file"
@@ -51,12 +66,10 @@ OUTPUT_FILE = "output file"
 
 @dataclass(frozen=True)
 class Key:
-    """One recipe key.
+    """One recipe key that is not a configuration setting (models, evaluation, output, top level).
 
     Attributes:
-        kind: ``int``, ``number``, ``str``, ``bool``, ``fractions`` (list of fractions or counts),
-            ``steps`` (int or list of ints), ``mapping`` (str → str), ``weights`` (str → number),
-            ``strings`` (list of str).
+        kind: ``int``, ``number``, ``str`` or ``bool``.
         help: What it means (shown in messages).
         default: Value when absent.
         required: Must be given.
@@ -85,37 +98,14 @@ MODEL_KEYS: dict[str, Key] = {
     "eval": Key("str", ".npz test data with 'label' (accuracy)", file=INPUT_FILE),
 }
 
-SECTIONS: dict[str, dict[str, Key]] = {
-    "zip": {
-        "share": Key("number", "fraction of each hidden layer's neurons to share", low=0.0, high=1.0),
-        "share_per_layer": Key("fractions", "per hidden layer: a fraction (float) or a count (int)"),
-        "max_cost": Key("number", "share every pair whose merge cost is at most this", low=0.0),
-        "match": Key("str", "pair selection", default="greedy", choices=("greedy", "optimal"), nullable=False),
-        "conv_hessian": Key("str", "convolution Hessian reading", default="auto", choices=("patch", "channel", "auto"), nullable=False),
-        "pairing": Key("str", "MTZ or a baseline", default="mtz", choices=("mtz", "l2", "random", "correlation"), nullable=False),
-        "damping": Key("number", "relative Hessian damping", default=0.0, low=0.0, nullable=False),
-        "separate_inputs": Key("bool", "give each task its own graph input", default=False, nullable=False),
-        "fold_batchnorm": Key("bool", "fold BatchNormalization into the layers", default=True, nullable=False),
-        "calibration_limit": Key("int", "calibration samples per model (null: all)", default=4096, low=1),
-        "calibration_batch": Key("int", "calibration batch size", default=256, low=1, nullable=False),
-        "mapping": Key("mapping", "explicit alignment {node of model 1: node of model 2}"),
-    },
-    "retrain": {
-        "steps": Key("steps", "joint fine-tuning steps after each hidden layer (one count or one per layer)", default=100, nullable=False),
-        "lr": Key("number", "peak learning rate (null: the optimizer's default)", low=0.0),
-        "optimizer": Key("str", "optimizer", default="sgd", choices=("sgd", "adamw"), nullable=False),
-        "batch_size": Key("int", "samples per task and step", default=64, low=1, nullable=False),
-    },
-    "finetune": {
-        "steps": Key("int", "optimiser steps (each takes one batch of every task)", required=True, low=1, nullable=False),
-        "lr": Key("number", "peak learning rate (null: the optimizer's default)", low=0.0),
-        "optimizer": Key("str", "optimizer", default="sgd", choices=("sgd", "adamw"), nullable=False),
-        "batch_size": Key("int", "samples per task and step", default=64, low=1, nullable=False),
-        "schedule": Key("str", "learning-rate schedule", default="cosine", choices=("cosine", "constant"), nullable=False),
-        "weight_decay": Key("number", "weight decay", default=0.0, low=0.0, nullable=False),
-        "freeze": Key("strings", "'shared', 'heads' or initializer-name prefixes to keep fixed", default=[], nullable=False),
-        "task_weights": Key("weights", "{task: weight} in the summed loss"),
-    },
+#: Recipe keys of the ``zip`` section that are calibration settings: recipe spelling → field of
+#: :class:`~onnx_zip.config.CalibrationConfig`.
+ZIP_CALIBRATION_KEYS = {"calibration_limit": "limit", "calibration_batch": "batch_size", "conv_hessian": "conv_hessian"}
+#: Settings given once at the top of a recipe, for every group that declares them.
+SHARED_KEYS = ("seed", "threads")
+
+#: The recipe's own sections.
+OWN_SECTIONS: dict[str, dict[str, Key]] = {
     "evaluation": {
         "limit": Key("int", "evaluate on at most this many samples per task (null: all)", low=1),
     },
@@ -125,6 +115,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "summary": Key("str", "the Markdown summary to write (PNG plots beside it)", file=OUTPUT_FILE),
     },
 }
+
+#: Sections holding configuration settings, by recipe section.
+CONFIG_SECTIONS = ("zip", "retrain", "finetune")
 
 TOP_KEYS: dict[str, Key] = {
     "version": Key("int", "recipe format version", default=1, choices=(1,), nullable=False),
@@ -137,10 +130,20 @@ TOP_KEYS: dict[str, Key] = {
 OPTIONAL_SECTIONS = ("retrain", "finetune")
 
 
-def _unknown(key: str, known: list[str], where: str, label: str) -> InputError:
+def section_keys(section: str) -> list[str]:
+    """The keys a recipe section accepts (configuration sections: derived from the declarations)."""
+    if section in OWN_SECTIONS:
+        return list(OWN_SECTIONS[section])
+    if section == "zip":
+        return [o.name for o in iter_options(ZipConfig) if o.name not in SHARED_KEYS] + list(ZIP_CALIBRATION_KEYS)
+    group = {"retrain": RetrainConfig, "finetune": FinetuneConfig}[section]
+    return [o.name for o in iter_options(group) if o.name not in SHARED_KEYS]
+
+
+def _unknown(key: str, known: list[str], where: str) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-    return InputError(f"{label}: {where}{key}: unknown key", hint=hint)
+    return f"{where}{key}: unknown key ({hint})"
 
 
 def _is_number(value: Any) -> bool:
@@ -152,60 +155,139 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "number": ("a number", _is_number),
     "str": ("a string", lambda v: isinstance(v, str) and v != ""),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "fractions": ("a list of fractions (floats) or counts (ints)",
-                  lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(x) and x >= 0 for x in v)),
-    "steps": ("a whole number or a list of them",
-              lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-              or (isinstance(v, list) and len(v) > 0 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))),
-    "mapping": ("a mapping of node names to node names",
-                lambda v: isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items())),
-    "weights": ("a mapping of task names to numbers ≥ 0",
-                lambda v: isinstance(v, dict) and all(isinstance(a, str) and _is_number(b) and b >= 0 for a, b in v.items())),
-    "strings": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)),
 }
 
 
-def _check_value(name: str, key: Key, value: Any, label: str) -> Any:
+def _value_problem(name: str, key: Key, value: Any) -> str | None:
     if value is None:
-        if key.required or not key.nullable:
-            raise InputError(f"{label}: {name} must not be empty", hint=key.help)
-        return None
+        return f"{name} must not be empty ({key.help})" if key.required or not key.nullable else None
     description, accepts = _KINDS[key.kind]
     if not accepts(value):
-        raise InputError(f"{label}: {name} is {value!r}, expected {description}", hint=key.help)
+        return f"{name} is {value!r}, expected {description} ({key.help})"
     if key.choices is not None and value not in key.choices:
-        raise InputError(f"{label}: {name} is {value!r}", hint=f"use one of {', '.join(map(str, key.choices))}")
-    if key.kind in ("int", "number"):
-        if key.low is not None and value < key.low:
-            raise InputError(f"{label}: {name} is {value!r}, must be ≥ {key.low:g}", hint=key.help)
-        if key.high is not None and value > key.high:
-            raise InputError(f"{label}: {name} is {value!r}, must be ≤ {key.high:g}", hint=key.help)
-        if key.kind == "number":
-            value = float(value)
-    return value
+        return f"{name} is {value!r}, use one of {', '.join(map(str, key.choices))}"
+    if key.kind in ("int", "number") and key.low is not None and value < key.low:
+        return f"{name} is {value!r}, must be ≥ {key.low:g} ({key.help})"
+    if key.kind in ("int", "number") and key.high is not None and value > key.high:
+        return f"{name} is {value!r}, must be ≤ {key.high:g} ({key.help})"
+    return None
 
 
-def _section(data: Any, keys: Mapping[str, Key], where: str, label: str) -> dict[str, Any]:
+def _mapping(data: Any, where: str, problems: list[str]) -> dict[Any, Any]:
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
-        raise InputError(f"{label}: {where.rstrip('.')} must be a mapping of keys to values, got {type(data).__name__}")
-    for name in data:
-        if not isinstance(name, str) or name not in keys:
-            raise _unknown(str(name), list(keys), where, label)
+        problems.append(f"{where.rstrip('.')} must be a mapping of keys to values, got {type(data).__name__}")
+        return {}
+    return data
+
+
+def _section(data: Any, keys: Mapping[str, Key], where: str, problems: list[str]) -> dict[str, Any]:
+    """A section of :class:`Key` s, checked (problems appended) and completed with the defaults."""
+    data = _mapping(data, where, problems)
+    problems += [_unknown(str(name), list(keys), where) for name in data if name not in keys]
     out = {}
     for name, key in keys.items():
         if name not in data:
             if key.required:
-                raise InputError(f"{label}: {where}{name} is missing", hint=key.help)
+                problems.append(f"{where}{name} is missing ({key.help})")
             out[name] = key.default
-        else:
-            out[name] = _check_value(f"{where}{name}", key, data[name], label)
+            continue
+        problem = _value_problem(f"{where}{name}", key, data[name])
+        if problem:
+            problems.append(problem)
+        out[name] = float(data[name]) if key.kind == "number" and _is_number(data[name]) else data[name]
     return out
 
 
+def _renamed(problem: str) -> str:
+    """Configuration messages name ``calibration.limit``; the recipe spells it ``zip.calibration_limit``."""
+    for recipe_key, field in ZIP_CALIBRATION_KEYS.items():
+        if problem.startswith(f"calibration.{field}"):
+            return f"zip.{recipe_key}" + problem[len(f"calibration.{field}"):]
+    return problem
+
+
+def recipe_configs(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The configuration groups of a recipe, and every problem of their sections.
+
+    Args:
+        data: A recipe (raw or canonical): ``zip``, ``retrain``, ``finetune`` sections and the top-level
+            ``seed`` and ``threads``.
+
+    Returns:
+        ``({"zip": ZipConfig, "calibration": CalibrationConfig, "retrain": RetrainConfig | None,
+        "finetune": FinetuneConfig | None}, problems)``; a group is ``None`` also when it has problems.
+    """
+    problems: list[str] = []
+    shared = {k: data.get(k, TOP_KEYS[k].default) for k in SHARED_KEYS}
+    zip_part = dict(_mapping(data.get("zip"), "zip.", problems))
+    calib_part = {field: zip_part.pop(key) for key, field in ZIP_CALIBRATION_KEYS.items() if key in zip_part}
+    out: dict[str, Any] = {}
+    for section, group, part, extra in (
+        ("zip", ZipConfig, zip_part, {"seed": shared["seed"]}),
+        ("calibration", CalibrationConfig, calib_part, {"threads": shared["threads"]}),
+        ("retrain", RetrainConfig, None, {}),
+        ("finetune", FinetuneConfig, None, shared),
+    ):
+        if part is None:
+            if data.get(section) is None:
+                out[section] = None
+                continue
+            part = dict(_mapping(data.get(section), f"{section}.", problems))
+        problems += [f"{section}.{k}: give {k} once, at the top of the recipe" for k in SHARED_KEYS if k in part]
+        part = {k: v for k, v in part.items() if k not in SHARED_KEYS}
+        options = {o.name for o in iter_options(group)}
+        built, found = group.collect({**{k: v for k, v in extra.items() if k in options}, **part})
+        out[section] = built
+        problems += [_renamed(p) for p in found]
+    return out, problems
+
+
+def _canonical_settings(configs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``zip``, ``retrain`` and ``finetune`` sections of the canonical recipe (defaults filled in)."""
+    zip_section = {k: v for k, v in configs["zip"].to_dict().items() if k not in SHARED_KEYS}
+    calibration = configs["calibration"].to_dict()
+    zip_section.update({key: calibration[field] for key, field in ZIP_CALIBRATION_KEYS.items()})
+    if all(zip_section[k] is None for k in ("share", "share_per_layer", "max_cost")):
+        zip_section["share"] = 0.5
+    out: dict[str, Any] = {"zip": zip_section}
+    for section in OPTIONAL_SECTIONS:
+        group = configs[section]
+        out[section] = None if group is None else {k: v for k, v in group.to_dict().items() if k not in SHARED_KEYS}
+    return out
+
+
+def _models(data: Any, problems: list[str]) -> list[dict[str, Any]]:
+    models = data.get("models")
+    if not isinstance(models, list) or len(models) < 2:
+        count = len(models) if isinstance(models, list) else "no list"
+        problems.append(f"models must list two or more models, got {count} "
+                        "(- {task: a, model: a.onnx, calibration: a.npz} for each)")
+        return []
+    out = [_section(m, MODEL_KEYS, f"models[{i}].", problems) for i, m in enumerate(models)]
+    tasks = [m["task"] for m in out]
+    problems += [f"models name task {t!r} twice (give each model its own task name)"
+                 for t in sorted({t for t in tasks if tasks.count(t) > 1}, key=str)]
+    return out
+
+
+def _needs(recipe: Mapping[str, Any], problems: list[str]) -> None:
+    """What the stages need from every model, and task names that exist."""
+    pairing = recipe["zip"]["pairing"] if recipe.get("zip") else None
+    tasks = [m["task"] for m in recipe["models"]]
+    for i, m in enumerate(recipe["models"]):
+        if pairing in PAIRINGS and PAIRINGS.get(pairing).needs_calibration and m["calibration"] is None:
+            problems.append(f"models[{i}].calibration is missing ({pairing} pairing needs calibration data for every model)")
+        if (recipe.get("retrain") or recipe.get("finetune")) and m["train"] is None:
+            problems.append(f"models[{i}].train is missing (retrain and finetune need training data for every model)")
+    for task in ((recipe.get("finetune") or {}).get("task_weights") or {}):
+        if task not in tasks:
+            problems.append(f"finetune.task_weights names task {task!r} (tasks are {tasks})")
+
+
 def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
-    """Check a parsed recipe and fill in its defaults.
+    """Check a parsed recipe and fill in its defaults, reporting every problem at once.
 
     Args:
         data: The parsed YAML.
@@ -216,49 +298,29 @@ def normalize(data: Any, label: str = "recipe") -> dict[str, Any]:
         ``finetune`` are ``None`` when absent. Paths are kept as written.
 
     Raises:
-        InputError: an unknown key (with the closest known one), a missing or mistyped value, a value
-            out of range, two sharing policies, repeated task names.
+        InputError: one error listing every unknown key (with the closest known one), missing or
+            mistyped value, value out of range, second sharing policy, repeated task name.
     """
     if not isinstance(data, dict):
         raise InputError(f"{label}: expected a mapping at the top level, got {type(data).__name__}",
                          hint="see recipes/*.yaml for examples")
-    known = [*TOP_KEYS, "models", *SECTIONS]
-    for name in data:
-        if not isinstance(name, str) or name not in known:
-            raise _unknown(str(name), known, "", label)
-    recipe: dict[str, Any] = _section({k: v for k, v in data.items() if k in TOP_KEYS}, TOP_KEYS, "", label)
-    models = data.get("models")
-    if not isinstance(models, list) or len(models) < 2:
-        count = len(models) if isinstance(models, list) else "no list"
-        raise InputError(f"{label}: models must list two or more models, got {count}",
-                         hint="- {task: a, model: a.onnx, calibration: a.npz} for each")
-    recipe["models"] = [_section(m, MODEL_KEYS, f"models[{i}].", label) for i, m in enumerate(models)]
-    tasks = [m["task"] for m in recipe["models"]]
-    if len(set(tasks)) != len(tasks):
-        raise InputError(f"{label}: models name task {tasks[0]!r} twice", hint="give each model its own task name")
-    for section, keys in SECTIONS.items():
-        if section in OPTIONAL_SECTIONS and data.get(section) is None:
-            recipe[section] = None
-            continue
-        if section == "output" and section not in data:
-            raise InputError(f"{label}: output is missing", hint="output: {model: zipped.onnx}")
-        recipe[section] = _section(data.get(section), keys, f"{section}.", label)
-    policies = [k for k in ("share", "share_per_layer", "max_cost") if recipe["zip"][k] is not None]
-    if len(policies) > 1:
-        raise InputError(f"{label}: zip gives {' and '.join(policies)}", hint="give only one sharing policy")
-    if not policies:
-        recipe["zip"]["share"] = 0.5
-    for i, entry in enumerate(recipe["zip"]["share_per_layer"] or []):
-        if isinstance(entry, float) and entry > 1:
-            raise InputError(f"{label}: zip.share_per_layer[{i}] is {entry}, a fraction must be ≤ 1", hint="use an int for a count")
-    pairing = recipe["zip"]["pairing"]
-    for i, m in enumerate(recipe["models"]):
-        if pairing in ("mtz", "correlation") and m["calibration"] is None:
-            raise InputError(f"{label}: models[{i}].calibration is missing", hint=f"{pairing} pairing needs calibration data for every model")
-        if (recipe["retrain"] or recipe["finetune"]) and m["train"] is None:
-            raise InputError(f"{label}: models[{i}].train is missing", hint="retrain and finetune need training data for every model")
-    weights = (recipe["finetune"] or {}).get("task_weights") or {}
-    for task in weights:
-        if task not in tasks:
-            raise InputError(f"{label}: finetune.task_weights names task {task!r}", hint=f"tasks are {tasks}")
+    problems: list[str] = []
+    known = [*TOP_KEYS, "models", *CONFIG_SECTIONS, *OWN_SECTIONS]
+    problems += [_unknown(str(name), known, "") for name in data if name not in known]
+    recipe: dict[str, Any] = _section({k: v for k, v in data.items() if k in TOP_KEYS}, TOP_KEYS, "", problems)
+    recipe["models"] = _models(data, problems)
+    for section in ("zip", "retrain", "finetune"):
+        if isinstance(data.get(section), dict):
+            problems += [_unknown(str(k), section_keys(section), f"{section}.")
+                         for k in data[section] if k not in section_keys(section) and k not in SHARED_KEYS]
+    configs, found = recipe_configs(data)
+    problems += [p for p in found if ": unknown key" not in p]
+    if "output" not in data:
+        problems.append("output is missing (output: {model: zipped.onnx})")
+    for section, keys in OWN_SECTIONS.items():
+        recipe[section] = _section(data.get(section), keys, f"{section}.", [] if section not in data else problems)
+    if not problems:
+        recipe.update(_canonical_settings(configs))
+        _needs(recipe, problems)
+    raise_all(problems, label=label)
     return recipe
