@@ -2,8 +2,9 @@
 
 A data file is an ``.npz`` with one array per model input, keyed by the input's name,
 plus ``label`` (integer class indices) where labels are needed. For a single-input model
-a file whose only non-label array has another name is accepted too. Files are always
-read with ``allow_pickle=False``.
+a file whose only non-label array has another name is accepted too (so is a bare ``.npy``
+array). Files are read by :mod:`onnx_zip.data_files`: sizes checked before reading, a byte
+limit, nothing unpickled.
 
 Readers follow onnxruntime's ``CalibrationDataReader`` protocol: ``get_next()`` returns a
 dict ``{input name: array}`` for the next batch, or ``None`` when the data is exhausted.
@@ -12,16 +13,16 @@ dict ``{input name: array}`` for the next batch, or ``None`` when the data is ex
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import onnx
 
+from onnx_zip.data_files import read_arrays
 from onnx_zip.errors import DataError
+from onnx_zip.paths import register_input
 
 LABEL_KEY = "label"
 
@@ -59,24 +60,26 @@ def model_outputs(model: onnx.ModelProto) -> list[TensorSpec]:
     return [_spec(v) for v in model.graph.output]
 
 
-def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` file (no pickles).
+def load_npz(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` file (or the one array of an ``.npy`` file), with limits.
+
+    Sizes are checked from the zip directory and the ``.npy`` headers before any array is
+    allocated (see :mod:`onnx_zip.data_files`); object arrays and pickles are refused. The file
+    is recorded as an input (:func:`onnx_zip.paths.register_input`).
+
+    Args:
+        path: The data file.
+        max_bytes: Limit on the bytes the file holds once read (default
+            :data:`~onnx_zip.data_files.MAX_CALIB_BYTES`, or the active
+            :func:`~onnx_zip.data_files.byte_limit`).
 
     Raises:
-        DataError: the file is missing, not an npz, or holds object arrays.
+        DataError: the file is missing, not an npz/npy (named for what it is), holds object
+            arrays, lies about its sizes or is over the limit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data {path}: file not found", hint="check the path")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, Mapping):
-                raise DataError(f"data {path}: a single .npy array, expected an .npz archive of named arrays")
-            return {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        raise DataError(f"data {path}: cannot read without pickles ({exc})", hint="store plain numeric arrays") from exc
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"data {path}: not a readable .npz file ({exc})") from exc
+    arrays = read_arrays(path, max_bytes=max_bytes)
+    register_input(path)
+    return arrays
 
 
 def _check_array(array: np.ndarray, spec: TensorSpec, source: str) -> None:
@@ -185,10 +188,11 @@ def bind_arrays(
 
 
 def load_dataset(
-    path: str | os.PathLike[str], model: onnx.ModelProto, *, need_labels: bool = False
+    path: str | os.PathLike[str], model: onnx.ModelProto, *, need_labels: bool = False, max_bytes: int | None = None
 ) -> Dataset:
-    """Read an npz file and bind it to a model's inputs (see :func:`bind_arrays`)."""
-    return bind_arrays(load_npz(path), model_inputs(model), source=f"data {path}", need_labels=need_labels)
+    """Read an npz file (see :func:`load_npz`) and bind it to a model's inputs (see :func:`bind_arrays`)."""
+    arrays = load_npz(path, max_bytes=max_bytes)
+    return bind_arrays(arrays, model_inputs(model), source=f"data {path}", need_labels=need_labels)
 
 
 class DataReader(Protocol):

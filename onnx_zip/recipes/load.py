@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from onnx_zip.errors import InputError, raise_all
 from onnx_zip.input_checks import data_problems, model_problems
 from onnx_zip.model_io import check_writable
 from onnx_zip.recipes.schema import INPUT_FILE, MODEL_KEYS, OUTPUT_FILE, OWN_SECTIONS, normalize, recipe_configs
+from onnx_zip.recipes.yaml_safe import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +71,12 @@ class Recipe:
 
 
 def parse_recipe(text: str, label: str) -> Any:
-    """Parse YAML text (safe loader; JSON is YAML too).
+    """Parse YAML text with the guarded safe loader (:func:`~onnx_zip.recipes.yaml_safe.load_yaml`).
 
     Raises:
-        InputError: the text is not valid YAML.
+        InputError: not valid YAML, a python tag, nested too deep or an alias bomb.
     """
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise InputError(f"{label}: not valid YAML{where} ({problem})") from None
+    return load_yaml(text, label)
 
 
 def _check_output(path: Path) -> None:
