@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 INFER_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
 TRAIN_DISTRIBUTIONS = ("onnxruntime-training-cpu", "onnxruntime-training")
 TRAINING_PIN = "onnxruntime-training-cpu==1.19.2"
+#: The first Python version the training runtime has no wheels for.
+TRAINING_MAX_PYTHON_EXCLUSIVE = (3, 13)
 
 
 def _normalise(name: str) -> str:
@@ -82,7 +84,8 @@ def check_installation() -> str:
         raise RuntimeSetupError(
             "no onnxruntime is installed",
             hint='install one: pip install "onnx-zip[infer]" (inference) or '
-            'pip install "onnx-zip[train]" (fine-tuning and inference), never both',
+            'pip install "onnx-zip[train]" (fine-tuning and inference, Python <= 3.12: on newer Pythons '
+            "the train extra installs nothing), never both",
         )
     return found[0]
 
@@ -120,6 +123,12 @@ def training_modules() -> TrainingModules:
     Raises:
         RuntimeSetupError: the installed runtime is not a training build.
     """
+    if sys.version_info >= TRAINING_MAX_PYTHON_EXCLUSIVE and not has_training():
+        raise RuntimeSetupError(
+            f"fine-tuning needs {TRAINING_PIN}, which has wheels for Python 3.10 to 3.12 only; this is Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]} (inference works here with the infer extra)",
+            hint='fine-tune in a Python 3.12 environment: python3.12 -m venv .venv && . .venv/bin/activate && pip install -e ".[train]"',
+        )
     name = check_installation()
     if name not in TRAIN_DISTRIBUTIONS:
         raise RuntimeSetupError(

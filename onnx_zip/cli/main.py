@@ -38,6 +38,8 @@ COMMANDS = (
     "run_cmd",
     "sweep_cmd",
     "demo_cmd",
+    "export_tasks_cmd",
+    "serve_bench_cmd",
 )
 
 EXIT_OK = 0
