@@ -41,8 +41,15 @@ import onnx
 
 from onnx_zip import runtime
 from onnx_zip.config import FinetuneConfig
-from onnx_zip.errors import InputError, ModelError
+from onnx_zip.errors import InputError, ModelError, NumericalError
 from onnx_zip.evaluate import count_correct
+from onnx_zip.finetune.distill import (
+    Teacher,
+    default_distill_loss,
+    load_teacher,
+    pre_activation,
+    recorded_teachers,
+)
 from onnx_zip.finetune.artifacts import (
     float_initializers,
     preflight,
@@ -50,7 +57,7 @@ from onnx_zip.finetune.artifacts import (
     training_artifacts,
 )
 from onnx_zip.finetune.export import add_record, with_values
-from onnx_zip.finetune.optim import DEFAULT_LR, Optimizer, warmup_steps
+from onnx_zip.finetune.optim import Optimizer, warmup_steps
 from onnx_zip.finetune.tasks import (
     LOSSES,
     TaskBatchData,
@@ -59,13 +66,15 @@ from onnx_zip.finetune.tasks import (
     bind_inputs,
     check_targets,
     choose_output,
+    has_labels,
     filler_feeds,
     model_tasks,
     output_shapes,
     task_inputs,
     task_outputs,
 )
-from onnx_zip.finetune.trainer import TrainSettings, train
+from onnx_zip.finetune.trainer import TrainOutcome, TrainSettings, train
+from onnx_zip.finetune.threads import choose_threads
 from onnx_zip.model_io import check_writable, load_model, save_model
 from onnx_zip.zipper.extract import split_shared_input
 from onnx_zip.zipper.report import read_metadata
@@ -132,8 +141,51 @@ def _task_specs(
     specs = []
     for t in tasks:
         output = choose_output(task_outputs(model, t, zipped=zipped), t, loss_of[t], label=label)
-        specs.append(TaskSpec(t, output, inputs[t], loss_of[t], float(weight_of[t])))
+        tensor = pre_activation(model, output)
+        if tensor.activation and loss_of[t] in ("ce", "bce"):
+            logger.info("task %s: output %r comes from %s; the %s loss reads its input %r (the logits)",
+                        t, output, tensor.activation, loss_of[t], tensor.name)
+        name = tensor.name if tensor.activation else ""
+        specs.append(TaskSpec(t, output, inputs[t], loss_of[t], float(weight_of[t]), tensor=name))
     return specs, shared
+
+
+def _plan_distillation(
+    specs: list[TaskSpec], config: FinetuneConfig, labelled: Mapping[str, bool], recorded: Mapping[str, Any]
+) -> tuple[list[TaskSpec], dict[str, Any]]:
+    """Who learns from a teacher, and the label/distillation mix (``alpha``) of every task.
+
+    A task without labels distils from its teacher (``--teacher``, else the recorded source);
+    with labels it distils only given a teacher explicitly or ``alpha < 1``.
+
+    Returns:
+        ``(specs with alpha and temperature set, {task: teacher path or model})``.
+
+    Raises:
+        InputError: every task that has neither labels nor a teacher, and ``alpha < 1`` without one.
+    """
+    given = dict(config.teachers or {})
+    _per_task(given, [s.name for s in specs], None, "--teacher")
+    out, teachers, problems = [], {}, []
+    for s in specs:
+        has = labelled[s.name]
+        teacher = given.get(s.name)
+        if teacher is None and (not has or (config.alpha is not None and config.alpha < 1)):
+            teacher = recorded.get(s.name)
+        if teacher is None:
+            if not has:
+                problems.append(f"task {s.name!r}: its data has no 'label' array and it has no teacher "
+                                "(the recorded source model was not found)")
+            elif config.alpha is not None and config.alpha < 1:
+                problems.append(f"task {s.name!r}: --alpha {config.alpha:g} mixes in distillation but it has no teacher")
+            out.append(s)
+            continue
+        alpha = 0.0 if not has else (config.alpha if config.alpha is not None else 0.5)
+        teachers[s.name] = teacher
+        out.append(replace(s, alpha=float(alpha), temperature=float(config.temperature), distill="pending"))
+    if problems:
+        raise InputError("; ".join(problems), hint="add labels, or give --teacher TASK=ORIGINAL.onnx for each such task")
+    return out, teachers
 
 
 def _bind_all(
@@ -147,7 +199,9 @@ def _bind_all(
             continue
         inputs, labels, source = raw[s.name]
         count = next(iter(inputs.values())).shape[0]
-        targets = check_targets(labels, s.loss, shapes[s.name], count, task=s.name, output=s.output, source=source)
+        targets = None
+        if s.uses_labels:
+            targets = check_targets(labels, s.loss, shapes[s.name], count, task=s.name, output=s.output, source=source)
         bound[s.name] = TaskBatchData(inputs, targets, source)
     return bound, shapes
 
@@ -167,24 +221,6 @@ def _accuracy(model: onnx.ModelProto, specs: Sequence[TaskSpec], data: Mapping[s
             correct += count_correct(np.asarray(scores), d.targets[start : start + 512], source=d.source)
         result[s.name] = correct / len(d)
     return result
-
-
-def warn_if_loss_rose(history: Sequence[Mapping[str, Any]], lr: float) -> bool:
-    """Log a warning (and return True) when the mean total loss of the last 10% of the steps is
-    above that of the first 10% (at least 10 steps): the learning rate is then usually too high
-    (a ResNet whose BatchNorms were folded diverges at the LeNets' lr 0.01)."""
-    if len(history) < 10:
-        return False
-    count = max(1, len(history) // 10)
-    first = float(np.mean([h["total"] for h in history[:count]]))
-    last = float(np.mean([h["total"] for h in history[-count:]]))
-    if last <= first:
-        return False
-    logger.warning(
-        "fine-tuning made the loss worse (%.4g over the first 10%% of the steps, %.4g over the last): "
-        "the learning rate %g is probably too high for this model; try a tenth of it", first, last, lr,
-    )
-    return True
 
 
 def evaluate_tasks(
@@ -220,6 +256,41 @@ def evaluate_tasks(
     return _accuracy(proto, specs, bound, threads)
 
 
+def _load_teachers(
+    proto: onnx.ModelProto, specs: list[TaskSpec], sources: Mapping[str, Any], data: Mapping[str, TaskBatchData],
+    shapes: Mapping[str, tuple[int, ...]], config: FinetuneConfig, zipped: bool,
+) -> tuple[list[TaskSpec], dict[str, Teacher]]:
+    """Open every teacher, check it against its task, and choose each task's distillation loss.
+
+    Raises:
+        InputError: every teacher that cannot be read or does not fit, at once.
+    """
+    chosen = _per_task(config.distill_losses, [s.name for s in specs], None, "--distill-loss")
+    out, teachers, problems = [], {}, []
+    for s in specs:
+        if s.distill is None:
+            out.append(s)
+            continue
+        tensor = pre_activation(proto, s.output)
+        loss = chosen[s.name] or default_distill_loss(tensor, shapes[s.name])
+        if loss == "kd" and len(shapes[s.name]) != 2:
+            problems.append(f"task {s.name!r}: the kd loss needs (N, C) scores, {tensor.name!r} has shape "
+                            f"(N, {shapes[s.name][1:]}); use --distill-loss {s.name}=mse")
+        output = s.output[len(s.name) + 1:] if zipped else s.output
+        try:
+            teacher = load_teacher(sources[s.name], output, tensor.activation, task=s.name, threads=config.threads)
+            teacher.check({s.inputs[k]: v for k, v in data[s.name].inputs.items()}, shapes[s.name], task=s.name)
+        except InputError as exc:
+            problems.append(exc.message)
+            continue
+        teachers[s.name] = teacher
+        out.append(replace(s, distill=loss))
+        logger.info("task %s distils from %s (%s on %r, alpha %.2g)", s.name, teacher.label, loss, teacher.tensor, s.alpha)
+    if problems:
+        raise InputError("; ".join(problems))
+    return out, teachers
+
+
 def _training_view(
     proto: onnx.ModelProto, specs: list[TaskSpec], data: dict[str, TaskBatchData], shared: bool, tasks: list[str]
 ) -> tuple[onnx.ModelProto, list[TaskSpec], dict[str, TaskBatchData], bool]:
@@ -233,7 +304,12 @@ def _training_view(
     if not shared or len(specs) < 2:
         return proto, specs, data, shared
     split = split_shared_input(proto, tasks)
-    split_specs = [replace(s, inputs={f"{s.name}/{g}": d for g, d in s.inputs.items()}) for s in specs]
+    outputs = {o.name for o in split.graph.output}
+    split_specs = [
+        replace(s, inputs={f"{s.name}/{g}": d for g, d in s.inputs.items()},
+                tensor=s.tensor if not s.tensor or s.tensor in outputs else f"{s.name}//{s.tensor}")
+        for s in specs
+    ]
     split_data = {
         t: TaskBatchData({f"{t}/{k}": v for k, v in d.inputs.items()}, d.targets, d.source) for t, d in data.items()
     }
@@ -270,11 +346,12 @@ def _trainable(proto: onnx.ModelProto, tasks: list[str], specs: list[TaskSpec], 
 
 
 def _record(
-    config: FinetuneConfig, lr: float, specs: list[TaskSpec], frozen: list[str], data: Mapping[str, TaskBatchData],
-    history: list[dict[str, Any]],
+    config: FinetuneConfig, outcome: TrainOutcome, specs: list[TaskSpec], frozen: list[str],
+    data: Mapping[str, TaskBatchData], threads: int,
 ) -> dict[str, Any]:
     """The run's ``onnx_zip.finetune`` metadata record."""
     steps = int(config.steps or 0)
+    history, lr = outcome.history, outcome.lr
     tail = history[-max(1, len(history) // 10):]
     sgd = config.optimizer == "sgd"
     return {
@@ -287,7 +364,12 @@ def _record(
         "task_weights": {s.name: s.weight for s in specs},
         "frozen": frozen,
         "train_samples": {s.name: len(data[s.name]) for s in specs},
-        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) for s in specs},
+        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) if tail else None for s in specs},
+        "loss_tensors": {s.name: s.loss_tensor for s in specs},
+        "distill": {s.name: {"loss": s.distill, "alpha": s.alpha, "temperature": s.temperature}
+                    for s in specs if s.distill is not None},
+        "lr_test": outcome.lr_test, "diverged": outcome.diverged, "steps_run": len(history),
+        "probe_loss": {"before": outcome.probe[0], "after": outcome.probe[1]}, "threads": threads,
         "runtime": f"onnxruntime-training {runtime.runtime_version()}",
     }
 
@@ -327,8 +409,8 @@ def finetune(
     """
     start = time.perf_counter()
     config = _config(config, settings)
-    lr = DEFAULT_LR[config.optimizer] if config.lr is None else float(config.lr)
-    if not lr > 0:
+    lr = None if config.lr is None else float(config.lr)
+    if lr is not None and not lr > 0:
         raise InputError(f"learning rate must be a positive number, got {lr}")
     if not train_data:
         raise InputError("no training data", hint="give --train TASK=FILE for every task")
@@ -337,37 +419,65 @@ def finetune(
     runtime.training_modules()  # fail fast on an inference-only runtime
 
     proto, label = _model(model)
+    path = None if isinstance(model, onnx.ModelProto) else model
     tasks = model_tasks(proto, list(train_data), label=label)
+    zipped = bool(read_metadata(proto).get("tasks"))
     specs, shared = _task_specs(proto, tasks, config.losses, config.task_weights, label)
+    labelled = {t: has_labels(train_data[t]) for t in tasks}
+    specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path))
     data, shapes = _bind_all(proto, specs, train_data, shared)
+    specs, teachers = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
     eval_data: dict[str, TaskBatchData] = {}
     if eval:
         _per_task(eval, tasks, None, "evaluation data")
-        eval_data, _ = _bind_all(proto, specs, eval, shared, evaluation=True)
+        eval_data, _ = _bind_all(proto, [replace(s, alpha=1.0) for s in specs], eval, shared, evaluation=True)
     trainable, frozen_list = _trainable(proto, tasks, specs, config, label)
+    threads = config.threads if config.threads is not None else choose_threads(proto)
 
     def evaluate_now(values: dict[str, np.ndarray]) -> dict[str, float]:
-        return _accuracy(with_values(proto, values), specs, eval_data, config.threads)
+        return _accuracy(with_values(proto, values), specs, eval_data, threads)
 
     steps = int(config.steps or 0)
     train_settings = TrainSettings(steps=steps, lr=lr, schedule=config.schedule, batch_size=int(config.batch_size),
-                                   seed=int(config.seed), threads=config.threads, progress=progress,
+                                   seed=int(config.seed), threads=threads, progress=progress,
                                    eval_every=config.eval_every)
     opt = Optimizer(config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
-    ranks = [len(shapes[s.name]) for s in specs]
     train_proto, train_specs, split_data, train_shared = _training_view(proto, specs, data, shared, tasks)
     setup = time.perf_counter()
-    with training_artifacts(train_proto, train_specs, ranks, trainable, frozen_list) as arts:
+    with training_artifacts(train_proto, train_specs, [shapes[s.name] for s in specs], trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
-        values, history = train(arts, train_specs, split_data, opt, train_settings, shared=train_shared,
-                                evaluate=evaluate_now if any(s.name in eval_data for s in specs) else None)
-    warn_if_loss_rose(history, lr)
-    record = _record(config, lr, specs, frozen_list, data, history)
-    tuned = with_values(proto, values)
+        outcome = train(arts, train_specs, split_data, opt, train_settings, shared=train_shared,
+                        evaluate=evaluate_now if any(s.name in eval_data for s in specs) else None,
+                        teachers=teachers)
+    _check_outcome(outcome, config, label)
+    record = _record(config, outcome, specs, frozen_list, data, threads)
+    tuned = with_values(proto, outcome.values)
     add_record(tuned, record)
-    accuracy = history[-1].get("accuracy") if eval_data else None
+    accuracy = evaluate_now(outcome.values) if eval_data else None
     if output is not None:
         tuned = save_model(tuned, output)
     seconds = time.perf_counter() - start
     logger.info("fine-tuned %s for %d steps in %.1f s; final losses %s", label, steps, seconds, record["final_losses"])
-    return FinetuneResult(model=tuned, history=history, accuracy=accuracy, record=record, seconds=seconds)
+    return FinetuneResult(model=tuned, history=outcome.history, accuracy=accuracy, record=record, seconds=seconds)
+
+
+def _check_outcome(outcome: TrainOutcome, config: FinetuneConfig, label: str) -> None:
+    """Refuse a run that diverged or ended with a higher probe loss than it started with
+    (unless ``allow_worse``: then the best parameters are kept, with a warning).
+
+    Raises:
+        NumericalError: the run diverged or made the loss worse.
+    """
+    before, after = outcome.probe
+    if outcome.diverged:
+        why = f"fine-tuning {label} diverged: {outcome.diverged} (learning rate {outcome.lr:.3g})"
+    elif outcome.worse:
+        why = (f"fine-tuning {label} made the loss worse: {before:.4g} before, {after:.4g} after, on a fixed "
+               f"probe batch (learning rate {outcome.lr:.3g})")
+    else:
+        return
+    if config.allow_worse:
+        logger.warning("%s; keeping the best parameters (--allow-worse)", why)
+        return
+    raise NumericalError(why, hint="lower --lr (or leave it to the automatic choice), or keep the best "
+                                   "parameters anyway with --allow-worse; nothing was written")
