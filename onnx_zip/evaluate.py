@@ -170,6 +170,7 @@ def evaluate_tasks_metrics(
     outputs: Mapping[str, str] | None = None,
     batch_size: int = 256,
     threads: int | None = None,
+    lenient_labels: bool = False,
 ) -> dict[str, TaskEvaluation]:
     """Metrics of each task of a zipped (or single-task) model on its data: accuracy where the data has
     integer labels, agreement with the task's original model where one is given.
@@ -182,6 +183,8 @@ def evaluate_tasks_metrics(
             its first float output).
         batch_size: Samples per session run.
         threads: onnxruntime intra-op threads.
+        lenient_labels: Labels that do not fit a task's classes give no accuracy instead of an
+            error (one data file scored by every task).
 
     Returns:
         ``{task: TaskEvaluation}``, in ``data``'s order.
@@ -213,7 +216,7 @@ def evaluate_tasks_metrics(
         ref = None
         if references and references.get(task) is not None:
             ref = _reference_run(references[task], name[len(task) + 1:] if recorded else name, threads)
-        meter = TaskMeter(task, maps=_is_map(proto, name))
+        meter = TaskMeter(task, maps=_is_map(proto, name), lenient=lenient_labels)
         for part in batch_slices(len(next(iter(feeds_all.values()))), batch_size):
             feeds = {k: v[part] for k, v in feeds_all.items()}
             feeds.update(filler_feeds(proto, next(iter(feeds.values())).shape[0], feeds))

@@ -29,11 +29,14 @@ class TaskMeter:
         task: The task name (messages).
         maps: Score IoU of thresholded outputs (maps and scores).
         threshold: The IoU threshold.
+        lenient: Labels outside the output's classes are skipped (no accuracy) instead of refused
+            (data of unknown task scored by every task).
     """
 
     task: str
     maps: bool = False
     threshold: float = 0.5
+    lenient: bool = False
     _count: int = 0
     _correct: int = 0
     _labelled: int = 0
@@ -46,6 +49,7 @@ class TaskMeter:
     _inter: int = 0
     _union: int = 0
     _ranks: set[int] = field(default_factory=set)
+    _skipped: bool = False
 
     def update(self, output: np.ndarray, labels: np.ndarray | None = None, reference: np.ndarray | None = None) -> None:
         """Add one batch.
@@ -64,10 +68,15 @@ class TaskMeter:
         self._ranks.add(output.ndim)
         if labels is not None and output.ndim == 2 and np.issubdtype(np.asarray(labels).dtype, np.integer):
             if labels.min() < 0 or labels.max() >= output.shape[1]:
+                if self.lenient:
+                    self._skipped = True
+                    labels = None
+            if labels is not None and (labels.min() < 0 or labels.max() >= output.shape[1]):
                 raise DataError(f"task {self.task}: labels range over [{labels.min()}, {labels.max()}] but the "
                                 f"output has {output.shape[1]} classes")
-            self._correct += int((output.argmax(axis=1) == labels).sum())
-            self._labelled += n
+            if labels is not None and not self._skipped:
+                self._correct += int((output.argmax(axis=1) == labels).sum())
+                self._labelled += n
         if reference is not None:
             self._compare(output, np.asarray(reference, dtype=np.float64))
 
@@ -95,7 +104,7 @@ class TaskMeter:
     def result(self) -> dict[str, float | int]:
         """``{metric: value}`` of what was measured (``count``: the samples seen)."""
         out: dict[str, float | int] = {"count": self._count}
-        if self._labelled:
+        if self._labelled and not self._skipped:
             out["accuracy"] = self._correct / self._labelled
         if self._ref_rows:
             if not self.maps and 2 in self._ranks:

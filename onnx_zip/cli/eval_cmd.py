@@ -93,7 +93,8 @@ def _zipped(args: argparse.Namespace, tasks: list[str]) -> int:
     proto = load_model(args.model)
     references: dict[str, Any] = {t: p for t, p in recorded_teachers(proto, args.model).items() if t in data}
     references.update(teachers)
-    results = evaluate_tasks_metrics(proto, data, references=references, batch_size=args.batch_size, threads=args.threads)
+    results = evaluate_tasks_metrics(proto, data, references=references, batch_size=args.batch_size, threads=args.threads,
+                                     lenient_labels=bool(notes))
     if args.json:
         print(json.dumps({"model": args.model, "notes": notes, "tasks": {t: r.to_dict() for t, r in results.items()}}, indent=2))
         return 0

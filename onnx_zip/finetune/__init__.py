@@ -151,7 +151,8 @@ def _task_specs(
 
 
 def _plan_distillation(
-    specs: list[TaskSpec], config: FinetuneConfig, labelled: Mapping[str, bool], recorded: Mapping[str, Any]
+    specs: list[TaskSpec], config: FinetuneConfig, labelled: Mapping[str, bool], recorded: Mapping[str, Any],
+    explicit: Mapping[str, Any],
 ) -> tuple[list[TaskSpec], dict[str, Any]]:
     """Who learns from a teacher, and the label/distillation mix (``alpha``) of every task.
 
@@ -164,7 +165,7 @@ def _plan_distillation(
     Raises:
         InputError: every task that has neither labels nor a teacher, and ``alpha < 1`` without one.
     """
-    given = dict(config.teachers or {})
+    given = {**dict(config.teachers or {}), **dict(explicit)}
     _per_task(given, [s.name for s in specs], None, "--teacher")
     out, teachers, problems = [], {}, []
     for s in specs:
@@ -382,6 +383,7 @@ def finetune(
     eval: Mapping[str, TaskData] | None = None,
     output: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    teachers: Mapping[str, onnx.ModelProto | str | os.PathLike[str]] | None = None,
     **settings: Any,
 ) -> FinetuneResult:
     """Fine-tune a zipped model jointly on every task's data.
@@ -397,6 +399,8 @@ def finetune(
         eval: Optional labelled evaluation data per task (accuracy of ``ce`` tasks).
         output: Write the fine-tuned model here (atomically).
         progress: Show a progress bar (only on a terminal).
+        teachers: ``{task: original model or path}``: the models the tasks distil from (added to
+            ``config.teachers``; default for a task without labels: its recorded source model).
         **settings: Instead of ``config``: its settings by name (``steps=100, lr=0.01``).
 
     Returns:
@@ -424,7 +428,7 @@ def finetune(
     zipped = bool(read_metadata(proto).get("tasks"))
     specs, shared = _task_specs(proto, tasks, config.losses, config.task_weights, label)
     labelled = {t: has_labels(train_data[t]) for t in tasks}
-    specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path))
+    specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path), teachers or {})
     data, shapes = _bind_all(proto, specs, train_data, shared)
     specs, teachers = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
     eval_data: dict[str, TaskBatchData] = {}

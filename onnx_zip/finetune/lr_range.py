@@ -5,9 +5,15 @@ batches with a learning rate growing geometrically over :data:`RANGES` (one step
 optimiser's momentum carried along); after each step the joint loss is measured on one fixed
 probe batch, so the curve is free of batch-to-batch noise. The test stops early once the probe
 loss exceeds 4x its start or is not finite. The chosen peak rate is the rate of the lowest
-probe loss divided by :data:`BACKOFF` (the steepest useful rate sits about an order of
-magnitude below the rate where the loss bottoms out), capped by :data:`CAP`. The starting
-parameters are restored afterwards; the run's optimiser is untouched.
+probe loss divided by :data:`BACKOFF`, capped by :data:`CAP`. The starting parameters are
+restored afterwards; the run's optimiser is untouched.
+
+Measured (SGD, Nesterov 0.9, batch 64 per task; the rate of the lowest probe loss against the
+rates known to work): LeNet-5 MNIST+Fashion zipped at share 1.0, labels: lowest at 7.4e-3 (0.01
+works, 0.02 is unstable across seeds); the same pair distilling (kd): lowest at 4.0e-3; the zoo
+ResNet pair zipped at share 0.5: lowest at 1.2e-3 (0.001 works, 0.01 diverges). In a one-step-
+per-rate sweep the momentum lags, so the lowest point already sits below the rate where training
+breaks: no further back-off (:data:`BACKOFF` 1) matched the known-good rates within 1.5x on both.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ logger = logging.getLogger(__name__)
 TEST_STEPS = 16
 #: Rates swept per optimiser, ``(lowest, highest)``.
 RANGES = {"sgd": (1e-4, 1.0), "adamw": (1e-6, 1e-1)}
-BACKOFF = 10.0
+BACKOFF = 1.0
 #: The largest automatic peak rate per optimiser.
 CAP = {"sgd": 0.05, "adamw": 3e-3}
 
