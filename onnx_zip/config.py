@@ -593,6 +593,10 @@ class FinetuneConfig(_Group):
         "mapping", flag="--distill-loss", nullable=True, metavar="TASK=LOSS[,TASK=LOSS]"))
     allow_worse: bool = field(default=False, metadata=_meta(
         "write the best checkpoint even when the run diverged or made the loss worse", "bool", flag="--allow-worse"))
+    batchnorm: str = field(default="eval", metadata=_meta(
+        "BatchNormalization while training: eval (running statistics used and kept, scale/bias train) or train "
+        "(batch statistics, running ones re-estimated from the batches)", "str", flag="--batchnorm",
+        choices=("eval", "train")))
 
     def _rules(self) -> list[str]:
         out = [

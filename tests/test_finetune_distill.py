@@ -308,3 +308,44 @@ def test_cli_distils_without_labels(tmp_path: Path):
     assert out.exists() and "wrote" in proc.stdout
     probe = runtime.make_session(str(out)).run(None, {"x": unlabeled()["a"]["x"]})
     assert probe[0].shape == (48, CLASSES_A) and probe[1].shape == (48, CLASSES_B)
+
+
+# ----------------------------------------------------------------- BatchNormalization
+
+
+def _bn_model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The two-head model with a BatchNormalization (inference mode) after the shared layer."""
+    model = two_head(w)
+    rng = np.random.default_rng(7)
+    stats = {"scale": 1 + 0.1 * rng.standard_normal(HIDDEN), "bias": 0.1 * rng.standard_normal(HIDDEN),
+             "mean": rng.standard_normal(HIDDEN), "var": 0.5 + rng.random(HIDDEN)}
+    model.graph.initializer.extend(_init(f"shared/bn/{k}", v) for k, v in stats.items())
+    for node in model.graph.node:
+        if node.output[0] == "shared/fc/out":
+            node.output[0] = "shared/fc/pre_bn"
+    bn = helper.make_node("BatchNormalization", ["shared/fc/pre_bn", *[f"shared/bn/{k}" for k in stats]],
+                          ["shared/fc/out"], name="shared/bn", epsilon=1e-5)
+    model.graph.node.insert(1, bn)
+    return model
+
+
+def test_batchnorm_trains_in_inference_mode_by_default():
+    """Statistics kept; one step equals the step of the same model with the BN folded by hand."""
+    w = weights(0)
+    model = _bn_model(w)
+    d = data()
+    kw = dict(steps=1, lr=0.1, batch_size=48, momentum=0.0, schedule="constant", threads=1, allow_worse=True)
+    result = finetune(model, d, freeze=["shared/fc/"], **kw)
+    new, old = values(result.model), values(model)
+    for k in ("mean", "var"):
+        assert np.array_equal(new[f"shared/bn/{k}"], old[f"shared/bn/{k}"])
+    assert not np.array_equal(new["shared/bn/scale"], old["shared/bn/scale"])
+    before = runtime.make_session(model).run(None, {"x": d["a"]["x"]})[0]
+    gain = old["shared/bn/scale"] / np.sqrt(old["shared/bn/var"] + 1e-5)
+    folded = dict(w, **{"shared/fc/weight": w["shared/fc/weight"] * gain[:, None],
+                        "shared/fc/bias": (w["shared/fc/bias"] - old["shared/bn/mean"]) * gain + old["shared/bn/bias"]})
+    np.testing.assert_allclose(forward(folded, "a", d["a"]["x"])[1], before, atol=1e-5)
+    plain = values(finetune(two_head(folded), d, freeze=["shared/"], **kw).model)
+    np.testing.assert_allclose(new["a/head/weight"], plain["a/head/weight"], atol=1e-5)
+    trained = finetune(model, d, batchnorm="train", freeze=["shared/fc/"], **kw)
+    assert not np.array_equal(values(trained.model)["shared/bn/mean"], old["shared/bn/mean"])

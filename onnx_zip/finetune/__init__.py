@@ -43,6 +43,7 @@ from onnx_zip import runtime
 from onnx_zip.config import FinetuneConfig
 from onnx_zip.errors import InputError, ModelError, NumericalError
 from onnx_zip.evaluate import count_correct
+from onnx_zip.finetune.batchnorm import batchnorm_statistics, inference_mode_batchnorm
 from onnx_zip.finetune.distill import (
     Teacher,
     default_distill_loss,
@@ -334,14 +335,15 @@ def _trainable(proto: onnx.ModelProto, tasks: list[str], specs: list[TaskSpec], 
     """The parameters that train and those kept fixed (``freeze`` rules, then ops without a gradient)."""
     params = float_initializers(proto)
     frozen = resolve_freeze(proto, tasks, config.freeze)
+    frozen |= batchnorm_statistics(proto)  # statistics, not parameters: never by gradient
     frozen |= preflight(proto, set(params) - frozen, [s.output for s in specs], no_grad=config.no_grad, label=label)
     trainable = [p for p in params if p not in frozen]
     if not trainable:
         raise ModelError(f"{label}: every parameter is frozen: nothing to train", hint="freeze less")
-    if any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+    if any(n.op_type == "BatchNormalization" for n in proto.graph.node) and config.batchnorm == "train":
         logger.warning(
             "%s has BatchNormalization: it trains with the joint batch's statistics and its running "
-            "mean/variance are updated (zip without --no-fold-batchnorm to fold it first)", label
+            "mean/variance are re-estimated from them (--batchnorm train)", label
         )
     return trainable, [p for p in params if p in frozen]
 
@@ -447,6 +449,10 @@ def finetune(
                                    eval_every=config.eval_every)
     opt = Optimizer(config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
     train_proto, train_specs, split_data, train_shared = _training_view(proto, specs, data, shared, tasks)
+    if config.batchnorm == "eval":
+        train_proto, rewritten = inference_mode_batchnorm(train_proto)
+        if rewritten:
+            logger.info("%s: %d BatchNormalization node(s) train in inference mode (running statistics kept)", label, rewritten)
     setup = time.perf_counter()
     with training_artifacts(train_proto, train_specs, [shapes[s.name] for s in specs], trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
