@@ -65,6 +65,8 @@ def _plan(args: argparse.Namespace, tasks: list[str]) -> tuple[dict[str, str], d
     notes: list[str] = []
     if bare_teachers:
         problems.append(f"--teacher {bare_teachers[0]}: a zipped model needs TASK=ORIGINAL.onnx")
+    if args.output is not None and args.task is None and args.output.split("/", 1)[0] in tasks:
+        args.task = args.output.split("/", 1)[0]  # --output fashion/logits names the task
     if args.task is not None and args.task not in tasks:
         problems.append(f"--task {args.task!r}: the model's tasks are {tasks}")
     unknown = [t for t in [*data, *teachers] if t not in tasks]
@@ -93,8 +95,9 @@ def _zipped(args: argparse.Namespace, tasks: list[str]) -> int:
     proto = load_model(args.model)
     references: dict[str, Any] = {t: p for t, p in recorded_teachers(proto, args.model).items() if t in data}
     references.update(teachers)
-    results = evaluate_tasks_metrics(proto, data, references=references, batch_size=args.batch_size, threads=args.threads,
-                                     lenient_labels=bool(notes))
+    outputs = {args.task: args.output} if args.output and args.task else None
+    results = evaluate_tasks_metrics(proto, data, references=references, outputs=outputs, batch_size=args.batch_size,
+                                     threads=args.threads, lenient_labels=bool(notes))
     if args.json:
         print(json.dumps({"model": args.model, "notes": notes, "tasks": {t: r.to_dict() for t, r in results.items()}}, indent=2))
         return 0

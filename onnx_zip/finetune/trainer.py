@@ -286,6 +286,7 @@ def train(
     from onnx_zip.finetune.lr_range import range_test  # noqa: PLC0415
 
     runner = StepRunner(artifacts, settings.threads)
+    start_values = runner.values()
     batchers = samplers([len(data[s.name]) for s in specs], settings.batch_size, settings.seed)
 
     def next_feeds() -> dict[str, np.ndarray]:
@@ -331,4 +332,26 @@ def train(
                                  hint=f"lower the learning rate (now {peak:g}) or use --optimizer adamw")
         runner.load(guard.best_values)
     probe_end, _, _ = runner.forward_backward(probe)
+    if not probe_end <= probe_start:
+        probe_end = _keep_best(runner, probe, probe_end, [(guard.best_step, guard.best_values), (0, start_values)])
     return TrainOutcome(runner.values(), history, peak, diverged, lr_test, (probe_start, probe_end))
+
+
+def _keep_best(runner: StepRunner, probe: Mapping[str, np.ndarray], loss: float,
+               candidates: Sequence[tuple[int, dict[str, np.ndarray] | None]]) -> float:
+    """Load the candidate parameters (``(step, values)``, step 0: the start) with the lowest probe
+    loss if it is lower than ``loss`` (the current parameters'); return the probe loss kept."""
+    best, best_values, best_step = loss, None, -1
+    current = runner.values()
+    for step, values in candidates:
+        if values is None:
+            continue
+        runner.load(values)
+        candidate, _, _ = runner.forward_backward(probe)
+        if candidate < best or not math.isfinite(best):
+            best, best_values, best_step = candidate, values, step
+    runner.load(best_values if best_values is not None else current)
+    if best_values is not None:
+        logger.warning("the run ended with probe loss %.4g; keeping the parameters of %s (probe loss %.4g)",
+                       loss, f"step {best_step}" if best_step else "the start", best)
+    return best
