@@ -209,8 +209,7 @@ def evaluate_tasks_metrics(
     out: dict[str, TaskEvaluation] = {}
     for task in tasks:
         candidates = task_outputs(proto, task, zipped=bool(recorded))
-        name = score_output(candidates, (outputs or {}).get(task), label=label) if _has_scores(candidates, outputs, task) \
-            else next(o.name for o in candidates if np.issubdtype(o.dtype, np.floating))
+        name = _task_output(candidates, (outputs or {}).get(task), label)
         spec = TaskSpec(task, name, inputs[task], "ce", 1.0)
         feeds_all, labels, source = bind_inputs(proto, spec, data[task])
         ref = None
@@ -226,12 +225,22 @@ def evaluate_tasks_metrics(
                 local = {spec.inputs[k]: v for k, v in feeds.items() if k in spec.inputs}
                 (reference,) = ref[0].run([ref[1]], {k: local[k] for k in ref[2]})
             meter.update(np.asarray(scores), None if labels is None else np.asarray(labels)[part], reference)
-        ref_name = None if ref is None else str(references[task]) if not isinstance(references[task], onnx.ModelProto) else "model"  # type: ignore[index]
+        original = (references or {}).get(task)
+        ref_name = None if ref is None else "model" if isinstance(original, onnx.ModelProto) else str(original)
         out[task] = TaskEvaluation(task, name, source, ref_name, meter.result())
     return out
 
 
-def _has_scores(candidates: list[TensorSpec], outputs: Mapping[str, str] | None, task: str) -> bool:
-    if outputs and task in outputs:
-        return True
-    return any(np.issubdtype(o.dtype, np.floating) and (o.shape is None or len(o.shape) == 2) for o in candidates)
+def _task_output(candidates: list[TensorSpec], requested: str | None, label: str) -> str:
+    """The requested output, else the first float rank-2 output, else the first float output (maps).
+
+    Raises:
+        ModelError: no such output, or no float output at all.
+    """
+    if requested is not None or any(np.issubdtype(o.dtype, np.floating) and (o.shape is None or len(o.shape) == 2)
+                                    for o in candidates):
+        return score_output(candidates, requested, label=label)
+    floats = [o.name for o in candidates if np.issubdtype(o.dtype, np.floating)]
+    if not floats:
+        raise ModelError(f"{label}: no float output to score", hint=f"outputs are {[o.name for o in candidates]}")
+    return floats[0]

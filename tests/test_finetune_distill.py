@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from test_finetune import CLASSES_A, CLASSES_B, D_IN, HIDDEN, _init, data, two_head, values, weights
 
 import builders
 from conftest import run_cli
@@ -24,7 +25,6 @@ from onnx_zip.finetune.lr_range import choose_lr
 from onnx_zip.finetune.trainer import DivergenceGuard
 from onnx_zip.metrics import TaskMeter
 from onnx_zip.zipper.report import write_metadata
-from test_finetune import CLASSES_A, CLASSES_B, D_IN, HIDDEN, _init, data, two_head, values, weights
 
 T = 2.0
 

@@ -13,14 +13,20 @@
    (:mod:`~onnx_zip.finetune.export`); evaluate; save atomically.
 
 Defaults (measured on the zoo, ``tools/check_finetune.py`` and ``tools/reproduce_mnist_table.py``):
-SGD with Nesterov momentum 0.9, peak lr 0.01, 5% linear warm-up then cosine decay to 0, batch 64
-per task. LeNet-300 s0+s1 at share 1.0, 600 steps, seeds 0/1/2 (zipped 95.53/95.40%, originals
-96.67/96.70%): lr 0.01 gives 96.90/96.87% on average, 0.02 gives 96.99/96.92%, 0.05 gives
-96.82/96.82% (one task 0.13 below its original). But LeNet-5 s0+s1 fully shared by MTZ (2.48%
-error before fine-tuning), 100 steps, seeds 0/1/2: lr 0.02 gives 5.07/5.50/14.85% error, lr 0.01
-gives 1.85/1.67/1.78%, lr 0.005 1.75/1.67/1.80%: 0.02 is not stable across seeds, 0.01 is. A
-constant rate diverged on one seed in three in earlier trials; the warm-up and decay keep the
-first steps (large gradients right after zipping) and the last ones stable.
+SGD with Nesterov momentum 0.9, 5% linear warm-up then cosine decay to 0, batch 64 per task, peak
+lr chosen by a learning-rate range test (:mod:`~onnx_zip.finetune.lr_range`) unless given. Fixed
+rates measured before it: LeNet-300 s0+s1 at share 1.0, 600 steps, seeds 0/1/2: lr 0.01 gives
+96.90/96.87% on average, 0.02 gives 96.99/96.92%; LeNet-5 s0+s1 fully shared, 100 steps: lr 0.02
+gives 5.07/5.50/14.85% error, 0.01 gives 1.85/1.67/1.78% (0.02 is not stable across seeds); the zoo
+ResNet pair diverges at 0.01 and trains at 0.001. The range test picks 7.4e-3 (LeNet-5 pair, labels),
+4e-3 (the same, distilling) and 1.2e-3 (ResNet pair).
+
+Tasks without labels distil from their original models (:mod:`~onnx_zip.finetune.distill`); the
+loss of an output produced by Softmax/LogSoftmax/Sigmoid reads the tensor before it. A run that
+diverges or ends worse on a fixed probe batch is refused unless ``allow_worse``
+(:mod:`~onnx_zip.finetune.trainer`); BatchNormalization trains in inference mode by default
+(:mod:`~onnx_zip.finetune.batchnorm`); small models train on 1 thread
+(:mod:`~onnx_zip.finetune.threads`).
 
 Cost: a zipped model with one shared input is trained through
 :func:`~onnx_zip.zipper.extract.split_shared_input` (one input per task, shared nodes copied,
@@ -43,6 +49,12 @@ from onnx_zip import runtime
 from onnx_zip.config import FinetuneConfig
 from onnx_zip.errors import InputError, ModelError, NumericalError
 from onnx_zip.evaluate import count_correct
+from onnx_zip.finetune.artifacts import (
+    float_initializers,
+    preflight,
+    resolve_freeze,
+    training_artifacts,
+)
 from onnx_zip.finetune.batchnorm import batchnorm_statistics, inference_mode_batchnorm
 from onnx_zip.finetune.distill import (
     Teacher,
@@ -50,12 +62,6 @@ from onnx_zip.finetune.distill import (
     load_teacher,
     pre_activation,
     recorded_teachers,
-)
-from onnx_zip.finetune.artifacts import (
-    float_initializers,
-    preflight,
-    resolve_freeze,
-    training_artifacts,
 )
 from onnx_zip.finetune.export import add_record, with_values
 from onnx_zip.finetune.optim import Optimizer, warmup_steps
@@ -67,15 +73,15 @@ from onnx_zip.finetune.tasks import (
     bind_inputs,
     check_targets,
     choose_output,
-    has_labels,
     filler_feeds,
+    has_labels,
     model_tasks,
     output_shapes,
     task_inputs,
     task_outputs,
 )
-from onnx_zip.finetune.trainer import TrainOutcome, TrainSettings, train
 from onnx_zip.finetune.threads import choose_threads
+from onnx_zip.finetune.trainer import TrainOutcome, TrainSettings, train
 from onnx_zip.model_io import check_writable, load_model, save_model
 from onnx_zip.zipper.extract import split_shared_input
 from onnx_zip.zipper.report import read_metadata
