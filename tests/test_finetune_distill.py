@@ -303,9 +303,12 @@ def test_cli_distils_without_labels(tmp_path: Path):
     out = tmp_path / "tuned.onnx"
     proc = run_cli("finetune", str(tmp_path / "z.onnx"), "--train", f"a={tmp_path / 'a.npz'}", "--train",
                    f"b={tmp_path / 'b.npz'}", "--teacher", f"b={tmp_path / 'teacher_b.onnx'}", "--steps", "10",
-                   "--batch", "16", "--lr", "0.01", "--threads", "1", "-o", str(out))
+                   "--batch", "16", "--lr", "0.01", "--threads", "1", "-o", str(out),
+                   "--eval", f"a={tmp_path / 'a.npz'}", "--eval", f"b={tmp_path / 'b.npz'}")
     assert proc.returncode == 0, proc.stderr
-    assert out.exists() and "wrote" in proc.stdout
+    assert out.exists() and "wrote" in proc.stdout and "agree after" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("a "))
+    assert row.split()[2:4] == ["-", "-"] and row.split()[-1].endswith("%")  # no labels: agreement only
     probe = runtime.make_session(str(out)).run(None, {"x": unlabeled()["a"]["x"]})
     assert probe[0].shape == (48, CLASSES_A) and probe[1].shape == (48, CLASSES_B)
 

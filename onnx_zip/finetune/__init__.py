@@ -48,7 +48,7 @@ import onnx
 from onnx_zip import runtime
 from onnx_zip.config import FinetuneConfig
 from onnx_zip.errors import InputError, ModelError, NumericalError
-from onnx_zip.evaluate import count_correct
+from onnx_zip.evaluate import count_correct, evaluate_tasks_metrics
 from onnx_zip.finetune.artifacts import (
     float_initializers,
     preflight,
@@ -103,6 +103,10 @@ class FinetuneResult:
         accuracy: ``{task: accuracy}`` of the final model on the ``eval`` data, or ``None``.
         record: The run's ``onnx_zip.finetune`` metadata record.
         seconds: Wall time of the whole call.
+        metrics: ``{task: {metric: value}}`` of the final model on the ``eval`` data: accuracy
+            where it has labels, agreement with the teacher for distilling tasks
+            (:func:`~onnx_zip.evaluate.evaluate_tasks_metrics`); ``None`` without ``eval``.
+        metrics_before: The same for the model before fine-tuning.
     """
 
     model: onnx.ModelProto
@@ -110,6 +114,8 @@ class FinetuneResult:
     accuracy: dict[str, float] | None
     record: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    metrics: dict[str, dict[str, float | int]] | None = None
+    metrics_before: dict[str, dict[str, float | int]] | None = None
 
 
 def _model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
@@ -439,15 +445,17 @@ def finetune(
     specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path), teachers or {})
     data, shapes = _bind_all(proto, specs, train_data, shared)
     specs, teachers = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
-    eval_data: dict[str, TaskBatchData] = {}
-    if eval:
-        _per_task(eval, tasks, None, "evaluation data")
-        eval_data, _ = _bind_all(proto, [replace(s, alpha=1.0) for s in specs], eval, shared, evaluation=True)
     trainable, frozen_list = _trainable(proto, tasks, specs, config, label)
     threads = config.threads if config.threads is not None else choose_threads(proto)
+    references = {s.name: sources[s.name] for s in specs if s.distill is not None}
+    if eval:
+        _per_task(eval, tasks, None, "evaluation data")
 
-    def evaluate_now(values: dict[str, np.ndarray]) -> dict[str, float]:
-        return _accuracy(with_values(proto, values), specs, eval_data, threads)
+    def evaluate_now(values: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]]:
+        found = evaluate_tasks_metrics(with_values(proto, values), eval or {}, references=references, threads=threads)
+        return {t: r.metrics for t, r in found.items()}
+
+    metrics_before = evaluate_now({}) if eval else None  # also checks the evaluation data before training
 
     steps = int(config.steps or 0)
     train_settings = TrainSettings(steps=steps, lr=lr, schedule=config.schedule, batch_size=int(config.batch_size),
@@ -463,18 +471,20 @@ def finetune(
     with training_artifacts(train_proto, train_specs, [shapes[s.name] for s in specs], trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
         outcome = train(arts, train_specs, split_data, opt, train_settings, shared=train_shared,
-                        evaluate=evaluate_now if any(s.name in eval_data for s in specs) else None,
+                        evaluate=evaluate_now if eval else None,
                         teachers=teachers)
     _check_outcome(outcome, config, label)
     record = _record(config, outcome, specs, frozen_list, data, threads)
     tuned = with_values(proto, outcome.values)
     add_record(tuned, record)
-    accuracy = evaluate_now(outcome.values) if eval_data else None
+    metrics = evaluate_now(outcome.values) if eval else None
+    accuracy = {t: float(m["accuracy"]) for t, m in metrics.items() if "accuracy" in m} if metrics else None
     if output is not None:
         tuned = save_model(tuned, output)
     seconds = time.perf_counter() - start
     logger.info("fine-tuned %s for %d steps in %.1f s; final losses %s", label, steps, seconds, record["final_losses"])
-    return FinetuneResult(model=tuned, history=outcome.history, accuracy=accuracy, record=record, seconds=seconds)
+    return FinetuneResult(model=tuned, history=outcome.history, accuracy=accuracy or None, record=record,
+                          seconds=seconds, metrics=metrics, metrics_before=metrics_before)
 
 
 def _check_outcome(outcome: TrainOutcome, config: FinetuneConfig, label: str) -> None:

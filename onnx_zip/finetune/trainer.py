@@ -261,7 +261,7 @@ def train(
     settings: TrainSettings,
     *,
     shared: bool,
-    evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
+    evaluate: Callable[[dict[str, np.ndarray]], dict[str, dict[str, float | int]]] | None = None,
     teachers: Mapping[str, TeacherFn] | None = None,
 ) -> TrainOutcome:
     """Run the joint fine-tuning.
@@ -275,7 +275,8 @@ def train(
             threads, progress, eval period.
         shared: The inputs are shared (joint batch) rather than per task.
         evaluate: Called with every parameter's current values every ``eval_every`` steps and
-            after the last one; returns ``{task: metric}``.
+            after the last one; returns ``{task: {metric: value}}`` (kept as ``metrics``, its
+            accuracies as ``accuracy``).
         teachers: ``{task: teacher}`` for the tasks that distil.
 
     Returns:
@@ -316,8 +317,10 @@ def train(
             entry: dict[str, object] = {"step": step + 1, "lr": lr, "loss": losses, "total": total}
             last = step + 1 == settings.steps
             if evaluate is not None and (last or (settings.eval_every and (step + 1) % settings.eval_every == 0)):
-                entry["accuracy"] = evaluate(runner.values())
-                logger.info("step %d: loss %s, metrics %s", step + 1, losses, entry["accuracy"])
+                found = evaluate(runner.values())
+                entry["metrics"] = found
+                entry["accuracy"] = {t: m["accuracy"] for t, m in found.items() if "accuracy" in m}
+                logger.info("step %d: loss %s, metrics %s", step + 1, losses, found)
             history.append(entry)
             if bar is not None:
                 bar.update(1)  # type: ignore[attr-defined]
