@@ -352,3 +352,16 @@ def test_batchnorm_trains_in_inference_mode_by_default():
     np.testing.assert_allclose(new["a/head/weight"], plain["a/head/weight"], atol=1e-5)
     trained = finetune(model, d, batchnorm="train", freeze=["shared/fc/"], **kw)
     assert not np.array_equal(values(trained.model)["shared/bn/mean"], old["shared/bn/mean"])
+
+
+def test_layerwise_loop_distils_tasks_without_labels():
+    """zip_layerwise with unlabeled training data: each layer's retraining distils from the originals."""
+    from onnx_zip.pipeline.layerwise import zip_layerwise
+
+    a, b = builders.cnn(seed=1), builders.cnn(seed=2)
+    data = {"a": builders.random_inputs(a, 128, seed=1), "b": builders.random_inputs(b, 128, seed=2)}
+    result = zip_layerwise([a, b], [data["a"], data["b"]], data, retrain_steps=[3, 3, 4], share=0.5,
+                           finetune_options={"batch_size": 16, "seed": 0, "lr": 0.001})
+    records = result.report["layerwise"]
+    assert [r["steps"] for r in records] == [3, 3, 4]
+    assert all(r["final_loss"] is not None for r in records)
