@@ -365,3 +365,30 @@ def test_layerwise_loop_distils_tasks_without_labels():
     records = result.report["layerwise"]
     assert [r["steps"] for r in records] == [3, 3, 4]
     assert all(r["final_loss"] is not None for r in records)
+
+
+def _with_sigmoid(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """The model with a Sigmoid after each of ``outputs`` (same output names: probability maps)."""
+    for out in outputs:
+        for node in model.graph.node:
+            if node.output[0] == out:
+                node.output[0] = f"{out}_logits"
+        model.graph.node.append(helper.make_node("Sigmoid", [f"{out}_logits"], [out], name=f"{out}_sigmoid"))
+    return model
+
+
+def test_score_maps_distil_with_mse_on_logits_and_agreement_improves():
+    """Sigmoid outputs (scores/maps): mse on the pre-Sigmoid tensors; IoU and |diff| against the originals improve."""
+    w = weights(2)
+    rng = np.random.default_rng(5)
+    noisy = {k: v + 0.3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in w.items()}
+    teachers = {t: _with_sigmoid(teacher(w, t), ["y"]) for t in ("a", "b")}
+    student = _with_sigmoid(two_head(noisy), ["a/y", "b/y"])
+    test = unlabeled(400)
+    before = evaluate_tasks_metrics(student, test, references=teachers, threads=1)
+    result = finetune(student, unlabeled(400), teachers=teachers, steps=150, batch_size=32, lr=0.05, threads=1)
+    assert result.record["distill"]["a"]["loss"] == "mse" and result.record["loss_tensors"]["a"] == "a/y_logits"
+    after = evaluate_tasks_metrics(result.model, test, references=teachers, threads=1)
+    for t in ("a", "b"):
+        assert after[t].metrics["iou"] > before[t].metrics["iou"]
+        assert after[t].metrics["mean_abs_diff"] < before[t].metrics["mean_abs_diff"]
