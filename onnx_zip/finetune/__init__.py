@@ -224,7 +224,7 @@ def _accuracy(model: onnx.ModelProto, specs: Sequence[TaskSpec], data: Mapping[s
     session = runtime.make_session(model, threads=threads)
     result = {}
     for s in specs:
-        if s.name not in data or s.loss != "ce":
+        if s.name not in data or s.loss != "ce" or data[s.name].targets is None:
             continue
         d = data[s.name]
         correct = 0
@@ -232,7 +232,9 @@ def _accuracy(model: onnx.ModelProto, specs: Sequence[TaskSpec], data: Mapping[s
             feeds = {k: v[start : start + 512] for k, v in d.inputs.items()}
             feeds.update(filler_feeds(model, next(iter(feeds.values())).shape[0], feeds))
             (scores,) = session.run([s.output], feeds)
-            correct += count_correct(np.asarray(scores), d.targets[start : start + 512], source=d.source)
+            targets = d.targets
+            assert targets is not None
+            correct += count_correct(np.asarray(scores), targets[start : start + 512], source=d.source)
         result[s.name] = correct / len(d)
     return result
 
@@ -379,7 +381,8 @@ def _record(
         "task_weights": {s.name: s.weight for s in specs},
         "frozen": frozen,
         "train_samples": {s.name: len(data[s.name]) for s in specs},
-        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) if tail else None for s in specs},
+        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) if tail else None  # type: ignore[index]
+                         for s in specs},
         "loss_tensors": {s.name: s.loss_tensor for s in specs},
         "distill": {s.name: {"loss": s.distill, "alpha": s.alpha, "temperature": s.temperature}
                     for s in specs if s.distill is not None},
@@ -444,7 +447,7 @@ def finetune(
     labelled = {t: has_labels(train_data[t]) for t in tasks}
     specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path), teachers or {})
     data, shapes = _bind_all(proto, specs, train_data, shared)
-    specs, teachers = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
+    specs, teacher_runs = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
     trainable, frozen_list = _trainable(proto, tasks, specs, config, label)
     threads = config.threads if config.threads is not None else choose_threads(proto)
     references = {s.name: sources[s.name] for s in specs if s.distill is not None}
@@ -472,7 +475,7 @@ def finetune(
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
         outcome = train(arts, train_specs, split_data, opt, train_settings, shared=train_shared,
                         evaluate=evaluate_now if eval else None,
-                        teachers=teachers)
+                        teachers=teacher_runs)
     _check_outcome(outcome, config, label)
     record = _record(config, outcome, specs, frozen_list, data, threads)
     tuned = with_values(proto, outcome.values)

@@ -36,6 +36,7 @@ starts) followed by ``finetune/<task>/loss`` per task.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -82,7 +83,7 @@ class _Builder:
         self.graph = graph
         self.nodes: list[onnx.NodeProto] = []
 
-    def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [name], name=f"{name}_{op}", **attrs))
         return name
 
@@ -156,7 +157,7 @@ def add_loss_nodes(
             graph.input.append(_target_value(spec, rank))
             terms.append((_label_loss(b, spec, x, p), spec.alpha))
         if spec.distill is not None and spec.alpha < 1:
-            dims: list[str | int] = [f"finetune_{t}_n"] + [f"finetune_{t}_d{i}" for i in range(1, rank)]
+            dims: list[str | int] = [f"finetune_{t}_n", *[f"finetune_{t}_d{i}" for i in range(1, rank)]]
             graph.input.append(helper.make_tensor_value_info(teacher_input(t), TensorProto.FLOAT, dims))
             terms.append((_distill_loss(b, spec, x, p, shape), 1.0 - spec.alpha))
         if len(terms) == 1:

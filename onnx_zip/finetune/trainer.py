@@ -300,7 +300,7 @@ def train(
     peak = settings.lr
     if peak is None:
         lr_test = range_test(runner, optimizer, probe, next_feeds)
-        peak = float(lr_test["lr"])
+        peak = float(lr_test["lr"])  # type: ignore[arg-type]
     guard = DivergenceGuard(settings.steps, settings.stop_factor)
     history: list[dict[str, object]] = []
     diverged = None
