@@ -392,3 +392,16 @@ def test_score_maps_distil_with_mse_on_logits_and_agreement_improves():
     for t in ("a", "b"):
         assert after[t].metrics["iou"] > before[t].metrics["iou"]
         assert after[t].metrics["mean_abs_diff"] < before[t].metrics["mean_abs_diff"]
+
+
+def test_a_teacher_other_than_the_recorded_source_is_reported(tmp_path: Path, caplog):
+    from onnx_zip.finetune.distill import warn_if_not_recorded
+    from onnx_zip.model_io import sha256_file
+
+    onnx.save(teacher(weights(0), "a"), tmp_path / "a.onnx")
+    onnx.save(teacher(weights(3), "a"), tmp_path / "other.onnx")
+    model = two_head(weights(0))
+    write_metadata(model, {"tasks": ["a", "b"], "sources": {"a": {"file": "a.onnx", "sha256": sha256_file(tmp_path / "a.onnx")}}})
+    with caplog.at_level("WARNING"):
+        assert not warn_if_not_recorded(model, "a", tmp_path / "a.onnx")
+        assert warn_if_not_recorded(model, "a", tmp_path / "other.onnx") and "not the recorded source" in caplog.text

@@ -62,6 +62,7 @@ from onnx_zip.finetune.distill import (
     load_teacher,
     pre_activation,
     recorded_teachers,
+    warn_if_not_recorded,
 )
 from onnx_zip.finetune.export import add_record, with_values
 from onnx_zip.finetune.optim import Optimizer, warmup_steps
@@ -299,6 +300,7 @@ def _load_teachers(
         except InputError as exc:
             problems.append(exc.message)
             continue
+        warn_if_not_recorded(proto, s.name, sources[s.name])
         teachers[s.name] = teacher
         out.append(replace(s, distill=loss))
         logger.info("task %s distils from %s (%s on %r, alpha %.2g)", s.name, teacher.label, loss, teacher.tensor, s.alpha)

@@ -19,7 +19,6 @@ and uses them when their SHA-256 still matches.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from onnx import TensorProto, helper
 from onnx_zip import runtime
 from onnx_zip.data import model_inputs, model_outputs
 from onnx_zip.errors import InputError
-from onnx_zip.model_io import load_model
+from onnx_zip.model_io import load_model, sha256_file
 from onnx_zip.zipper.report import read_metadata
 
 logger = logging.getLogger(__name__)
@@ -157,14 +156,6 @@ def label_of(teacher: Teacher) -> str:
     return teacher.label
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def recorded_teachers(model: onnx.ModelProto, model_path: str | os.PathLike[str] | None) -> dict[str, Path]:
     """The source models recorded in a zipped model's metadata that still exist unchanged.
 
@@ -186,12 +177,27 @@ def recorded_teachers(model: onnx.ModelProto, model_path: str | os.PathLike[str]
         candidates = [name] + ([near / name.name] if near is not None else []) + [Path.cwd() / name.name]
         for path in candidates:
             if path.is_file():
-                if src.get("sha256") and _sha256(path) != src["sha256"]:
+                if src.get("sha256") and sha256_file(path) != src["sha256"]:
                     logger.warning("task %s: %s differs from the recorded source (SHA-256); not used as teacher", task, path)
                     continue
                 found[str(task)] = path
                 break
     return found
+
+
+def warn_if_not_recorded(model: onnx.ModelProto, task: str, source: Any) -> bool:
+    """Log a warning (and return True) when a teacher file is not the source model the zipped
+    model records for ``task`` (another SHA-256): it may be another model with the same interface."""
+    sources = read_metadata(model).get("sources") or {}
+    record = sources.get(task) if isinstance(sources, Mapping) else None
+    if isinstance(source, onnx.ModelProto) or not isinstance(record, Mapping) or not record.get("sha256"):
+        return False
+    path = Path(source)
+    if not path.is_file() or sha256_file(path) == record["sha256"]:
+        return False
+    logger.warning("task %s: teacher %s is not the recorded source model %s (another SHA-256)",
+                   task, path, record.get("file"))
+    return True
 
 
 def load_teacher(source: Any, output: str, activation: str | None, *, task: str, threads: int | None) -> Teacher:
