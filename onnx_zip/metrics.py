@@ -126,5 +126,6 @@ def describe(metrics: dict[str, float | int]) -> str:
     if "cosine" in metrics:
         parts.append(f"cosine {float(metrics['cosine']):.4f}")
     if "max_abs_diff" in metrics:
-        parts.append(f"max |diff| {float(metrics['max_abs_diff']):.4g}, mean |diff| {float(metrics['mean_abs_diff']):.4g}")
+        parts.append(f"max |diff| {float(metrics['max_abs_diff']):.4g}, "
+                     f"mean |diff| {float(metrics['mean_abs_diff']):.4g}")
     return ", ".join(parts) or "no metric (no labels and no original to compare with)"

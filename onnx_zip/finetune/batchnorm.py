@@ -54,7 +54,8 @@ def inference_mode_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, i
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in out.graph.node:
-        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.output) > 1 and any(node.output[1:]):
+        training_outputs = len(node.output) > 1 and any(node.output[1:])
+        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or training_outputs:
             nodes.append(node)
             continue
         count += 1

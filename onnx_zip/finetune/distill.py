@@ -106,7 +106,9 @@ class Teacher:
         InputError: the teacher has no such output, or not produced by ``activation``.
     """
 
-    def __init__(self, model: onnx.ModelProto, output: str, activation: str | None, *, label: str, threads: int | None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, output: str, activation: str | None, *, label: str, threads: int | None
+    ) -> None:
         names = [o.name for o in model_outputs(model)]
         if output not in names:
             raise InputError(f"teacher {label} has no output {output!r} (its outputs: {names})",
@@ -178,7 +180,8 @@ def recorded_teachers(model: onnx.ModelProto, model_path: str | os.PathLike[str]
         for path in candidates:
             if path.is_file():
                 if src.get("sha256") and sha256_file(path) != src["sha256"]:
-                    logger.warning("task %s: %s differs from the recorded source (SHA-256); not used as teacher", task, path)
+                    logger.warning("task %s: %s differs from the recorded source (SHA-256); not used as teacher",
+                                   task, path)
                     continue
                 found[str(task)] = path
                 break
