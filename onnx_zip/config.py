@@ -622,7 +622,7 @@ class FinetuneConfig(ConfigGroup):
         "optimiser steps (each takes one batch of every task)", "int", flag="--steps", low=1, required=True,
         metavar="N"))
     lr: float | None = field(default=None, metadata=_meta(
-        "peak learning rate (null: 0.01 for sgd, 0.001 for adamw)", "number", flag="--lr", low=0.0, nullable=True))
+        "peak learning rate (null: chosen by a short learning-rate range test)", "number", flag="--lr", low=0.0, nullable=True))
     batch_size: int = field(default=64, metadata=_meta(
         "samples per task and step", "int", flag="--batch", low=1, metavar="N"))
     optimizer: str = field(default="sgd", metadata=_meta(
@@ -650,11 +650,33 @@ class FinetuneConfig(ConfigGroup):
     threads: int | None = field(default=None, metadata=_meta(
         "onnxruntime intra-op threads (1: bit-reproducible)", "int", flag="--threads", low=1, nullable=True,
         metavar="N"))
+    # distillation and safe defaults (issue 15)
+    teachers: dict[str, str] | None = field(default=None, metadata=_meta(
+        "{task: original .onnx} teaching that task (default: the recorded source model, when a task has no labels)",
+        "mapping", nullable=True))
+    alpha: float | None = field(default=None, metadata=_meta(
+        "weight of the label loss against distillation, in [0, 1] (null: 1 without a teacher, 0 without "
+        "labels, else 0.5)", "number", flag="--alpha", low=0.0, high=1.0, nullable=True))
+    temperature: float = field(default=2.0, metadata=_meta(
+        "temperature of the kd distillation loss", "number", flag="--temperature", low=1e-3))
+    distill_losses: dict[str, str] | None = field(default=None, metadata=_meta(
+        "{task: kd | mse} distillation loss (default kd for class scores, mse for maps/scores/embeddings)",
+        "mapping", flag="--distill-loss", nullable=True, metavar="TASK=LOSS[,TASK=LOSS]"))
+    allow_worse: bool = field(default=False, metadata=_meta(
+        "write the best checkpoint even when the run diverged or made the loss worse", "bool", flag="--allow-worse"))
+    batchnorm: str = field(default="eval", metadata=_meta(
+        "BatchNormalization while training: eval (running statistics used and kept, scale/bias train) or train "
+        "(batch statistics, running ones re-estimated from the batches)", "str", flag="--batchnorm",
+        choices=("eval", "train")))
 
     def _rules(self) -> list[str]:
-        return [
+        out = [
             f"finetune.losses: loss {loss!r} for task {task!r} is unknown, use one of {', '.join(LOSSES)}"
             for task, loss in (self.losses or {}).items() if loss not in LOSSES
+        ]
+        return out + [
+            f"finetune.distill_losses: loss {loss!r} for task {task!r} is unknown, use kd or mse"
+            for task, loss in (self.distill_losses or {}).items() if loss not in ("kd", "mse")
         ]
 
 

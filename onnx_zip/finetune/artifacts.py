@@ -213,7 +213,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def training_artifacts(
     model: onnx.ModelProto,
     specs: Sequence[TaskSpec],
-    out_ranks: Sequence[int],
+    shapes: Sequence[tuple[int, ...]],
     trainable: Sequence[str],
     frozen: Sequence[str],
 ) -> Iterator[Artifacts]:
@@ -222,7 +222,7 @@ def training_artifacts(
     Args:
         model: The forward model (not modified).
         specs: The tasks (output, loss, weight).
-        out_ranks: Rank of each task's output.
+        shapes: Each task's loss tensor shape for one sample ``(1, ...)``.
         trainable: Parameters that train.
         frozen: Parameters that do not (they still live in the checkpoint).
 
@@ -243,7 +243,7 @@ def training_artifacts(
                     base,
                     requires_grad=list(trainable),
                     frozen_params=list(frozen) or None,
-                    loss=joint_loss_block(specs, out_ranks),
+                    loss=joint_loss_block(specs, shapes),
                     optimizer=None,
                     artifact_directory=root,
                 )

@@ -48,8 +48,14 @@ class TaskSpec:
         output: The graph output the task's loss reads, shape ``(N, ...)``.
         inputs: ``{graph input name: data name}``: the graph inputs this task feeds, keyed to
             the array names of its data (the input name without the ``<task>/`` prefix).
-        loss: ``ce``, ``bce`` or ``mse``.
+        loss: ``ce``, ``bce`` or ``mse`` (the label loss).
         weight: The task's weight in the summed loss.
+        tensor: The tensor the losses read: ``output``, or the input of its final
+            Softmax/LogSoftmax/Sigmoid (empty: ``output``).
+        distill: ``kd`` or ``mse`` against the teacher's tensor, or ``None`` (no teacher).
+        alpha: Weight of the label loss; the distillation loss has ``1 - alpha`` (1: labels only,
+            0: distillation only).
+        temperature: The ``kd`` temperature.
     """
 
     name: str
@@ -57,6 +63,20 @@ class TaskSpec:
     inputs: dict[str, str]
     loss: str
     weight: float
+    tensor: str = ""
+    distill: str | None = None
+    alpha: float = 1.0
+    temperature: float = 1.0
+
+    @property
+    def loss_tensor(self) -> str:
+        """The tensor the losses read."""
+        return self.tensor or self.output
+
+    @property
+    def uses_labels(self) -> bool:
+        """The label loss takes part (``alpha > 0``)."""
+        return self.alpha > 0
 
 
 @dataclass
@@ -65,16 +85,17 @@ class TaskBatchData:
 
     Attributes:
         inputs: ``{graph input name: (N, ...) array}``.
-        targets: ``(N,)`` int64 class indices (``ce``) or ``(N, ...)`` float32 targets.
+        targets: ``(N,)`` int64 class indices (``ce``) or ``(N, ...)`` float32 targets; ``None``
+            when the task learns from its teacher only.
         source: Where the data came from, for messages.
     """
 
     inputs: dict[str, np.ndarray]
-    targets: np.ndarray
+    targets: np.ndarray | None
     source: str
 
     def __len__(self) -> int:
-        return int(self.targets.shape[0])
+        return int(next(iter(self.inputs.values())).shape[0])
 
 
 def model_tasks(model: onnx.ModelProto, requested: list[str], *, label: str) -> list[str]:
@@ -165,6 +186,21 @@ def _raw_arrays(data: TaskData, task: str) -> tuple[dict[str, np.ndarray], np.nd
     return arrays, labels, source
 
 
+def has_labels(data: TaskData) -> bool:
+    """Whether a task's data holds labels (an ``.npz`` is read for its key list only)."""
+    if isinstance(data, Dataset):
+        return data.labels is not None
+    if isinstance(data, (str, os.PathLike, Path)):
+        try:
+            with np.load(data, allow_pickle=False) as archive:
+                return LABEL_KEY in archive.files
+        except (OSError, ValueError):
+            return True  # unreadable: the binding step reports it
+    if isinstance(data, Mapping):
+        return LABEL_KEY in data
+    return True
+
+
 def check_targets(
     labels: np.ndarray | None, loss: str, out_shape: tuple[int, ...], count: int, *, task: str, output: str, source: str
 ) -> np.ndarray:
@@ -245,8 +281,9 @@ def filler_feeds(model: onnx.ModelProto, count: int, skip: Mapping[str, np.ndarr
 def output_shapes(
     model: onnx.ModelProto, specs: list[TaskSpec], inputs: Mapping[str, Mapping[str, np.ndarray]], *, shared: bool
 ) -> dict[str, tuple[int, ...]]:
-    """Each task's output shape for one sample ``(1, ...)``, from one forward pass (declared shapes lie)."""
+    """Each task's loss tensor shape for one sample ``(1, ...)``, from one forward pass (declared shapes lie)."""
     from onnx_zip import runtime  # noqa: PLC0415 - keeps this module importable without a runtime
+    from onnx_zip.finetune.distill import with_outputs  # noqa: PLC0415
 
     if shared:
         names = list(next(iter(inputs.values())))
@@ -254,5 +291,6 @@ def output_shapes(
     else:
         feeds = {n: a[:1] for s in specs for n, a in inputs[s.name].items()}
     feeds.update(filler_feeds(model, 1, feeds))
-    outs = runtime.make_session(model, threads=1).run([s.output for s in specs], feeds)
+    names = [s.loss_tensor for s in specs]
+    outs = runtime.make_session(with_outputs(model, names), threads=1).run(names, feeds)
     return {s.name: (1, *np.asarray(o).shape[1:]) for s, o in zip(specs, outs)}

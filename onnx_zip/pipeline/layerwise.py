@@ -114,6 +114,7 @@ def _finetune_base(retrain: RetrainConfig, options: Mapping[str, Any] | None, se
 def _retrain_layer(
     joint: onnx.ModelProto, record: dict[str, Any], count: int, train: Mapping[str, Any] | None,
     evaluation: Mapping[str, Any] | None, base: Mapping[str, Any], progress: bool,
+    teachers: Mapping[str, onnx.ModelProto] | None = None,
 ) -> onnx.ModelProto:
     """Evaluate, fine-tune ``count`` steps, evaluate again (fills ``record``)."""
     if not evaluation and count == 0:
@@ -123,7 +124,8 @@ def _retrain_layer(
     if evaluation:
         record["accuracy_before"] = evaluate_tasks(joint, evaluation)
     if count > 0:
-        tuned = finetune(joint, train or {}, FinetuneConfig.from_mapping({**base, "steps": count}), progress=progress)
+        tuned = finetune(joint, train or {}, FinetuneConfig.from_mapping({**base, "steps": count}), progress=progress,
+                         teachers=teachers)
         joint = tuned.model
         record["final_loss"] = tuned.history[-1] if tuned.history else None
     if evaluation:
@@ -148,13 +150,17 @@ def layerwise_job(
     steps = retrain.steps_per_layer(len(hidden))
     _check_loop(job, train, evaluation, steps)
     base, tune_progress = _finetune_base(retrain, finetune_options, job.config.seed)
+    from onnx_zip.finetune.tasks import has_labels  # noqa: PLC0415 - the train extra, only when retraining
+
+    # tasks without labels distil from their original model (the same rule as ``finetune``)
+    teachers = {p.task: p.original for p in job.prepared if train and p.task in train and not has_labels(train[p.task])}
     state = LoopState(views=list(job.canonical))
     records: list[dict[str, Any]] = []
     for number, (position, count) in enumerate(zip(hidden, steps)):
         started = time.perf_counter()
         joint = zip_next_layer(job, state, position, progress=progress)
         record: dict[str, Any] = {"layer": state.zips[position].tag, "shared": state.zips[position].shared, "steps": count}
-        joint = _retrain_layer(joint, record, count, train, evaluation, base, tune_progress)
+        joint = _retrain_layer(joint, record, count, train, evaluation, base, tune_progress, teachers)
         record["seconds"] = time.perf_counter() - started
         logger.info("layer %d/%d %s: %s", number + 1, len(hidden), record["layer"], record)
         records.append(record)
