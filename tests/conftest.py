@@ -101,7 +101,7 @@ def run_cli(*args: object, cwd: str | os.PathLike[str] | None = None) -> CliResu
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
     package_logger = logging.getLogger("onnx_zip")
-    level, handlers = package_logger.level, list(package_logger.handlers)
+    level, handlers, propagate = package_logger.level, list(package_logger.handlers), package_logger.propagate
     try:
         if cwd is not None:
             os.chdir(cwd)
@@ -114,6 +114,7 @@ def run_cli(*args: object, cwd: str | os.PathLike[str] | None = None) -> CliResu
         os.chdir(previous)
         package_logger.setLevel(level)  # -q/-v of this run must not change what later tests log
         package_logger.handlers[:] = handlers
+        package_logger.propagate = propagate
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

@@ -22,6 +22,7 @@ from types import ModuleType
 from onnx_zip import runtime
 from onnx_zip._version import __version__
 from onnx_zip.errors import InputError
+from onnx_zip.paths import track_inputs
 
 logger = logging.getLogger("onnx_zip")
 
@@ -123,6 +124,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False  # a library's logging.basicConfig (onnxruntime.tools) must not print it twice
 
 
 def _silence_stdout() -> None:
@@ -139,7 +141,8 @@ def run_command(handler: Callable[[argparse.Namespace], int | None], args: argpa
     try:
         if args.needs_runtime:
             runtime.check_installation()
-        code = int(handler(args) or EXIT_OK)
+        with track_inputs():  # no write may replace a file the command has read
+            code = int(handler(args) or EXIT_OK)
         sys.stdout.flush()
         return code
     except BrokenPipeError:  # the reader went away (onnx-zip … | head): not an error

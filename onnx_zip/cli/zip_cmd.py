@@ -11,6 +11,7 @@ from onnx_zip.cli.inputs import collect, data_problems, model_problems, raise_al
 from onnx_zip.cli.options import add_config_arguments, configs_from_args
 from onnx_zip.config import PAIRINGS, ZipConfig
 from onnx_zip.model_io import check_writable
+from onnx_zip.paths import check_outputs
 
 NAME = "zip"
 HELP = "zip two or more models into one multi-output model by Multi-Task Zipping"
@@ -59,6 +60,12 @@ def _file_problems(args: argparse.Namespace, train: dict[str, str], evaluation: 
     for path in (args.output, args.summary, args.report):
         if path:
             collect(problems, check_writable, path)
+    inputs = [("model", m) for m in args.models] + [("--calib", c) for c in args.calib or []]
+    inputs += [("--train", p) for p in train.values()] + [("--eval", p) for p in evaluation.values()]
+    inputs += [(flag, getattr(args, attr)) for flag, attr in (("--stats", "stats"), ("--map", "map"),
+                                                             ("--share-per-layer", "share_per_layer"))]
+    outputs = [("-o", args.output), ("--report", args.report), ("--summary", args.summary)]
+    collect(problems, check_outputs, inputs, outputs)
     return problems
 
 
