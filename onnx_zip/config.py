@@ -209,9 +209,14 @@ PAIRINGS.register(
 
 #: Fitting methods (mtz-method §2–§5: ``paper``; §10: ``compensated``).
 METHODS: Registry[FitMethod] = Registry("method")
-METHODS.register(FitMethod("paper", "the paper's one-pass MTZ: Hessians of the original models, one merge per layer", False))
-METHODS.register(FitMethod(
-    "compensated", "layer by layer, every neuron fitted to the original outputs on the zipped model's inputs", True))
+METHODS.register(
+    FitMethod("paper", "the paper's one-pass MTZ: Hessians of the original models, one merge per layer", False)
+)
+METHODS.register(
+    FitMethod(
+        "compensated", "layer by layer, every neuron fitted to the original outputs on the zipped model's inputs", True
+    )
+)
 
 #: Fine-tuning optimisers and learning-rate schedules (:mod:`onnx_zip.finetune.optim` implements them).
 OPTIMIZERS = ("sgd", "adamw")
@@ -350,8 +355,8 @@ def _is_alignment(v: Any) -> bool:
         return all(isinstance(a, str) and a and isinstance(b, str) and b for a, b in v.items())
     if not _is_list(v) or not all(isinstance(row, (list, tuple)) for row in v):
         return False
-    return len({len(row) for row in v}) == 1 and len(v[0]) >= 2 and all(
-        isinstance(n, str) and n for row in v for n in row
+    return (
+        len({len(row) for row in v}) == 1 and len(v[0]) >= 2 and all(isinstance(n, str) and n for row in v for n in row)
     )
 
 
@@ -362,16 +367,22 @@ _ACCEPTS = {
     "bool": lambda v: isinstance(v, bool),
     "fractions": lambda v: _is_list(v) and all(_is_number(x) and x >= 0 for x in v),
     "steps": lambda v: (_is_int(v) and v >= 0) or (_is_list(v) and all(_is_int(x) and x >= 0 for x in v)),
-    "mapping": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str)
-                                                        for a, b in v.items()),
+    "mapping": lambda v: (
+        isinstance(v, Mapping) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items())
+    ),
     "weights": lambda v: isinstance(v, Mapping) and all(isinstance(a, str) and _is_number(b) for a, b in v.items()),
     "strings": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v),
     "alignment": _is_alignment,
 }
 _DESCRIBE = {
-    "int": "a whole number", "number": "a number", "str": "a string", "bool": "true or false",
-    "fractions": "a list of fractions (floats) or counts (ints)", "steps": "a whole number or a list of them",
-    "mapping": "a mapping of names to names", "weights": "a mapping of task names to numbers",
+    "int": "a whole number",
+    "number": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "fractions": "a list of fractions (floats) or counts (ints)",
+    "steps": "a whole number or a list of them",
+    "mapping": "a mapping of names to names",
+    "weights": "a mapping of task names to numbers",
     "strings": "a list of strings",
     "alignment": '{"node of model 1": "node of model 2"} or a list of rows of node names, one per model',
 }
@@ -514,39 +525,105 @@ class ZipConfig(ConfigGroup):
 
     SECTION: ClassVar[str] = "zip"
 
-    share: float | None = field(default=None, metadata=_meta(
-        "fraction of each hidden layer's neurons to share (default 0.5)", "number",
-        flag="--share", low=0.0, high=1.0, nullable=True, metavar="FRACTION"))
-    share_per_layer: tuple[float | int, ...] | None = field(default=None, metadata=_meta(
-        "per hidden layer: a fraction (float) or a count (int)", "fractions",
-        flag="--share-per-layer", nullable=True, metavar="FILE", cli_file=True))
-    max_cost: float | None = field(default=None, metadata=_meta(
-        "share every pair whose merge cost is at most this", "number",
-        flag="--max-cost", low=0.0, nullable=True, metavar="EPS"))
-    pairing: str = field(default="mtz", metadata=_meta(
-        "mtz, or a baseline that averages: l2, random, correlation", "str", flag="--pairing", choices=PAIRINGS))
-    match: str = field(default="greedy", metadata=_meta(
-        "pair selection: greedy (the released code's) or optimal", "str", flag="--match", choices=MATCHINGS))
-    method: str = field(default="paper", metadata=_meta(
-        "paper (one-pass MTZ) or compensated (least-squares fit to the original outputs, layer by layer)", "str",
-        flag="--method", choices=METHODS))
-    rho: float = field(default=1e-2, metadata=_meta(
-        "ridge of the compensated fit, relative to mean(diag G), toward the paper's merge / original weights", "number",
-        flag="--rho", low=0.0))
-    damping: float = field(default=0.0, metadata=_meta(
-        "relative Hessian damping λ (λ·mean(diag H)·I)", "number", flag="--damping", low=0.0))
-    separate_inputs: bool = field(default=False, metadata=_meta(
-        "give each task its own graph input", "bool", flag="--separate-inputs"))
-    fold_batchnorm: bool = field(default=True, metadata=_meta(
-        "fold BatchNormalization into the layers", "bool", flag="--no-fold-batchnorm"))
-    seed: int = field(default=0, metadata=_meta(
-        "seed (random pairing); same inputs and seed give the same bytes", "int", flag="--seed", low=0))
-    mapping: dict[str, str] | tuple[tuple[str, ...], ...] | None = field(default=None, metadata=_meta(
-        "explicit alignment: {node of model 1: node of model 2}, or rows of node names, one per model", "alignment",
-        flag="--map", nullable=True, metavar="FILE", cli_file=True))
-    until: str | None = field(default=None, metadata=_meta(
-        "zip at most up to this hidden layer (node name); it is the last zipped, the rest stays task-specific",
-        "str", flag="--until", nullable=True, metavar="NODE"))
+    share: float | None = field(
+        default=None,
+        metadata=_meta(
+            "fraction of each hidden layer's neurons to share (default 0.5)",
+            "number",
+            flag="--share",
+            low=0.0,
+            high=1.0,
+            nullable=True,
+            metavar="FRACTION",
+        ),
+    )
+    share_per_layer: tuple[float | int, ...] | None = field(
+        default=None,
+        metadata=_meta(
+            "per hidden layer: a fraction (float) or a count (int)",
+            "fractions",
+            flag="--share-per-layer",
+            nullable=True,
+            metavar="FILE",
+            cli_file=True,
+        ),
+    )
+    max_cost: float | None = field(
+        default=None,
+        metadata=_meta(
+            "share every pair whose merge cost is at most this",
+            "number",
+            flag="--max-cost",
+            low=0.0,
+            nullable=True,
+            metavar="EPS",
+        ),
+    )
+    pairing: str = field(
+        default="mtz",
+        metadata=_meta(
+            "mtz, or a baseline that averages: l2, random, correlation", "str", flag="--pairing", choices=PAIRINGS
+        ),
+    )
+    match: str = field(
+        default="greedy",
+        metadata=_meta(
+            "pair selection: greedy (the released code's) or optimal", "str", flag="--match", choices=MATCHINGS
+        ),
+    )
+    method: str = field(
+        default="paper",
+        metadata=_meta(
+            "paper (one-pass MTZ) or compensated (least-squares fit to the original outputs, layer by layer)",
+            "str",
+            flag="--method",
+            choices=METHODS,
+        ),
+    )
+    rho: float = field(
+        default=1e-2,
+        metadata=_meta(
+            "ridge of the compensated fit, relative to mean(diag G), toward the paper's merge / original weights",
+            "number",
+            flag="--rho",
+            low=0.0,
+        ),
+    )
+    damping: float = field(
+        default=0.0,
+        metadata=_meta("relative Hessian damping λ (λ·mean(diag H)·I)", "number", flag="--damping", low=0.0),
+    )
+    separate_inputs: bool = field(
+        default=False, metadata=_meta("give each task its own graph input", "bool", flag="--separate-inputs")
+    )
+    fold_batchnorm: bool = field(
+        default=True, metadata=_meta("fold BatchNormalization into the layers", "bool", flag="--no-fold-batchnorm")
+    )
+    seed: int = field(
+        default=0,
+        metadata=_meta("seed (random pairing); same inputs and seed give the same bytes", "int", flag="--seed", low=0),
+    )
+    mapping: dict[str, str] | tuple[tuple[str, ...], ...] | None = field(
+        default=None,
+        metadata=_meta(
+            "explicit alignment: {node of model 1: node of model 2}, or rows of node names, one per model",
+            "alignment",
+            flag="--map",
+            nullable=True,
+            metavar="FILE",
+            cli_file=True,
+        ),
+    )
+    until: str | None = field(
+        default=None,
+        metadata=_meta(
+            "zip at most up to this hidden layer (node name); it is the last zipped, the rest stays task-specific",
+            "str",
+            flag="--until",
+            nullable=True,
+            metavar="NODE",
+        ),
+    )
 
     def _rules(self) -> list[str]:
         given = [k for k in ("share", "share_per_layer", "max_cost") if getattr(self, k) is not None]
@@ -599,17 +676,50 @@ class CalibrationConfig(ConfigGroup):
 
     SECTION: ClassVar[str] = "calibration"
 
-    limit: int | None = field(default=DEFAULT_CALIBRATION_LIMIT, metadata=_meta(
-        "calibration samples per model (null, or 0 on the command line: all)", "int",
-        flag="--calib-limit", low=1, nullable=True, metavar="N", zero_means_none=True))
-    batch_size: int = field(default=DEFAULT_CALIBRATION_BATCH, metadata=_meta(
-        "calibration samples per session run", "int", flag="--calib-batch", aliases=("--batch-size",), low=1,
-        metavar="N"))
-    conv_hessian: str = field(default=AUTO_READING, metadata=_meta(
-        "convolution reading: patch (paper), channel (released code) or auto (patch while C·KH·KW+1 ≤ 1024)", "str",
-        flag="--conv-hessian", choices=conv_readings, extra_choices=(AUTO_READING,)))
-    threads: int | None = field(default=None, metadata=_meta(
-        "onnxruntime intra-op threads (null: its default)", "int", flag="--threads", low=1, nullable=True, metavar="N"))
+    limit: int | None = field(
+        default=DEFAULT_CALIBRATION_LIMIT,
+        metadata=_meta(
+            "calibration samples per model (null, or 0 on the command line: all)",
+            "int",
+            flag="--calib-limit",
+            low=1,
+            nullable=True,
+            metavar="N",
+            zero_means_none=True,
+        ),
+    )
+    batch_size: int = field(
+        default=DEFAULT_CALIBRATION_BATCH,
+        metadata=_meta(
+            "calibration samples per session run",
+            "int",
+            flag="--calib-batch",
+            aliases=("--batch-size",),
+            low=1,
+            metavar="N",
+        ),
+    )
+    conv_hessian: str = field(
+        default=AUTO_READING,
+        metadata=_meta(
+            "convolution reading: patch (paper), channel (released code) or auto (patch while C·KH·KW+1 ≤ 1024)",
+            "str",
+            flag="--conv-hessian",
+            choices=conv_readings,
+            extra_choices=(AUTO_READING,),
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=_meta(
+            "onnxruntime intra-op threads (null: its default)",
+            "int",
+            flag="--threads",
+            low=1,
+            nullable=True,
+            metavar="N",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -618,65 +728,155 @@ class FinetuneConfig(ConfigGroup):
 
     SECTION: ClassVar[str] = "finetune"
 
-    steps: int | None = field(default=None, metadata=_meta(
-        "optimiser steps (each takes one batch of every task)", "int", flag="--steps", low=1, required=True,
-        metavar="N"))
-    lr: float | None = field(default=None, metadata=_meta(
-        "peak learning rate (null: chosen by a short learning-rate range test)", "number", flag="--lr", low=0.0, nullable=True))
-    batch_size: int = field(default=64, metadata=_meta(
-        "samples per task and step", "int", flag="--batch", low=1, metavar="N"))
-    optimizer: str = field(default="sgd", metadata=_meta(
-        "sgd (Nesterov momentum) or adamw", "str", flag="--optimizer", choices=OPTIMIZERS))
-    schedule: str = field(default="cosine", metadata=_meta(
-        "cosine (5% warm-up, cosine decay) or constant", "str", flag="--schedule", choices=SCHEDULES))
-    momentum: float = field(default=0.9, metadata=_meta(
-        "SGD momentum (0: plain SGD)", "number", flag="--momentum", low=0.0))
+    steps: int | None = field(
+        default=None,
+        metadata=_meta(
+            "optimiser steps (each takes one batch of every task)",
+            "int",
+            flag="--steps",
+            low=1,
+            required=True,
+            metavar="N",
+        ),
+    )
+    lr: float | None = field(
+        default=None,
+        metadata=_meta(
+            "peak learning rate (null: chosen by a short learning-rate range test)",
+            "number",
+            flag="--lr",
+            low=0.0,
+            nullable=True,
+        ),
+    )
+    batch_size: int = field(
+        default=64, metadata=_meta("samples per task and step", "int", flag="--batch", low=1, metavar="N")
+    )
+    optimizer: str = field(
+        default="sgd", metadata=_meta("sgd (Nesterov momentum) or adamw", "str", flag="--optimizer", choices=OPTIMIZERS)
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata=_meta("cosine (5% warm-up, cosine decay) or constant", "str", flag="--schedule", choices=SCHEDULES),
+    )
+    momentum: float = field(
+        default=0.9, metadata=_meta("SGD momentum (0: plain SGD)", "number", flag="--momentum", low=0.0)
+    )
     nesterov: bool = field(default=True, metadata=_meta("Nesterov momentum (SGD)", "bool", flag="--no-nesterov"))
     weight_decay: float = field(default=0.0, metadata=_meta("weight decay", "number", flag="--weight-decay", low=0.0))
-    losses: dict[str, str] | None = field(default=None, metadata=_meta(
-        "{task: ce | bce | mse} (default ce)", "mapping", flag="--loss", nullable=True,
-        metavar="TASK=LOSS[,TASK=LOSS]"))
-    task_weights: dict[str, float] | None = field(default=None, metadata=_meta(
-        "{task: weight ≥ 0} in the summed loss (default 1)", "weights",
-        flag="--task-weight", low=0.0, nullable=True, metavar="TASK=W[,TASK=W]"))
-    freeze: tuple[str, ...] = field(default=(), metadata=_meta(
-        "keep fixed: shared, heads or initializer-name prefixes", "strings", flag="--freeze", metavar="WHAT"))
-    no_grad: str = field(default="freeze", metadata=_meta(
-        "parameters behind ops without a gradient: freeze them or stop", "str",
-        flag="--no-grad-ops", choices=("freeze", "error")))
-    eval_every: int | None = field(default=None, metadata=_meta(
-        "evaluate every N steps", "int", flag="--eval-every", low=1, nullable=True, metavar="N"))
+    losses: dict[str, str] | None = field(
+        default=None,
+        metadata=_meta(
+            "{task: ce | bce | mse} (default ce)",
+            "mapping",
+            flag="--loss",
+            nullable=True,
+            metavar="TASK=LOSS[,TASK=LOSS]",
+        ),
+    )
+    task_weights: dict[str, float] | None = field(
+        default=None,
+        metadata=_meta(
+            "{task: weight ≥ 0} in the summed loss (default 1)",
+            "weights",
+            flag="--task-weight",
+            low=0.0,
+            nullable=True,
+            metavar="TASK=W[,TASK=W]",
+        ),
+    )
+    freeze: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "keep fixed: shared, heads or initializer-name prefixes", "strings", flag="--freeze", metavar="WHAT"
+        ),
+    )
+    no_grad: str = field(
+        default="freeze",
+        metadata=_meta(
+            "parameters behind ops without a gradient: freeze them or stop",
+            "str",
+            flag="--no-grad-ops",
+            choices=("freeze", "error"),
+        ),
+    )
+    eval_every: int | None = field(
+        default=None,
+        metadata=_meta("evaluate every N steps", "int", flag="--eval-every", low=1, nullable=True, metavar="N"),
+    )
     seed: int = field(default=0, metadata=_meta("seed of the batch order", "int", flag="--seed", low=0))
-    threads: int | None = field(default=None, metadata=_meta(
-        "onnxruntime intra-op threads (1: bit-reproducible)", "int", flag="--threads", low=1, nullable=True,
-        metavar="N"))
+    threads: int | None = field(
+        default=None,
+        metadata=_meta(
+            "onnxruntime intra-op threads (1: bit-reproducible)",
+            "int",
+            flag="--threads",
+            low=1,
+            nullable=True,
+            metavar="N",
+        ),
+    )
     # distillation and safe defaults (issue 15)
-    teachers: dict[str, str] | None = field(default=None, metadata=_meta(
-        "{task: original .onnx} teaching that task (default: the recorded source model, when a task has no labels)",
-        "mapping", nullable=True))
-    alpha: float | None = field(default=None, metadata=_meta(
-        "weight of the label loss against distillation, in [0, 1] (null: 1 without a teacher, 0 without "
-        "labels, else 0.5)", "number", flag="--alpha", low=0.0, high=1.0, nullable=True))
-    temperature: float = field(default=2.0, metadata=_meta(
-        "temperature of the kd distillation loss", "number", flag="--temperature", low=1e-3))
-    distill_losses: dict[str, str] | None = field(default=None, metadata=_meta(
-        "{task: kd | mse} distillation loss (default kd for class scores, mse for maps/scores/embeddings)",
-        "mapping", flag="--distill-loss", nullable=True, metavar="TASK=LOSS[,TASK=LOSS]"))
-    allow_worse: bool = field(default=False, metadata=_meta(
-        "write the best checkpoint even when the run diverged or made the loss worse", "bool", flag="--allow-worse"))
-    batchnorm: str = field(default="eval", metadata=_meta(
-        "BatchNormalization while training: eval (running statistics used and kept, scale/bias train) or train "
-        "(batch statistics, running ones re-estimated from the batches)", "str", flag="--batchnorm",
-        choices=("eval", "train")))
+    teachers: dict[str, str] | None = field(
+        default=None,
+        metadata=_meta(
+            "{task: original .onnx} teaching that task (default: the recorded source model, when a task has no labels)",
+            "mapping",
+            nullable=True,
+        ),
+    )
+    alpha: float | None = field(
+        default=None,
+        metadata=_meta(
+            "weight of the label loss against distillation, in [0, 1] (null: 1 without a teacher, 0 without "
+            "labels, else 0.5)",
+            "number",
+            flag="--alpha",
+            low=0.0,
+            high=1.0,
+            nullable=True,
+        ),
+    )
+    temperature: float = field(
+        default=2.0, metadata=_meta("temperature of the kd distillation loss", "number", flag="--temperature", low=1e-3)
+    )
+    distill_losses: dict[str, str] | None = field(
+        default=None,
+        metadata=_meta(
+            "{task: kd | mse} distillation loss (default kd for class scores, mse for maps/scores/embeddings)",
+            "mapping",
+            flag="--distill-loss",
+            nullable=True,
+            metavar="TASK=LOSS[,TASK=LOSS]",
+        ),
+    )
+    allow_worse: bool = field(
+        default=False,
+        metadata=_meta(
+            "write the best checkpoint even when the run diverged or made the loss worse", "bool", flag="--allow-worse"
+        ),
+    )
+    batchnorm: str = field(
+        default="eval",
+        metadata=_meta(
+            "BatchNormalization while training: eval (running statistics used and kept, scale/bias train) or train "
+            "(batch statistics, running ones re-estimated from the batches)",
+            "str",
+            flag="--batchnorm",
+            choices=("eval", "train"),
+        ),
+    )
 
     def _rules(self) -> list[str]:
         out = [
             f"finetune.losses: loss {loss!r} for task {task!r} is unknown, use one of {', '.join(LOSSES)}"
-            for task, loss in (self.losses or {}).items() if loss not in LOSSES
+            for task, loss in (self.losses or {}).items()
+            if loss not in LOSSES
         ]
         return out + [
             f"finetune.distill_losses: loss {loss!r} for task {task!r} is unknown, use kd or mse"
-            for task, loss in (self.distill_losses or {}).items() if loss not in ("kd", "mse")
+            for task, loss in (self.distill_losses or {}).items()
+            if loss not in ("kd", "mse")
         ]
 
 
@@ -686,15 +886,27 @@ class RetrainConfig(ConfigGroup):
 
     SECTION: ClassVar[str] = "retrain"
 
-    steps: int | tuple[int, ...] = field(default=100, metadata=_meta(
-        "joint fine-tuning steps after each hidden layer (one count or one per layer)", "steps",
-        flag="--retrain-steps", metavar="K[,K...]"))
-    lr: float | None = field(default=None, metadata=_meta(
-        "peak learning rate (null: the optimizer's default)", "number", flag="--lr", low=0.0, nullable=True))
-    optimizer: str = field(default="sgd", metadata=_meta(
-        "sgd (Nesterov momentum) or adamw", "str", flag="--optimizer", choices=OPTIMIZERS))
-    batch_size: int = field(default=64, metadata=_meta(
-        "samples per task and step", "int", flag="--batch", low=1, metavar="N"))
+    steps: int | tuple[int, ...] = field(
+        default=100,
+        metadata=_meta(
+            "joint fine-tuning steps after each hidden layer (one count or one per layer)",
+            "steps",
+            flag="--retrain-steps",
+            metavar="K[,K...]",
+        ),
+    )
+    lr: float | None = field(
+        default=None,
+        metadata=_meta(
+            "peak learning rate (null: the optimizer's default)", "number", flag="--lr", low=0.0, nullable=True
+        ),
+    )
+    optimizer: str = field(
+        default="sgd", metadata=_meta("sgd (Nesterov momentum) or adamw", "str", flag="--optimizer", choices=OPTIMIZERS)
+    )
+    batch_size: int = field(
+        default=64, metadata=_meta("samples per task and step", "int", flag="--batch", low=1, metavar="N")
+    )
 
     def steps_per_layer(self, hidden_count: int) -> list[int]:
         """One step count per hidden layer.
@@ -705,14 +917,17 @@ class RetrainConfig(ConfigGroup):
         if isinstance(self.steps, int):
             return [self.steps] * hidden_count
         if len(self.steps) != hidden_count:
-            raise InputError(f"retrain.steps lists {len(self.steps)} counts for {hidden_count} hidden layers",
-                             hint="give one count per hidden layer, or a single count")
+            raise InputError(
+                f"retrain.steps lists {len(self.steps)} counts for {hidden_count} hidden layers",
+                hint="give one count per hidden layer, or a single count",
+            )
         return list(self.steps)
 
     def finetune_config(self, steps: int, *, seed: int = 0, threads: int | None = None) -> FinetuneConfig:
         """The fine-tuning of one layer's retraining (``steps`` ≥ 1)."""
-        return FinetuneConfig(steps=steps, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
-                              seed=seed, threads=threads)
+        return FinetuneConfig(
+            steps=steps, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size, seed=seed, threads=threads
+        )
 
 
 #: Every group, by section.

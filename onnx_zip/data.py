@@ -42,7 +42,11 @@ class TensorSpec:
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value.type.tensor_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)) if tensor_type.elem_type else np.dtype("float32")
+    dtype = (
+        np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        if tensor_type.elem_type
+        else np.dtype("float32")
+    )
     shape: tuple[int | None, ...] | None = None
     if tensor_type.HasField("shape"):
         shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
@@ -176,7 +180,8 @@ def bind_arrays(
         labels = np.asarray(arrays[LABEL_KEY])
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(
-                f"{source}: {LABEL_KEY!r} must be a 1-D array of integer class indices, got {labels.dtype} {labels.shape}"
+                f"{source}: {LABEL_KEY!r} must be a 1-D array of integer class indices, got {labels.dtype} "
+                f"{labels.shape}"
             )
         n = next(iter(counts.values()))
         if labels.shape[0] != n:

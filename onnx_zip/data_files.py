@@ -111,10 +111,14 @@ def _read_header(handle: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, 
     except Exception as exc:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError, ...
         raise DataError(f"{where}: not a valid .npy header ({_safe_detail(exc)})", hint=_SAVE_HINT) from None
     if any(int(d) < 0 for d in shape):
-        raise DataError(f"{where}: not a valid .npy header (negative dimension in shape {list(shape)})", hint=_SAVE_HINT)
+        raise DataError(
+            f"{where}: not a valid .npy header (negative dimension in shape {list(shape)})", hint=_SAVE_HINT
+        )
     if dtype.hasobject:
-        raise DataError(f"{where}: holds Python objects, which cannot be read without pickles (onnx_zip never unpickles data)",
-                        hint=_SAVE_HINT)
+        raise DataError(
+            f"{where}: holds Python objects, which cannot be read without pickles (onnx_zip never unpickles data)",
+            hint=_SAVE_HINT,
+        )
     if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise DataError(f"{where}: dtype {dtype} is not a plain numeric type", hint=_SAVE_HINT)
     return tuple(int(d) for d in shape), bool(fortran), dtype
@@ -139,7 +143,9 @@ def read_npy_stream(handle: IO[bytes], available: int, where: str, limit: int) -
     if nbytes > available - header_bytes:
         raise DataError(
             f"{where}: header declares shape {list(shape)} {dtype} ({nbytes:,} bytes) but only "
-            f"{max(available - header_bytes, 0):,} bytes follow", hint="the file is truncated or corrupt")
+            f"{max(available - header_bytes, 0):,} bytes follow",
+            hint="the file is truncated or corrupt",
+        )
     array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     view = array.reshape(-1, order="A").view(np.uint8).data if count else memoryview(b"")
     filled = 0
@@ -208,8 +214,17 @@ def read_arrays(path: str | os.PathLike[str], *, max_bytes: int | None = None) -
         raise
     except MemoryError:
         raise DataError(f"{source}: not enough memory to read it", hint="use a smaller data file") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, EOFError,
-            OverflowError, zlib.error, lzma.LZMAError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        OverflowError,
+        zlib.error,
+        lzma.LZMAError,
+    ) as exc:
         raise DataError(f"{source}: not a readable .npz file ({_safe_detail(exc)})", hint=_SAVE_HINT) from None
     except OSError as exc:
         raise DataError(f"{source}: cannot read ({exc.strerror or exc})") from None

@@ -142,7 +142,9 @@ class TaskEvaluation:
         return asdict(self)
 
 
-def _reference_run(original: onnx.ModelProto | str | os.PathLike[str], output: str, threads: int | None) -> tuple[Any, str, list[str]]:
+def _reference_run(
+    original: onnx.ModelProto | str | os.PathLike[str], output: str, threads: int | None
+) -> tuple[Any, str, list[str]]:
     """A session of the original model, the output matching ``output`` and its input names.
 
     Raises:
@@ -151,8 +153,11 @@ def _reference_run(original: onnx.ModelProto | str | os.PathLike[str], output: s
     proto = original if isinstance(original, onnx.ModelProto) else load_model(original)
     names = [o.name for o in model_outputs(proto)]
     if output not in names:
-        raise ModelError(f"original {original if not isinstance(original, onnx.ModelProto) else 'model'} has no output "
-                         f"{output!r} (its outputs: {names})", hint="give the task's original model")
+        raise ModelError(
+            f"original {original if not isinstance(original, onnx.ModelProto) else 'model'} has no output "
+            f"{output!r} (its outputs: {names})",
+            hint="give the task's original model",
+        )
     inputs = [v.name for v in model_inputs(proto)]
     return runtime.make_session(proto, threads=threads), output, inputs
 
@@ -202,8 +207,10 @@ def evaluate_tasks_metrics(
     tasks = list(data)
     unknown = [t for t in tasks if recorded and t not in recorded] or ([] if recorded or len(tasks) == 1 else tasks)
     if unknown:
-        raise ModelError(f"{label}: no task {unknown[0]!r}" if recorded else f"{label} is one task; got data for {tasks}",
-                         hint=f"its tasks are {recorded}" if recorded else None)
+        raise ModelError(
+            f"{label}: no task {unknown[0]!r}" if recorded else f"{label} is one task; got data for {tasks}",
+            hint=f"its tasks are {recorded}" if recorded else None,
+        )
     _, inputs = task_inputs(proto, recorded or tasks, label=label)
     session = runtime.make_session(proto, threads=threads)
     out: dict[str, TaskEvaluation] = {}
@@ -214,7 +221,7 @@ def evaluate_tasks_metrics(
         feeds_all, labels, source = bind_inputs(proto, spec, data[task])
         ref = None
         if references and references.get(task) is not None:
-            ref = _reference_run(references[task], name[len(task) + 1:] if recorded else name, threads)
+            ref = _reference_run(references[task], name[len(task) + 1 :] if recorded else name, threads)
         meter = TaskMeter(task, maps=_is_map(proto, name), lenient=lenient_labels)
         for part in batch_slices(len(next(iter(feeds_all.values()))), batch_size):
             feeds = {k: v[part] for k, v in feeds_all.items()}
@@ -237,8 +244,9 @@ def _task_output(candidates: list[TensorSpec], requested: str | None, label: str
     Raises:
         ModelError: no such output, or no float output at all.
     """
-    if requested is not None or any(np.issubdtype(o.dtype, np.floating) and (o.shape is None or len(o.shape) == 2)
-                                    for o in candidates):
+    if requested is not None or any(
+        np.issubdtype(o.dtype, np.floating) and (o.shape is None or len(o.shape) == 2) for o in candidates
+    ):
         return score_output(candidates, requested, label=label)
     floats = [o.name for o in candidates if np.issubdtype(o.dtype, np.floating)]
     if not floats:

@@ -54,10 +54,17 @@ _TYPED_FIELD: dict[int, tuple[str, int]] = {
     **{t: ("int32_data", 1) for t in (TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT16,
                                       TensorProto.UINT8, TensorProto.BOOL, TensorProto.FLOAT16, TensorProto.BFLOAT16)},
 }
-_UNCALIBRATABLE_FLOATS: dict[int, str] = {TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64", TensorProto.BFLOAT16: "bfloat16"}
+_UNCALIBRATABLE_FLOATS: dict[int, str] = {
+    TensorProto.FLOAT16: "float16",
+    TensorProto.DOUBLE: "float64",
+    TensorProto.BFLOAT16: "bfloat16",
+}
 #: Node type -> input positions that hold the layer's weights (input 0 counts when it is a constant).
 LAYER_WEIGHT_INPUTS = {
-    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (0, 1, 2),
+    "MatMul": (0, 1),
     "BatchNormalization": (1, 2, 3, 4),
 }
 _FLOAT32_HINT = (
@@ -153,10 +160,14 @@ def check_payload(tensor: TensorProto, where: str, problems: _Problems) -> bool:
         return True
     nbytes = _declared_bytes(tensor, count)
     if nbytes is None:
-        problems.add(f"{where} has data type {_type_name(tensor.data_type)}, which onnx_zip does not read", _FLOAT32_HINT)
+        problems.add(
+            f"{where} has data type {_type_name(tensor.data_type)}, which onnx_zip does not read", _FLOAT32_HINT
+        )
         return False
     if nbytes > MAX_TENSOR_BYTES:
-        problems.add(f"{where} declares dims {list(tensor.dims)} ({nbytes:,} bytes), over the {MAX_TENSOR_BYTES:,}-byte limit")
+        problems.add(
+            f"{where} declares dims {list(tensor.dims)} ({nbytes:,} bytes), over the {MAX_TENSOR_BYTES:,}-byte limit"
+        )
         return False
     if tensor.data_location == TensorProto.EXTERNAL:
         return True  # checked when inlined
@@ -198,10 +209,14 @@ def _side_file(location: str, folder: Path, where: str, problems: _Problems) -> 
     real_folder = Path(os.path.realpath(folder))
     real = Path(os.path.realpath(folder / location))
     if real_folder not in real.parents:
-        problems.add(f"{where}: external data location {location!r} is a link leading out of the model's folder", inside)
+        problems.add(
+            f"{where}: external data location {location!r} is a link leading out of the model's folder", inside
+        )
         return None
     if not real.is_file():
-        problems.add(f"{where}: external data file {folder / location} not found", "keep the side files next to the .onnx file")
+        problems.add(
+            f"{where}: external data file {folder / location} not found", "keep the side files next to the .onnx file"
+        )
         return None
     return real
 
@@ -231,7 +246,9 @@ def inline_external(tensor: TensorProto, where: str, folder: Path, problems: _Pr
     count = element_count(tensor) or 0
     nbytes = _declared_bytes(tensor, count) or 0
     if length is not None and length != nbytes:
-        problems.add(f"{where} declares dims {list(tensor.dims)} ({nbytes:,} bytes) but its external data length is {length:,}")
+        problems.add(
+            f"{where} declares dims {list(tensor.dims)} ({nbytes:,} bytes) but its external data length is {length:,}"
+        )
         return
     size = side.stat().st_size
     if offset + nbytes > size:
@@ -266,10 +283,14 @@ def _densified(sparse: onnx.SparseTensorProto, problems: _Problems) -> np.ndarra
     shape = list(sparse.dims)
     local = _Problems(problems.name)
     if any(d < 0 for d in shape) or math.prod(shape) > MAX_DENSIFIED_ELEMENTS:
-        local.add(f"{where} declares dense dims {shape}, over the {MAX_DENSIFIED_ELEMENTS:,}-element limit for densifying")
+        local.add(
+            f"{where} declares dense dims {shape}, over the {MAX_DENSIFIED_ELEMENTS:,}-element limit for densifying"
+        )
     elif sparse.values.data_type not in _ITEM_BYTES or sparse.indices.data_type != TensorProto.INT64:
-        local.add(f"{where}: values of type {_type_name(sparse.values.data_type)} with indices of type "
-                  f"{_type_name(sparse.indices.data_type)} (int64 indices expected)")
+        local.add(
+            f"{where}: values of type {_type_name(sparse.values.data_type)} with indices of type "
+            f"{_type_name(sparse.indices.data_type)} (int64 indices expected)"
+        )
     elif check_payload(sparse.values, where, local) and check_payload(sparse.indices, where, local):
         values = numpy_helper.to_array(sparse.values).reshape(-1)
         indices = numpy_helper.to_array(sparse.indices)
@@ -297,11 +318,10 @@ def _densified(sparse: onnx.SparseTensorProto, problems: _Problems) -> np.ndarra
     return None
 
 
-def check_structure(graph: onnx.GraphProto, problems: _Problems) -> None:
-    """Refuse tensors produced twice, tensors read but never produced, and cycles (top-level graph)."""
+def _producers(graph: onnx.GraphProto, sources: set[str], problems: _Problems) -> dict[str, str]:
+    """Tensor name -> the node producing it; a tensor produced twice (or also a graph input or
+    initializer) is a problem."""
     producer: dict[str, str] = {}
-    sources = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    sources |= {s.values.name for s in graph.sparse_initializer}
     for node in graph.node:
         for out in node.output:
             if not out:
@@ -309,10 +329,20 @@ def check_structure(graph: onnx.GraphProto, problems: _Problems) -> None:
             if out in producer or out in sources:
                 problems.add(f"tensor {out!r} is produced twice (node {node.name or node.op_type!r})")
             producer[out] = node.name or node.op_type
+    return producer
+
+
+def check_structure(graph: onnx.GraphProto, problems: _Problems) -> None:
+    """Refuse tensors produced twice, tensors read but never produced, and cycles (top-level graph)."""
+    sources = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    sources |= {s.values.name for s in graph.sparse_initializer}
+    producer = _producers(graph, sources, problems)
     for node in graph.node:
         if node.op_type == "Constant" and any(a.name == "sparse_value" for a in node.attribute):
-            problems.add(f"Constant node {node.name or node.op_type!r} holds a sparse tensor",
-                         "store the weight as a dense initializer")
+            problems.add(
+                f"Constant node {node.name or node.op_type!r} holds a sparse tensor",
+                "store the weight as a dense initializer",
+            )
         for name in node.input:
             if name and name not in producer and name not in sources:
                 problems.add(f"node {node.name or node.op_type!r} reads tensor {name!r}, which nothing produces")
@@ -322,8 +352,10 @@ def check_structure(graph: onnx.GraphProto, problems: _Problems) -> None:
     if not problems.items:
         stuck = _cycle_nodes(graph)
         if stuck:
-            problems.add(f"the graph has a cycle through node(s) {', '.join(repr(n) for n in stuck[:4])}",
-                         "an ONNX graph must be acyclic")
+            problems.add(
+                f"the graph has a cycle through node(s) {', '.join(repr(n) for n in stuck[:4])}",
+                "an ONNX graph must be acyclic",
+            )
 
 
 def check_node_schemas(model: onnx.ModelProto, problems: _Problems) -> None:
@@ -369,8 +401,10 @@ def check_shapes(model: onnx.ModelProto, problems: _Problems) -> None:
     except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError, ValidationError and others
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         detail = lines[-1] if lines else type(exc).__name__
-        problems.add(f"the graph's shapes do not fit together ({detail[:300]})",
-                     "check that every layer reads a tensor of the size its weights expect")
+        problems.add(
+            f"the graph's shapes do not fit together ({detail[:300]})",
+            "check that every layer reads a tensor of the size its weights expect",
+        )
 
 
 def _cycle_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -421,8 +455,10 @@ def check_dtypes(graph: onnx.GraphProto, problems: _Problems) -> None:
             if tensor.data_type in _UNCALIBRATABLE_FLOATS:
                 problems.add(f"{where} is {_UNCALIBRATABLE_FLOATS[tensor.data_type]}", _FLOAT32_HINT)
             elif tensor.data_type != TensorProto.FLOAT:
-                problems.add(f"{where} is {_type_name(tensor.data_type).lower()} (a quantised layer?)",
-                             "zip the float32 model the quantised one was made from")
+                problems.add(
+                    f"{where} is {_type_name(tensor.data_type).lower()} (a quantised layer?)",
+                    "zip the float32 model the quantised one was made from",
+                )
             elif position > 0 and 0 in tensor.dims and node.op_type != "BatchNormalization":
                 problems.add(f"{where} has shape {list(tensor.dims)}: the layer has no neurons or no inputs")
 
@@ -435,8 +471,10 @@ def check_finite(graph: onnx.GraphProto, problems: _Problems) -> None:
         array = numpy_helper.to_array(tensor)
         bad = array.size - int(np.isfinite(array).sum())
         if bad:
-            problems.add(f"weight {tensor.name!r} holds {bad} NaN or Inf value(s) of {array.size}",
-                         "the model's weights are corrupt: re-export it from a healthy checkpoint")
+            problems.add(
+                f"weight {tensor.name!r} holds {bad} NaN or Inf value(s) of {array.size}",
+                "the model's weights are corrupt: re-export it from a healthy checkpoint",
+            )
 
 
 def guard_model(model: onnx.ModelProto, folder: Path, name: str) -> onnx.ModelProto:

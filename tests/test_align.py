@@ -28,7 +28,12 @@ def test_positional_pairs_allow_different_widths() -> None:
     a = chain(builders.cnn(0, channels=(4, 6), hidden=16), "A")
     b = chain(builders.cnn(1, channels=(5, 6), hidden=12), "B")
     alignment = align_chains([a, b])
-    assert [x.nodes for x in alignment.layers] == [("conv0", "conv0"), ("conv1", "conv1"), ("fc0", "fc0"), ("fc1", "fc1")]
+    assert [x.nodes for x in alignment.layers] == [
+        ("conv0", "conv0"),
+        ("conv1", "conv1"),
+        ("fc0", "fc0"),
+        ("fc1", "fc1"),
+    ]
     assert alignment.layers[0].neurons == (4, 5) and alignment.layers[1].inputs == (4, 5)
     assert [x.is_head for x in alignment.layers] == [False, False, False, True]
     assert alignment.layers[0].kernel_shape == (3, 3)
@@ -68,6 +73,7 @@ def test_kernel_must_match() -> None:
     b = chain(b_model, "b")
     conv1 = b.layers[1]
     from dataclasses import replace
+
     b = replace(b, layers=(b.layers[0], replace(conv1, conv=replace(conv1.conv, kernel_shape=(5, 5))), *b.layers[2:]))
     with pytest.raises(ModelError, match="position 1: kernel differs"):
         align_chains([a, b])
@@ -106,13 +112,17 @@ def test_align_json_is_accepted_as_a_mapping(tmp_path: Path) -> None:
 
 def test_cli_tiny(tmp_path: Path) -> None:
     paths = {}
-    for name, model in {"a": builders.cnn(0), "b": builders.cnn(1, channels=(5, 7)), "m": builders.mlp([144, 16, 10])}.items():
+    for name, model in {
+        "a": builders.cnn(0),
+        "b": builders.cnn(1, channels=(5, 7)),
+        "m": builders.mlp([144, 16, 10]),
+    }.items():
         paths[name] = str(tmp_path / f"{name}.onnx")
         onnx.save(model, paths[name])
     ok = cli("align", paths["a"], paths["b"], "--json")
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
-    assert [l["neurons"] for l in data["layers"]] == [[4, 5], [6, 7], [16, 16], [10, 10]]
+    assert [lay["neurons"] for lay in data["layers"]] == [[4, 5], [6, 7], [16, 16], [10, 10]]
     bad = cli("align", paths["m"], paths["a"])
     assert bad.returncode == 2
     assert "kind differs" in bad.stderr and "conv0 conv 4<-1 k3x3" in bad.stderr
@@ -138,9 +148,9 @@ def test_cli_zoo_pairs(zoo) -> None:
         assert result.returncode == 0, (a, b, result.stderr)
         layers = json.loads(result.stdout)["layers"]
         chain_a = chain(onnx.load(zoo[a]["file"]), a)
-        assert [l["nodes"][0] for l in layers] == [l.node for l in chain_a.layers]
-        assert [l["neurons"][0] for l in layers] == [l.neurons for l in chain_a.layers]
-        assert [l["is_head"] for l in layers] == [False] * len(chain_a.hidden) + [True]
+        assert [lay["nodes"][0] for lay in layers] == [lay.node for lay in chain_a.layers]
+        assert [lay["neurons"][0] for lay in layers] == [lay.neurons for lay in chain_a.layers]
+        assert [lay["is_head"] for lay in layers] == [False] * len(chain_a.hidden) + [True]
 
 
 def test_cli_zoo_mismatch(zoo) -> None:

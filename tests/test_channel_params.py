@@ -112,7 +112,9 @@ def test_layer_norm_between_dense_layers_is_zipped_per_task(share: float) -> Non
     if share == 0.0:
         for t, original in enumerate((a, b)):
             np.testing.assert_allclose(zipped[t], _run(original, x)[0], rtol=0, atol=ATOL)
-    assert {"a/layer1_dense/all/ln_scale", "b/layer1_dense/all/ln_bias"} <= {t.name for t in result.model.graph.initializer}
+    assert {"a/layer1_dense/all/ln_scale", "b/layer1_dense/all/ln_bias"} <= {
+        t.name for t in result.model.graph.initializer
+    }
     job = prepare([a, b], calib, config=ZipConfig.from_mapping({"share": share}))
     views = task_views(result.model, job.tasks, [p.canonical for p in job.prepared], result.layers)
     for t, view in enumerate(views):

@@ -112,7 +112,9 @@ def test_registries_and_later_registration():
 
 
 def test_a_registered_pairing_is_accepted(monkeypatch):
-    monkeypatch.setitem(PAIRINGS._entries, "compensated", PairingMethod("compensated", "test", "hessian", "hessian", True))
+    monkeypatch.setitem(
+        PAIRINGS._entries, "compensated", PairingMethod("compensated", "test", "hessian", "hessian", True)
+    )
     assert ZipConfig(pairing="compensated").pairing_method.name == "compensated"
 
 

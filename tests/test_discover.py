@@ -25,19 +25,22 @@ def effects(layer) -> list[tuple[str, str]]:
 
 def test_mlp_chain() -> None:
     chain = chain_of(builders.mlp([8, 6, 4, 3]))
-    assert [l.node for l in chain.layers] == ["fc0", "fc1", "fc2"]
-    assert [(l.neurons, l.inputs) for l in chain.layers] == [(6, 8), (4, 6), (3, 4)]
-    assert [l.is_head for l in chain.layers] == [False, False, True]
+    assert [lay.node for lay in chain.layers] == ["fc0", "fc1", "fc2"]
+    assert [(lay.neurons, lay.inputs) for lay in chain.layers] == [(6, 8), (4, 6), (3, 4)]
+    assert [lay.is_head for lay in chain.layers] == [False, False, True]
     assert chain.input == "x" and chain.outputs == ("y",)
     assert effects(chain.layers[0]) == [("Relu", "elementwise")]
     assert chain.layers[2].path == ()
-    assert all(l.kind == "dense" and l.trans_b == 1 and l.bias == f"{l.node}.bias" for l in chain.layers)
+    assert all(lay.kind == "dense" and lay.trans_b == 1 and lay.bias == f"{lay.node}.bias" for lay in chain.layers)
     assert chain.channel_groups == () and require_supported_chain(chain) is chain
 
 
 def test_matmul_mlp_same_chain_as_gemm() -> None:
     chain = chain_of(builders.mlp([8, 6, 3], use_matmul=True, bias=False))
-    assert [(l.op_type, l.neurons, l.inputs, l.bias) for l in chain.layers] == [("Gemm", 6, 8, None), ("Gemm", 3, 6, None)]
+    assert [(lay.op_type, lay.neurons, lay.inputs, lay.bias) for lay in chain.layers] == [
+        ("Gemm", 6, 8, None),
+        ("Gemm", 3, 6, None),
+    ]
 
 
 @pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
@@ -86,51 +89,72 @@ def test_per_channel_and_scalar_mul() -> None:
     model = builders.cnn()
     scale = numpy_helper.from_array(np.linspace(0.5, 1.5, 4, dtype=np.float32).reshape(4, 1, 1), "chan_scale")
     half = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")
-    model = _insert_after(model, "conv0_out", [
-        helper.make_node("Mul", ["conv0_out_pre", "chan_scale"], ["scaled"], name="chan_mul"),
-        helper.make_node("Mul", ["scaled", "half"], ["conv0_out"], name="scalar_mul"),
-    ], [scale, half])
+    model = _insert_after(
+        model,
+        "conv0_out",
+        [
+            helper.make_node("Mul", ["conv0_out_pre", "chan_scale"], ["scaled"], name="chan_mul"),
+            helper.make_node("Mul", ["scaled", "half"], ["conv0_out"], name="scalar_mul"),
+        ],
+        [scale, half],
+    )
     chain = chain_of(model)
     assert [(s.node, s.effect, s.channel_params) for s in chain.layers[0].path[:2]] == [
-        ("chan_mul", "channel_params", ("chan_scale",)), ("scalar_mul", "elementwise", ())]
+        ("chan_mul", "channel_params", ("chan_scale",)),
+        ("scalar_mul", "elementwise", ()),
+    ]
 
 
 def test_unsupported_op_on_path_named() -> None:
-    model = _insert_after(builders.cnn(), "relu0_out", [
-        helper.make_node("LRN", ["relu0_out_pre"], ["relu0_out"], name="my_lrn", size=3)])
+    model = _insert_after(
+        builders.cnn(), "relu0_out", [helper.make_node("LRN", ["relu0_out_pre"], ["relu0_out"], name="my_lrn", size=3)]
+    )
     with pytest.raises(ModelError, match="'my_lrn' \\(LRN\\): after layer 'conv0'"):
         chain_of(model)
 
 
 def test_branch_named() -> None:
     # conv0's output forks into Sigmoid and Tanh, summed again: not a gate x * f(x)
-    model = _insert_after(builders.cnn(), "relu0_out", [
-        helper.make_node("Sigmoid", ["relu0_out_pre"], ["sig"], name="sig"),
-        helper.make_node("Tanh", ["relu0_out_pre"], ["tanh"], name="tanh"),
-        helper.make_node("Add", ["tanh", "sig"], ["relu0_out"], name="sum")])
+    model = _insert_after(
+        builders.cnn(),
+        "relu0_out",
+        [
+            helper.make_node("Sigmoid", ["relu0_out_pre"], ["sig"], name="sig"),
+            helper.make_node("Tanh", ["relu0_out_pre"], ["tanh"], name="tanh"),
+            helper.make_node("Add", ["tanh", "sig"], ["relu0_out"], name="sum"),
+        ],
+    )
     with pytest.raises(ModelError, match="branches.*'sig' \\(Sigmoid\\).*'tanh' \\(Tanh\\)"):
         chain_of(model)
 
 
 def test_gate_is_a_path() -> None:
     # SiLU: x * sigmoid(x) forks conv0's output into Sigmoid and Mul: the gate is on the path
-    model = _insert_after(builders.cnn(), "relu0_out", [
-        helper.make_node("Sigmoid", ["relu0_out_pre"], ["sig"], name="sig"),
-        helper.make_node("Mul", ["relu0_out_pre", "sig"], ["relu0_out"], name="silu_mul")])
+    model = _insert_after(
+        builders.cnn(),
+        "relu0_out",
+        [
+            helper.make_node("Sigmoid", ["relu0_out_pre"], ["sig"], name="sig"),
+            helper.make_node("Mul", ["relu0_out_pre", "sig"], ["relu0_out"], name="silu_mul"),
+        ],
+    )
     steps = [(s.op_type, s.effect) for s in chain_of(model).hidden[0].path]
     assert ("Sigmoid", "elementwise") in steps and ("Mul", "residual") in steps
 
 
 def test_residual_groups_and_plain_chain_refusal() -> None:
     chain = chain_of(builders.residual())
-    assert [l.node for l in chain.layers] == ["stem", "conv_a", "conv_b", "fc"]
+    assert [lay.node for lay in chain.layers] == ["stem", "conv_a", "conv_b", "fc"]
     assert chain.channel_groups == (("stem", "conv_b"),)
     assert chain.group_nodes == (("add",),)
     assert effects(chain.by_node("conv_b"))[:2] == [("Add", "residual"), ("Relu", "elementwise")]
     assert effects(chain.by_node("conv_b"))[-1] == ("Flatten", "flatten")
     # Each layer's sources: the layers whose channels reach its input (the Add sums stem and conv_b).
-    assert [(l.node, l.sources) for l in chain.layers] == [
-        ("stem", ()), ("conv_a", ("stem",)), ("conv_b", ("conv_a",)), ("fc", ("stem", "conv_b"))
+    assert [(lay.node, lay.sources) for lay in chain.layers] == [
+        ("stem", ()),
+        ("conv_a", ("stem",)),
+        ("conv_b", ("conv_a",)),
+        ("fc", ("stem", "conv_b")),
     ]
     assert require_supported_chain(chain) is chain
     assert chain.group_ops == (("Add",),)
@@ -144,13 +168,19 @@ def test_sources_carry_the_flatten_features() -> None:
 
 def test_head_post_processing_and_branch_after_head() -> None:
     model = builders.mlp([6, 4, 3], output_name="logits")
-    model.graph.node.extend([
-        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
-        helper.make_node("ArgMax", ["probabilities"], ["label"], name="argmax", axis=1, keepdims=0),
-    ])
+    model.graph.node.extend(
+        [
+            helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
+            helper.make_node("ArgMax", ["probabilities"], ["label"], name="argmax", axis=1, keepdims=0),
+        ]
+    )
     del model.graph.output[:]
-    model.graph.output.extend([helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]),
-                               helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])])
+    model.graph.output.extend(
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+        ]
+    )
     head = chain_of(model).heads[0]
     assert head.node == "fc1"
     assert [(s.node, s.effect) for s in head.path] == [("softmax", "output")]  # stops at the fork
@@ -165,24 +195,40 @@ def test_hidden_output_exposed_refused() -> None:
 
 def test_rank3_matmul_bias_node() -> None:
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("w0", (4, 5)), ("b0", (5,)), ("w1", (5, 2)))]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["m0"], name="mm0"),
-             helper.make_node("Add", ["m0", "b0"], ["a0"], name="add0"),
-             helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
-             helper.make_node("MatMul", ["r0", "w1"], ["y"], name="mm1")]
-    model = builders.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 4])],
-                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7, 2])], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w0", (4, 5)), ("b0", (5,)), ("w1", (5, 2)))
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["m0"], name="mm0"),
+        helper.make_node("Add", ["m0", "b0"], ["a0"], name="add0"),
+        helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
+        helper.make_node("MatMul", ["r0", "w1"], ["y"], name="mm1"),
+    ]
+    model = builders.make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7, 2])],
+        inits,
+    )
     chain = chain_of(model)
     mm0 = chain.by_node("mm0")
-    assert (mm0.op_type, mm0.neurons, mm0.inputs, mm0.bias, mm0.bias_node, mm0.output) == ("MatMul", 5, 4, "b0", "add0", "a0")
+    assert (mm0.op_type, mm0.neurons, mm0.inputs, mm0.bias, mm0.bias_node, mm0.output) == (
+        "MatMul",
+        5,
+        4,
+        "b0",
+        "add0",
+        "a0",
+    )
     assert effects(mm0) == [("Relu", "elementwise")] and mm0.trans_b == 0
 
 
 def test_to_dict_serialisable() -> None:
     import json
+
     chain = chain_of(builders.cnn())
-    json.dumps([l.to_dict() for l in chain.layers])
+    json.dumps([lay.to_dict() for lay in chain.layers])
 
 
 EXPECTED = {
@@ -190,15 +236,25 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", ["lenet300_mnist_s0", "lenet300_mnist_s1", "lenet5_mnist_s0", "lenet5_fashion",
-                                  "lenet5_fashion_super4", "resnet_mnist", "mlp_mnist_sklearn_s0"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lenet300_mnist_s0",
+        "lenet300_mnist_s1",
+        "lenet5_mnist_s0",
+        "lenet5_fashion",
+        "lenet5_fashion_super4",
+        "resnet_mnist",
+        "mlp_mnist_sklearn_s0",
+    ],
+)
 def test_zoo_discovery(zoo, name: str) -> None:
     entry = zoo_model(zoo, name)
     chain = discover_layers(canonicalize(model_io.load_model(entry["file"]), label=name), label=name)
-    assert chain.layers[-1].is_head and sum(l.is_head for l in chain.layers) == 1
+    assert chain.layers[-1].is_head and sum(lay.is_head for lay in chain.layers) == 1
     assert chain.input == entry["input"]
     if entry.get("arch") in EXPECTED:
-        assert [(l.neurons, l.inputs) for l in chain.layers] == EXPECTED[entry["arch"]]
+        assert [(lay.neurons, lay.inputs) for lay in chain.layers] == EXPECTED[entry["arch"]]
     if name.startswith("resnet"):
         assert chain.channel_groups
     else:
@@ -208,8 +264,10 @@ def test_zoo_discovery(zoo, name: str) -> None:
         def per_channel(layer):
             return max([1] + [s.features_per_channel for s in layer.path if s.effect == "flatten"])
 
-        assert all(any(l.inputs == other.neurons * per_channel(other) for other in chain.layers[: l.index])
-                   for l in chain.layers[1:])
+        assert all(
+            any(lay.inputs == other.neurons * per_channel(other) for other in chain.layers[: lay.index])
+            for lay in chain.layers[1:]
+        )
         return
     for before, after in zip(chain.layers, chain.layers[1:]):
         flat = [s.features_per_channel for s in before.path if s.effect == "flatten"]

@@ -58,7 +58,10 @@ def test_single_input_accepts_another_array_name(tmp_path):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"a": np.ones((4, 2), np.float32), "b": np.ones((4, 2), np.float32), "label": np.zeros(4, int)}, "no array named 'image'"),
+        (
+            {"a": np.ones((4, 2), np.float32), "b": np.ones((4, 2), np.float32), "label": np.zeros(4, int)},
+            "no array named 'image'",
+        ),
         ({"image": np.ones((4, 3), np.float32), "label": np.zeros(4, int)}, r"shape \(4, 3\).*image \(float32, Nx2\)"),
         ({"image": np.ones((4, 2), np.float64), "label": np.zeros(4, int)}, "dtype float64, the model expects float32"),
         ({"image": np.ones((4, 2), np.float32)}, "no 'label' array"),
@@ -124,13 +127,29 @@ def test_cli_json(tmp_path):
 
 
 ZOO = json.loads(MANIFEST.read_text())["models"] if MANIFEST.exists() else []
-FLOORS = {"mlp_mnist_sklearn": 0.955, "lenet300": 0.955, "lenet5_mnist": 0.98, "lenet5_fashion_super4": 0.96, "lenet5_fashion": 0.89, "resnet_mnist": 0.985, "resnet_fashion": 0.90}
+FLOORS = {
+    "mlp_mnist_sklearn": 0.955,
+    "lenet300": 0.955,
+    "lenet5_mnist": 0.98,
+    "lenet5_fashion_super4": 0.96,
+    "lenet5_fashion": 0.89,
+    "resnet_mnist": 0.985,
+    "resnet_fashion": 0.90,
+}
 
 
 def test_the_zoo_is_bundled():
     assert {m["name"] for m in ZOO} >= {
-        "lenet300_mnist_s0", "lenet300_mnist_s1", "lenet5_mnist_s0", "lenet5_mnist_s1", "lenet5_fashion",
-        "lenet5_fashion_super4", "resnet_mnist", "resnet_fashion", "mlp_mnist_sklearn_s0", "mlp_mnist_sklearn_s1",
+        "lenet300_mnist_s0",
+        "lenet300_mnist_s1",
+        "lenet5_mnist_s0",
+        "lenet5_mnist_s1",
+        "lenet5_fashion",
+        "lenet5_fashion_super4",
+        "resnet_mnist",
+        "resnet_fashion",
+        "mlp_mnist_sklearn_s0",
+        "mlp_mnist_sklearn_s1",
     }
 
 

@@ -55,17 +55,34 @@ def two_head(w: dict[str, np.ndarray], *, untied: bool = False, act: str = "Relu
         fc = f"{t}/fc" if untied else "shared/fc"
         if untied or t == "a":
             inits += [_init(f"{fc}/weight", w["shared/fc/weight"]), _init(f"{fc}/bias", w["shared/fc/bias"])]
-            nodes.append(helper.make_node("Gemm", ["x", f"{fc}/weight", f"{fc}/bias"], [f"{fc}/out"], name=f"{fc}_Gemm", transB=1))
+            nodes.append(
+                helper.make_node(
+                    "Gemm", ["x", f"{fc}/weight", f"{fc}/bias"], [f"{fc}/out"], name=f"{fc}_Gemm", transB=1
+                )
+            )
             act_inputs = [f"{fc}/out"]
             if act == "PRelu":
                 inits.append(_init(f"{fc}/slope", np.full((HIDDEN,), 0.1)))
                 act_inputs.append(f"{fc}/slope")
             nodes.append(helper.make_node(act, act_inputs, [f"{fc}/act"], name=f"{fc}_{act}", doc_string="activation"))
         inits += [_init(f"{t}/head/weight", w[f"{t}/head/weight"]), _init(f"{t}/head/bias", w[f"{t}/head/bias"])]
-        nodes.append(helper.make_node("Gemm", [f"{fc}/act", f"{t}/head/weight", f"{t}/head/bias"], [f"{t}/y"],
-                                      name=f"{t}/head_Gemm", transB=1, doc_string=f"{t}'s head"))
-    outputs = [helper.make_tensor_value_info(f"{t}/y", TensorProto.FLOAT, ["N", c]) for t, c in (("a", CLASSES_A), ("b", CLASSES_B))]
-    model = builders.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D_IN])], outputs, inits, name="two_head")
+        nodes.append(
+            helper.make_node(
+                "Gemm",
+                [f"{fc}/act", f"{t}/head/weight", f"{t}/head/bias"],
+                [f"{t}/y"],
+                name=f"{t}/head_Gemm",
+                transB=1,
+                doc_string=f"{t}'s head",
+            )
+        )
+    outputs = [
+        helper.make_tensor_value_info(f"{t}/y", TensorProto.FLOAT, ["N", c])
+        for t, c in (("a", CLASSES_A), ("b", CLASSES_B))
+    ]
+    model = builders.make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D_IN])], outputs, inits, name="two_head"
+    )
     write_metadata(model, {"tasks": ["a", "b"], "version": "test"})
     return model
 
@@ -176,7 +193,10 @@ def test_loss_falls_and_accuracy_rises_on_a_zipped_mlp():
 
 def test_deterministic_bytes_with_one_thread():
     model, d = two_head(weights()), data(100)
-    runs = [finetune(model, d, steps=20, batch_size=16, seed=s, threads=1).model.SerializeToString(deterministic=True) for s in (0, 0, 1)]
+    runs = [
+        finetune(model, d, steps=20, batch_size=16, seed=s, threads=1).model.SerializeToString(deterministic=True)
+        for s in (0, 0, 1)
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
@@ -203,8 +223,15 @@ def test_first_step_losses_equal_numpy_for_bce_and_mse():
     xa, xb = rng.standard_normal((n, D_IN)).astype(np.float32), rng.standard_normal((n, D_IN)).astype(np.float32)
     ya = (rng.random((n, CLASSES_A)) > 0.5).astype(np.float32)
     yb = rng.standard_normal((n, CLASSES_B)).astype(np.float32)
-    result = finetune(model, {"a": {"x": xa, "label": ya}, "b": {"x": xb, "label": yb}}, steps=2, batch_size=n,
-                      losses={"a": "bce", "b": "mse"}, task_weights={"a": 1.0, "b": 0.5}, threads=1)
+    result = finetune(
+        model,
+        {"a": {"x": xa, "label": ya}, "b": {"x": xb, "label": yb}},
+        steps=2,
+        batch_size=n,
+        losses={"a": "bce", "b": "mse"},
+        task_weights={"a": 1.0, "b": 0.5},
+        threads=1,
+    )
     za, zb = runtime.make_session(model).run(None, {"x": xa})[0], runtime.make_session(model).run(None, {"x": xb})[1]
     za, zb = za.astype(np.float64), zb.astype(np.float64)
     bce = np.mean(np.maximum(za, 0) - za * ya + np.log1p(np.exp(-np.abs(za))))
@@ -292,8 +319,27 @@ def cli_files(tmp_path: Path) -> dict[str, str]:
 
 def test_cli_trains_and_writes(cli_files):
     f = cli_files
-    proc = _cli(f["model"], "--train", f"a={f['a']}", "--train", f"b={f['b']}", "--eval", f"a={f['a']}", "--eval", f"b={f['b']}",
-                "--steps", "20", "--batch", "16", "-o", f["out"], "--threads", "1", "--task-weight", "a=1,b=2")
+    proc = _cli(
+        f["model"],
+        "--train",
+        f"a={f['a']}",
+        "--train",
+        f"b={f['b']}",
+        "--eval",
+        f"a={f['a']}",
+        "--eval",
+        f"b={f['b']}",
+        "--steps",
+        "20",
+        "--batch",
+        "16",
+        "-o",
+        f["out"],
+        "--threads",
+        "1",
+        "--task-weight",
+        "a=1,b=2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "acc before" in proc.stdout and "wrote" in proc.stdout
     tuned = load_model(f["out"])
@@ -315,8 +361,17 @@ def test_cli_trains_and_writes(cli_files):
 def test_cli_bad_input_exits_2_without_output(cli_files, case, message):
     f = cli_files
     train_a = {"nolabel": f["nolabel"], "range": f["range"]}.get(case, f["a"])
-    args = [f["model"], "--train", f"a={train_a}", "--train", f"{'c' if case == 'unknown' else 'b'}={f['b']}",
-            "--steps", "0" if case == "zero" else "5", "-o", f["out"]]
+    args = [
+        f["model"],
+        "--train",
+        f"a={train_a}",
+        "--train",
+        f"{'c' if case == 'unknown' else 'b'}={f['b']}",
+        "--steps",
+        "0" if case == "zero" else "5",
+        "-o",
+        f["out"],
+    ]
     if case == "bce":
         args += ["--loss", "a=bce"]
     proc = _cli(*args)
@@ -334,8 +389,13 @@ def test_zoo_lenet300_pair_recovers_with_100_steps(zoo):
     from onnx_zip.pipeline import zip_models
 
     entries = [zoo_model(zoo, n) for n in ("lenet300_mnist_s0", "lenet300_mnist_s1")]
-    zipped = zip_models([e["file"] for e in entries], [e["data"]["train"] for e in entries], names=["a", "b"],
-                        share=1.0, calibration_limit=1000).model
+    zipped = zip_models(
+        [e["file"] for e in entries],
+        [e["data"]["train"] for e in entries],
+        names=["a", "b"],
+        share=1.0,
+        calibration_limit=1000,
+    ).model
     test = {t: e["data"]["test"] for t, e in zip("ab", entries)}
     before = evaluate_tasks(zipped, test)
     result = finetune(zipped, {t: e["data"]["train"] for t, e in zip("ab", entries)}, steps=100, eval=test)

@@ -39,8 +39,13 @@ def teacher(w: dict[str, np.ndarray], task: str, *, softmax: bool = False) -> on
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=-1))
     classes = w[f"{task}/head/weight"].shape[0]
-    return builders.make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D_IN])],
-                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])], inits, name=task)
+    return builders.make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D_IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])],
+        inits,
+        name=task,
+    )
 
 
 def softmax_head(w: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -78,8 +83,19 @@ def test_kd_loss_and_head_gradient_equal_numpy():
     student_w, teacher_w = weights(0), weights(3)
     d = unlabeled()
     teachers = {t: teacher(teacher_w, t) for t in ("a", "b")}
-    result = finetune(two_head(student_w), d, teachers=teachers, steps=1, lr=1.0, batch_size=48, momentum=0.0,
-                      schedule="constant", threads=1, temperature=T, allow_worse=True)
+    result = finetune(
+        two_head(student_w),
+        d,
+        teachers=teachers,
+        steps=1,
+        lr=1.0,
+        batch_size=48,
+        momentum=0.0,
+        schedule="constant",
+        threads=1,
+        temperature=T,
+        allow_worse=True,
+    )
     new = values(result.model)
     for t in ("a", "b"):
         x = d[t]["x"]
@@ -110,7 +126,9 @@ def test_distillation_recovers_the_teachers_agreement():
     teachers = {t: teacher(w, t) for t in ("a", "b")}
     test = unlabeled(400)
     before = evaluate_tasks_metrics(two_head(noisy), test, references=teachers, threads=1)
-    result = finetune(two_head(noisy), unlabeled(400), teachers=teachers, steps=150, batch_size=32, lr=0.05, threads=1, seed=0)
+    result = finetune(
+        two_head(noisy), unlabeled(400), teachers=teachers, steps=150, batch_size=32, lr=0.05, threads=1, seed=0
+    )
     after = evaluate_tasks_metrics(result.model, test, references=teachers, threads=1)
     for t in ("a", "b"):
         assert after[t].metrics["mean_abs_diff"] < 0.6 * before[t].metrics["mean_abs_diff"], (before[t], after[t])
@@ -157,8 +175,16 @@ def test_bce_accepts_float_targets_on_a_sigmoid_output():
     model.graph.node.append(helper.make_node("Sigmoid", ["a/logits"], ["a/y"], name="a/sigmoid"))
     x = data()["a"]["x"]
     target = np.random.default_rng(0).random((48, CLASSES_A)).astype(np.float32)
-    result = finetune(model, {"a": {"x": x, "label": target}, "b": data()["b"]}, losses={"a": "bce"}, steps=1,
-                      batch_size=48, lr=0.01, threads=1, allow_worse=True)
+    result = finetune(
+        model,
+        {"a": {"x": x, "label": target}, "b": data()["b"]},
+        losses={"a": "bce"},
+        steps=1,
+        batch_size=48,
+        lr=0.01,
+        threads=1,
+        allow_worse=True,
+    )
     z = forward(w, "a", x)[1]
     bce = np.mean(np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z))))
     assert result.record["loss_tensors"]["a"] == "a/logits"
@@ -268,8 +294,16 @@ def test_eval_cli_scores_the_task_named_and_every_task_by_default(tmp_path: Path
     onnx.save(teacher(w, "b"), tmp_path / "b.onnx")
     d = data(60)
     np.savez(tmp_path / "b.npz", **d["b"])
-    one = run_cli("eval", str(tmp_path / "z.onnx"), "--data", str(tmp_path / "b.npz"), "--task", "b",
-                  "--teacher", f"b={tmp_path / 'b.onnx'}")
+    one = run_cli(
+        "eval",
+        str(tmp_path / "z.onnx"),
+        "--data",
+        str(tmp_path / "b.npz"),
+        "--task",
+        "b",
+        "--teacher",
+        f"b={tmp_path / 'b.onnx'}",
+    )
     assert one.returncode == 0, one.stderr
     assert one.stdout.startswith("b: accuracy") and "top-1 agreement 100.00%" in one.stdout and "\na:" not in one.stdout
     both = run_cli("eval", str(tmp_path / "z.onnx"), "--data", str(tmp_path / "b.npz"))
@@ -293,18 +327,39 @@ def test_evaluator_matches_numpy_for_a_zipped_model():
 def test_cli_distils_without_labels(tmp_path: Path):
     w = weights(0)
     model = two_head(w)
-    write_metadata(model, {"tasks": ["a", "b"], "version": "test",
-                           "sources": {"a": {"file": "a.onnx"}, "b": {"file": "b.onnx"}}})
+    write_metadata(
+        model, {"tasks": ["a", "b"], "version": "test", "sources": {"a": {"file": "a.onnx"}, "b": {"file": "b.onnx"}}}
+    )
     onnx.save(model, tmp_path / "z.onnx")
     onnx.save(teacher(weights(3), "a"), tmp_path / "a.onnx")  # found next to the zipped model
     onnx.save(teacher(weights(3), "b"), tmp_path / "teacher_b.onnx")
     for t, arrays in unlabeled().items():
         np.savez(tmp_path / f"{t}.npz", **arrays)
     out = tmp_path / "tuned.onnx"
-    proc = run_cli("finetune", str(tmp_path / "z.onnx"), "--train", f"a={tmp_path / 'a.npz'}", "--train",
-                   f"b={tmp_path / 'b.npz'}", "--teacher", f"b={tmp_path / 'teacher_b.onnx'}", "--steps", "10",
-                   "--batch", "16", "--lr", "0.01", "--threads", "1", "-o", str(out),
-                   "--eval", f"a={tmp_path / 'a.npz'}", "--eval", f"b={tmp_path / 'b.npz'}")
+    proc = run_cli(
+        "finetune",
+        str(tmp_path / "z.onnx"),
+        "--train",
+        f"a={tmp_path / 'a.npz'}",
+        "--train",
+        f"b={tmp_path / 'b.npz'}",
+        "--teacher",
+        f"b={tmp_path / 'teacher_b.onnx'}",
+        "--steps",
+        "10",
+        "--batch",
+        "16",
+        "--lr",
+        "0.01",
+        "--threads",
+        "1",
+        "-o",
+        str(out),
+        "--eval",
+        f"a={tmp_path / 'a.npz'}",
+        "--eval",
+        f"b={tmp_path / 'b.npz'}",
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and "wrote" in proc.stdout and "agree after" in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if line.startswith("a "))
@@ -320,14 +375,23 @@ def _bn_model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The two-head model with a BatchNormalization (inference mode) after the shared layer."""
     model = two_head(w)
     rng = np.random.default_rng(7)
-    stats = {"scale": 1 + 0.1 * rng.standard_normal(HIDDEN), "bias": 0.1 * rng.standard_normal(HIDDEN),
-             "mean": rng.standard_normal(HIDDEN), "var": 0.5 + rng.random(HIDDEN)}
+    stats = {
+        "scale": 1 + 0.1 * rng.standard_normal(HIDDEN),
+        "bias": 0.1 * rng.standard_normal(HIDDEN),
+        "mean": rng.standard_normal(HIDDEN),
+        "var": 0.5 + rng.random(HIDDEN),
+    }
     model.graph.initializer.extend(_init(f"shared/bn/{k}", v) for k, v in stats.items())
     for node in model.graph.node:
         if node.output[0] == "shared/fc/out":
             node.output[0] = "shared/fc/pre_bn"
-    bn = helper.make_node("BatchNormalization", ["shared/fc/pre_bn", *[f"shared/bn/{k}" for k in stats]],
-                          ["shared/fc/out"], name="shared/bn", epsilon=1e-5)
+    bn = helper.make_node(
+        "BatchNormalization",
+        ["shared/fc/pre_bn", *[f"shared/bn/{k}" for k in stats]],
+        ["shared/fc/out"],
+        name="shared/bn",
+        epsilon=1e-5,
+    )
     model.graph.node.insert(1, bn)
     return model
 
@@ -345,8 +409,13 @@ def test_batchnorm_trains_in_inference_mode_by_default():
     assert not np.array_equal(new["shared/bn/scale"], old["shared/bn/scale"])
     before = runtime.make_session(model).run(None, {"x": d["a"]["x"]})[0]
     gain = old["shared/bn/scale"] / np.sqrt(old["shared/bn/var"] + 1e-5)
-    folded = dict(w, **{"shared/fc/weight": w["shared/fc/weight"] * gain[:, None],
-                        "shared/fc/bias": (w["shared/fc/bias"] - old["shared/bn/mean"]) * gain + old["shared/bn/bias"]})
+    folded = dict(
+        w,
+        **{
+            "shared/fc/weight": w["shared/fc/weight"] * gain[:, None],
+            "shared/fc/bias": (w["shared/fc/bias"] - old["shared/bn/mean"]) * gain + old["shared/bn/bias"],
+        },
+    )
     np.testing.assert_allclose(forward(folded, "a", d["a"]["x"])[1], before, atol=1e-5)
     plain = values(finetune(two_head(folded), d, freeze=["shared/"], **kw).model)
     np.testing.assert_allclose(new["a/head/weight"], plain["a/head/weight"], atol=1e-5)
@@ -360,8 +429,14 @@ def test_layerwise_loop_distils_tasks_without_labels():
 
     a, b = builders.cnn(seed=1), builders.cnn(seed=2)
     data = {"a": builders.random_inputs(a, 128, seed=1), "b": builders.random_inputs(b, 128, seed=2)}
-    result = zip_layerwise([a, b], [data["a"], data["b"]], data, retrain_steps=[3, 3, 4], share=0.5,
-                           finetune_options={"batch_size": 16, "seed": 0, "lr": 0.001})
+    result = zip_layerwise(
+        [a, b],
+        [data["a"], data["b"]],
+        data,
+        retrain_steps=[3, 3, 4],
+        share=0.5,
+        finetune_options={"batch_size": 16, "seed": 0, "lr": 0.001},
+    )
     records = result.report["layerwise"]
     assert [r["steps"] for r in records] == [3, 3, 4]
     assert all(r["final_loss"] is not None for r in records)
@@ -401,7 +476,9 @@ def test_a_teacher_other_than_the_recorded_source_is_reported(tmp_path: Path, ca
     onnx.save(teacher(weights(0), "a"), tmp_path / "a.onnx")
     onnx.save(teacher(weights(3), "a"), tmp_path / "other.onnx")
     model = two_head(weights(0))
-    write_metadata(model, {"tasks": ["a", "b"], "sources": {"a": {"file": "a.onnx", "sha256": sha256_file(tmp_path / "a.onnx")}}})
+    write_metadata(
+        model, {"tasks": ["a", "b"], "sources": {"a": {"file": "a.onnx", "sha256": sha256_file(tmp_path / "a.onnx")}}}
+    )
     with caplog.at_level("WARNING"):
         assert not warn_if_not_recorded(model, "a", tmp_path / "a.onnx")
         assert warn_if_not_recorded(model, "a", tmp_path / "other.onnx") and "not the recorded source" in caplog.text

@@ -8,6 +8,7 @@ import random
 import sys
 
 import pytest
+
 from conftest import REPO_ROOT
 
 #: Files whose unhandled exceptions this suite owns (the guarded I/O edges).

@@ -30,7 +30,9 @@ def digest(path: Path) -> str:
 
 
 def test_distinct_paths_pass(files, tmp_path):
-    check_outputs({"model a": files["a"], "calib": files["d"]}, {"-o": tmp_path / "z.onnx", "--report": tmp_path / "z.json"})
+    check_outputs(
+        {"model a": files["a"], "calib": files["d"]}, {"-o": tmp_path / "z.onnx", "--report": tmp_path / "z.json"}
+    )
     check_outputs([files["a"], None], [None, tmp_path / "missing_folder" / "z.onnx"])
 
 
@@ -101,8 +103,21 @@ def test_cli_inside_track_inputs_never_replaces_a_model_or_calibration_file(file
     before = {k: digest(p) for k, p in files.items()}
     logging.getLogger().handlers.clear()
     with track_inputs():
-        code = main(["-q", "zip", str(files["a"]), str(files["b"]), "--calib", str(files["d"]), "--calib",
-                     str(files["d"]), "-o", str(files[target]), "--no-progress"])
+        code = main(
+            [
+                "-q",
+                "zip",
+                str(files["a"]),
+                str(files["b"]),
+                "--calib",
+                str(files["d"]),
+                "--calib",
+                str(files["d"]),
+                "-o",
+                str(files[target]),
+                "--no-progress",
+            ]
+        )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "would overwrite the input" in err and len(err.strip().splitlines()) == 1

@@ -11,7 +11,9 @@ from onnx_zip.errors import InputError
 from onnx_zip.pipeline import zip_models
 from onnx_zip.pipeline.layerwise import zip_layerwise
 
-pytestmark = pytest.mark.skipif(not runtime.has_training(), reason="the layer-wise loop fine-tunes: needs the train extra")
+pytestmark = pytest.mark.skipif(
+    not runtime.has_training(), reason="the layer-wise loop fine-tunes: needs the train extra"
+)
 
 
 def labelled(model, count, seed):
@@ -26,7 +28,12 @@ def test_loop_records_each_layer_and_reports_original_pair_indices():
     data = {"a": labelled(a, 256, 1), "b": labelled(b, 256, 2)}
     calib = [{"x": data["a"]["x"]}, {"x": data["b"]["x"]}]
     result = zip_layerwise(
-        [a, b], calib, data, retrain_steps=[3, 3, 4], evaluation=data, share=0.5,
+        [a, b],
+        calib,
+        data,
+        retrain_steps=[3, 3, 4],
+        evaluation=data,
+        share=0.5,
         finetune_options={"batch_size": 16, "seed": 0},
     )
     records = result.report["layerwise"]

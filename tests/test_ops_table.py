@@ -58,7 +58,9 @@ def _unary(op: str, before: str | None = None, **attrs) -> Callable[[], Example]
     return build
 
 
-def _with_consts(op: str, consts: list[onnx.TensorProto], layout: str = "conv", first: bool = False, **attrs) -> Callable[[], Example]:
+def _with_consts(
+    op: str, consts: list[onnx.TensorProto], layout: str = "conv", first: bool = False, **attrs
+) -> Callable[[], Example]:
     def build() -> Example:
         names = [c.name for c in consts]
         inputs = [*names, "h"] if first else ["h", *names]
@@ -75,9 +77,30 @@ CHANNEL = np.linspace(0.5, 1.5, C).reshape(C, 1, 1)
 SCALAR = np.array(0.75)
 
 EXAMPLES: dict[tuple[str, str], Callable[[], Example]] = {
-    **{(op, "elementwise"): _unary(op) for op in (
-        "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Softplus",
-        "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Identity", "Dropout")},
+    **{
+        (op, "elementwise"): _unary(op)
+        for op in (
+            "Relu",
+            "LeakyRelu",
+            "Sigmoid",
+            "Tanh",
+            "Elu",
+            "Selu",
+            "Celu",
+            "HardSigmoid",
+            "HardSwish",
+            "Softplus",
+            "Softsign",
+            "Mish",
+            "Gelu",
+            "Erf",
+            "Abs",
+            "Neg",
+            "Exp",
+            "Identity",
+            "Dropout",
+        )
+    },
     ("ThresholdedRelu", "elementwise"): _unary("ThresholdedRelu", alpha=0.1),
     ("Cast", "elementwise"): _unary("Cast", to=TensorProto.FLOAT),
     **{(op, "elementwise"): _unary(op, before="Sigmoid") for op in ("Log", "Sqrt", "Reciprocal")},
@@ -88,18 +111,30 @@ EXAMPLES: dict[tuple[str, str], Callable[[], Example]] = {
     **{(op, "spatial"): _unary(op) for op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")},
     ("Pad", "spatial"): _with_consts("Pad", [_i("pads", [0, 0, 1, 1, 0, 0, 1, 1])]),
     ("Flatten", "flatten"): _chain("flat", helper.make_node("Flatten", ["h"], ["z"], name="op", axis=1)),
-    ("Reshape", "flatten"): _chain("flat", helper.make_node("Reshape", ["h", "shape"], ["z"], name="op"),
-                                   inits=(_i("shape", [0, -1]),)),
-    ("Squeeze", "flatten"): _chain("flat", helper.make_node("GlobalAveragePool", ["h"], ["g"], name="gap"),
-                                   helper.make_node("Squeeze", ["g", "axes"], ["z"], name="op"), inits=(_i("axes", [2, 3]),)),
+    ("Reshape", "flatten"): _chain(
+        "flat", helper.make_node("Reshape", ["h", "shape"], ["z"], name="op"), inits=(_i("shape", [0, -1]),)
+    ),
+    ("Squeeze", "flatten"): _chain(
+        "flat",
+        helper.make_node("GlobalAveragePool", ["h"], ["g"], name="gap"),
+        helper.make_node("Squeeze", ["g", "axes"], ["z"], name="op"),
+        inits=(_i("axes", [2, 3]),),
+    ),
     ("Flatten", "elementwise"): _chain("dense", helper.make_node("Flatten", ["h"], ["z"], name="op", axis=1)),
-    ("Reshape", "elementwise"): _chain("dense", helper.make_node("Reshape", ["h", "shape"], ["z"], name="op"),
-                                       inits=(_i("shape", [-1, C]),)),  # a fixed width: not copied per block
+    ("Reshape", "elementwise"): _chain(
+        "dense", helper.make_node("Reshape", ["h", "shape"], ["z"], name="op"), inits=(_i("shape", [-1, C]),)
+    ),  # a fixed width: not copied per block
     ("BatchNormalization", "channel_params"): _chain(
-        "conv", helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        "conv",
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["z"], name="op"),
-        inits=(_f("g", np.linspace(0.5, 2, C)), _f("b", np.linspace(-1, 1, C)), _f("m", np.linspace(-0.2, 0.3, C)),
-               _f("v", np.linspace(0.5, 1.5, C)))),
+        inits=(
+            _f("g", np.linspace(0.5, 2, C)),
+            _f("b", np.linspace(-1, 1, C)),
+            _f("m", np.linspace(-0.2, 0.3, C)),
+            _f("v", np.linspace(0.5, 1.5, C)),
+        ),
+    ),
     **{(op, "elementwise"): _with_consts(op, [_f("k", SCALAR)]) for op in ("Mul", "Add", "Sub", "Div")},
     **{(op, "channel_params"): _with_consts(op, [_f("k", CHANNEL)]) for op in ("Mul", "Add", "Sub", "Div")},
     ("PRelu", "elementwise"): _with_consts("PRelu", [_f("k", [0.2])]),
@@ -109,37 +144,67 @@ EXAMPLES: dict[tuple[str, str], Callable[[], Example]] = {
     ("LogSoftmax", "channel_norm"): _unary("LogSoftmax", axis=1),
     ("LpNormalization", "channel_norm"): _unary("LpNormalization", axis=1, p=2),
     ("LayerNormalization", "channel_norm"): _with_consts(
-        "LayerNormalization", [_f("ln_scale", np.linspace(0.5, 1.5, C)), _f("ln_bias", np.linspace(-0.3, 0.3, C))],
-        layout="dense", axis=-1),
+        "LayerNormalization",
+        [_f("ln_scale", np.linspace(0.5, 1.5, C)), _f("ln_bias", np.linspace(-0.3, 0.3, C))],
+        layout="dense",
+        axis=-1,
+    ),
     ("Conv", "channel_params"): _with_consts(  # depthwise: each filter follows its channel
-        "Conv", [_f("dw_w", np.linspace(-1, 1, C * 9).reshape(C, 1, 3, 3)), _f("dw_b", np.linspace(-0.2, 0.2, C))],
-        group=C, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        "Conv",
+        [_f("dw_w", np.linspace(-1, 1, C * 9).reshape(C, 1, 3, 3)), _f("dw_b", np.linspace(-0.2, 0.2, C))],
+        group=C,
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
+    ),
     ("Mul", "residual"): _chain(  # a gate x * f(x) (SiLU): both operands carry the same channels
-        "conv", helper.make_node("Sigmoid", ["h"], ["s"], name="sig"), helper.make_node("Mul", ["h", "s"], ["z"], name="op")),
+        "conv",
+        helper.make_node("Sigmoid", ["h"], ["s"], name="sig"),
+        helper.make_node("Mul", ["h", "s"], ["z"], name="op"),
+    ),
     ("Resize", "spatial"): _chain(
-        "conv", helper.make_node("Resize", ["h", "", "scales"], ["z"], name="op", mode="nearest"),
-        inits=(_f("scales", [1, 1, 2, 2]),)),
+        "conv",
+        helper.make_node("Resize", ["h", "", "scales"], ["z"], name="op", mode="nearest"),
+        inits=(_f("scales", [1, 1, 2, 2]),),
+    ),
 }
 #: Per-channel parameters on a dense layer's path (rank 2) and a constant first: same rules.
 EXTRA: dict[str, Callable[[], Example]] = {
     "dense per-channel Mul": _with_consts("Mul", [_f("k", np.linspace(0.5, 1.5, C))], layout="dense"),
     "Mul constant first": _with_consts("Mul", [_f("k", CHANNEL)], first=True),
     "HardSwish as x * Clip(x + 3, 0, 6) / 6": _chain(
-        "conv", helper.make_node("Add", ["h", "three"], ["a3"], name="add3"),
+        "conv",
+        helper.make_node("Add", ["h", "three"], ["a3"], name="add3"),
         helper.make_node("Clip", ["a3", "lo", "hi"], ["c"], name="clip"),
-        helper.make_node("Div", ["c", "six"], ["d"], name="div6"), helper.make_node("Mul", ["h", "d"], ["z"], name="op"),
-        inits=(_f("three", 3.0), _f("lo", 0.0), _f("hi", 6.0), _f("six", 6.0))),
+        helper.make_node("Div", ["c", "six"], ["d"], name="div6"),
+        helper.make_node("Mul", ["h", "d"], ["z"], name="op"),
+        inits=(_f("three", 3.0), _f("lo", 0.0), _f("hi", 6.0), _f("six", 6.0)),
+    ),
     "depthwise Conv then BatchNormalization and HardSwish": _chain(
-        "conv", helper.make_node("Conv", ["h", "dw_w"], ["d"], name="dw", group=C, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        "conv",
+        helper.make_node("Conv", ["h", "dw_w"], ["d"], name="dw", group=C, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["d", "g", "b", "m0", "v"], ["bn"], name="bn"),
         helper.make_node("HardSwish", ["bn"], ["z"], name="op"),
-        inits=(_f("dw_w", np.linspace(-1, 1, C * 9).reshape(C, 1, 3, 3)), _f("g", np.linspace(0.5, 2, C)),
-               _f("b", np.linspace(-1, 1, C)), _f("m0", np.linspace(-0.1, 0.1, C)), _f("v", np.ones(C)))),
+        inits=(
+            _f("dw_w", np.linspace(-1, 1, C * 9).reshape(C, 1, 3, 3)),
+            _f("g", np.linspace(0.5, 2, C)),
+            _f("b", np.linspace(-1, 1, C)),
+            _f("m0", np.linspace(-0.1, 0.1, C)),
+            _f("v", np.ones(C)),
+        ),
+    ),
     "Mul then BatchNormalization": _chain(
-        "conv", helper.make_node("Mul", ["h", "k"], ["m"], name="mul"), helper.make_node("Relu", ["m"], ["r"], name="relu"),
+        "conv",
+        helper.make_node("Mul", ["h", "k"], ["m"], name="mul"),
+        helper.make_node("Relu", ["m"], ["r"], name="relu"),
         helper.make_node("BatchNormalization", ["r", "g", "b", "m0", "v"], ["z"], name="op"),
-        inits=(_f("k", CHANNEL), _f("g", np.linspace(0.5, 2, C)), _f("b", np.linspace(-1, 1, C)),
-               _f("m0", np.zeros(C)), _f("v", np.ones(C)))),
+        inits=(
+            _f("k", CHANNEL),
+            _f("g", np.linspace(0.5, 2, C)),
+            _f("b", np.linspace(-1, 1, C)),
+            _f("m0", np.zeros(C)),
+            _f("v", np.ones(C)),
+        ),
+    ),
 }
 
 
@@ -157,10 +222,14 @@ def build_model(example: Example, seed: int = 0) -> onnx.ModelProto:
         front = [helper.make_node("Gemm", ["x", "w0", "b0"], ["h"], name="fc0", transB=1)]
         weights = [_f("w0", _weights(rng, C, 8)), _f("b0", rng.standard_normal(C) * 0.1)]
     else:
-        front = [helper.make_node("Conv", ["x", "w0", "b0"], ["h"], name="conv0", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+        front = [
+            helper.make_node("Conv", ["x", "w0", "b0"], ["h"], name="conv0", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        ]
         weights = [_f("w0", _weights(rng, C, 3, 3, 3)), _f("b0", rng.standard_normal(C) * 0.1)]
     if layout == "residual":
-        front.append(helper.make_node("Conv", ["h", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        front.append(
+            helper.make_node("Conv", ["h", "wa", "ba"], ["a"], name="conv_a", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        )
         weights += [_f("wa", _weights(rng, C, C, 3, 3)), _f("ba", rng.standard_normal(C) * 0.1)]
     if layout == "flat":
         head = helper.make_node("Gemm", ["z", "w1", "b1"], ["y"], name="head", transB=1)

@@ -3,11 +3,11 @@ a sweep level is a job of its own, a recipe prepares each model once, the tables
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 import pytest
 
+import builders
 from onnx_zip.calibrate import ACCUMULATORS
 from onnx_zip.config import PAIRINGS, READINGS, CalibrationConfig, ZipConfig
 from onnx_zip.errors import InputError

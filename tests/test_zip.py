@@ -120,7 +120,9 @@ def test_cnn_zipped_with_its_permuted_copy_is_recovered_exactly(reading, match):
         perm = perms[layer["nodes"]["a"]]
         assert len(pairs) == layer["neurons"][0]
         np.testing.assert_array_equal(perm[pairs[:, 1]], pairs[:, 0])
-        assert max(layer["costs"]) <= 1e-9 * max(1.0, float(np.abs(initializers(a)[f"{layer['nodes']['a']}.weight"]).max()))
+        assert max(layer["costs"]) <= 1e-9 * max(
+            1.0, float(np.abs(initializers(a)[f"{layer['nodes']['a']}.weight"]).max())
+        )
     x = builders.random_inputs(a, 50, seed=2)
     (y,) = run_model(a, x)
     za, zb = run_model(result.model, x)
@@ -137,11 +139,16 @@ def test_mlp_permuted_copy_with_matmul_layout():
     w = initializers(a)
     rng = np.random.default_rng(0)
     p0, p1 = rng.permutation(12), rng.permutation(6)
-    b = with_initializers(b, {
-        "fc0.weight": w["fc0.weight"][:, p0], "fc0.bias": w["fc0.bias"][p0],
-        "fc1.weight": w["fc1.weight"][p0][:, p1], "fc1.bias": w["fc1.bias"][p1],
-        "fc2.weight": w["fc2.weight"][p1],
-    })
+    b = with_initializers(
+        b,
+        {
+            "fc0.weight": w["fc0.weight"][:, p0],
+            "fc0.bias": w["fc0.bias"][p0],
+            "fc1.weight": w["fc1.weight"][p0][:, p1],
+            "fc1.bias": w["fc1.bias"][p1],
+            "fc2.weight": w["fc2.weight"][p1],
+        },
+    )
     calib = builders.random_inputs(a, 200, seed=1)
     result = zip_models([a, b], [calib, calib], share=1.0)
     for layer, perm in zip(result.report["layers"], (p0, p1)):
@@ -192,7 +199,10 @@ def test_mlp_with_different_calibration_data_matches_an_independent_numpy_transc
     sizes, ks = [6, 9, 7, 3], [5, 4]
     models = [builders.mlp(sizes, seed=11), builders.mlp(sizes, seed=12)]
     rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((400, 6)).astype(np.float32), (rng.standard_normal((400, 6)) * 2 + 0.5).astype(np.float32)]
+    xs = [
+        rng.standard_normal((400, 6)).astype(np.float32),
+        (rng.standard_normal((400, 6)) * 2 + 0.5).astype(np.float32),
+    ]
     result = zip_models(models, [{"x": xs[0]}, {"x": xs[1]}], names=["a", "b"], share_per_layer=ks)
     w = [{k: v.astype(np.float64) for k, v in initializers(m).items()} for m in models]
     relu = lambda z: np.maximum(z, 0)  # noqa: E731
@@ -203,7 +213,9 @@ def test_mlp_with_different_calibration_data_matches_an_independent_numpy_transc
     hess0 = [z.T @ z / len(z) for z in h0]
     hess1 = [z.T @ z / len(z) for z in h1]
     # Layer 1.
-    pairs0, costs0, wm0, bm0 = _reference_layer(w[0]["fc0.weight"], w[0]["fc0.bias"], w[1]["fc0.weight"], w[1]["fc0.bias"], hess0[0], hess0[1], ks[0])
+    pairs0, costs0, wm0, bm0 = _reference_layer(
+        w[0]["fc0.weight"], w[0]["fc0.bias"], w[1]["fc0.weight"], w[1]["fc0.bias"], hess0[0], hess0[1], ks[0]
+    )
     orders0 = [np.concatenate([pairs0[:, t], np.setdiff1d(np.arange(9), pairs0[:, t])]) for t in range(2)]
     # Layer 2: inputs in the new order, the first ks[0] shared.
     keep = [np.concatenate([orders0[t][: ks[0]], [9]]) for t in range(2)]
@@ -220,11 +232,11 @@ def test_mlp_with_different_calibration_data_matches_an_independent_numpy_transc
     x = rng.standard_normal((30, 6))
     got = run_model(result.model, {"x": x.astype(np.float32)})
     for t in range(2):
-        rest0 = orders0[t][ks[0]:]
+        rest0 = orders0[t][ks[0] :]
         s1 = relu(x @ wm0.T + bm0)
         p1 = relu(x @ w[t]["fc0.weight"][rest0].T + w[t]["fc0.bias"][rest0])
         full1 = np.concatenate([s1, p1], axis=1)
-        rest1 = orders1[t][ks[1]:]
+        rest1 = orders1[t][ks[1] :]
         s2 = s1 @ wm1.T + bm1 + p1 @ w[t]["fc1.weight"][pairs1[:, t]][:, rest0].T
         p2 = full1 @ w[t]["fc1.weight"][rest1][:, orders0[t]].T + w[t]["fc1.bias"][rest1]
         full2 = relu(np.concatenate([s2, p2], axis=1))
@@ -263,7 +275,9 @@ def test_params_file_size_metadata_and_extract(tmp_path):
     assert [o.name for o in model.graph.output] == ["left/y", "right/y"]
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["onnx_zip.tasks"]) == ["left", "right"]
-    assert [entry["shared"] for entry in json.loads(meta["onnx_zip.shared_per_layer"])] == [l["shared"] for l in report["layers"]]
+    assert [entry["shared"] for entry in json.loads(meta["onnx_zip.shared_per_layer"])] == [
+        lay["shared"] for lay in report["layers"]
+    ]
     assert all(node.doc_string for node in model.graph.node if "shared_" in node.name)
     # Extraction: same outputs as the zipped model's task, fewer parameters.
     x = builders.random_inputs(a, 10, seed=5)
@@ -351,7 +365,16 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(tmp_path, case, messa
         "share": [str(a), str(b), "--calib", str(calib), "--calib", str(calib), "-o", str(out), "--share", "1.5"],
         "names": [str(a), str(b), "--calib", str(calib), "--calib", str(calib), "-o", str(out), "--names", "p,q,r"],
         "unaligned": [str(a), str(other), "--calib", str(calib), "--calib", str(calib), "-o", str(out)],
-        "unwritable": [str(a), str(b), "--calib", str(calib), "--calib", str(calib), "-o", str(tmp_path / "no" / "z.onnx")],
+        "unwritable": [
+            str(a),
+            str(b),
+            "--calib",
+            str(calib),
+            "--calib",
+            str(calib),
+            "-o",
+            str(tmp_path / "no" / "z.onnx"),
+        ],
         "wrong_calib": [str(a), str(b), "--calib", str(calib), "--calib", str(other_calib), "-o", str(out)],
     }[case]
     result = _cli("zip", *args)
@@ -369,8 +392,23 @@ def test_cli_zip_then_extract(tmp_path):
     calib = tmp_path / "c.npz"
     np.savez(calib, **builders.random_inputs(builders.cnn(), 64))
     out, report = tmp_path / "z.onnx", tmp_path / "r.json"
-    result = _cli("zip", str(a), str(b), "--calib", str(calib), "--calib", str(calib), "-o", str(out), "--share", "0.5",
-                  "--names", "one,two", "--report", str(report))
+    result = _cli(
+        "zip",
+        str(a),
+        str(b),
+        "--calib",
+        str(calib),
+        "--calib",
+        str(calib),
+        "-o",
+        str(out),
+        "--share",
+        "0.5",
+        "--names",
+        "one,two",
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stderr
     assert "saved" in result.stdout
     assert json.loads(report.read_text())["tasks"] == ["one", "two"]
@@ -446,12 +484,16 @@ def _sequence_mlp(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     from onnx import TensorProto, helper
 
     nodes = [
-        helper.make_node("MatMul", ["x", "w0"], ["m0"], name="mm0"), helper.make_node("Add", ["m0", "b0"], ["a0"], name="add0"),
+        helper.make_node("MatMul", ["x", "w0"], ["m0"], name="mm0"),
+        helper.make_node("Add", ["m0", "b0"], ["a0"], name="add0"),
         helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
-        helper.make_node("MatMul", ["r0", "w1"], ["m1"], name="mm1"), helper.make_node("Add", ["m1", "b1"], ["y"], name="add1"),
+        helper.make_node("MatMul", ["r0", "w1"], ["m1"], name="mm1"),
+        helper.make_node("Add", ["m1", "b1"], ["y"], name="add1"),
     ]
     graph = helper.make_graph(
-        nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 6])],
+        nodes,
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 3])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
     )
@@ -460,7 +502,12 @@ def _sequence_mlp(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
 
 def test_rank3_matmul_layers_with_separate_bias_adds():
     rng = np.random.default_rng(0)
-    w = {"w0": rng.standard_normal((6, 8)), "b0": rng.standard_normal(8), "w1": rng.standard_normal((8, 3)), "b1": rng.standard_normal(3)}
+    w = {
+        "w0": rng.standard_normal((6, 8)),
+        "b0": rng.standard_normal(8),
+        "w1": rng.standard_normal((8, 3)),
+        "b1": rng.standard_normal(3),
+    }
     perm = rng.permutation(8)
     a = _sequence_mlp(w)
     b = _sequence_mlp({"w0": w["w0"][:, perm], "b0": w["b0"][perm], "w1": w["w1"][perm], "b1": w["b1"]})

@@ -8,9 +8,14 @@ import json
 import subprocess
 import sys
 
-import builders
 import numpy as np
 import pytest
+
+import builders
+from onnx_zip.config import ZipConfig
+from onnx_zip.errors import InputError
+from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair
+from onnx_zip.pipeline import zip_models
 from test_zip import (
     initializers,
     permuted_cnn,
@@ -18,11 +23,6 @@ from test_zip import (
     run_model,
     with_initializers,
 )
-
-from onnx_zip.config import ZipConfig
-from onnx_zip.errors import InputError
-from onnx_zip.mtz.comp_chain import forward_rows, zip_mlp_pair
-from onnx_zip.pipeline import zip_models
 
 
 def _assert_recovered(result, perms) -> None:

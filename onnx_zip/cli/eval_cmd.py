@@ -27,9 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, action="append", metavar="[TASK=]NPZ",
                         help=".npz with the model's inputs (and 'label' for accuracy); TASK= names the task of a "
                              "zipped model (repeat per task)")
-    parser.add_argument("--task", help="the task an untagged --data file belongs to (zipped models; default: every task)")
-    parser.add_argument("--teacher", action="append", metavar="[TASK=]ORIGINAL.onnx",
-                        help="the original model to compare with (default for zipped models: the recorded sources)")
+    parser.add_argument(
+        "--task", help="the task an untagged --data file belongs to (zipped models; default: every task)"
+    )
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        metavar="[TASK=]ORIGINAL.onnx",
+        help="the original model to compare with (default for zipped models: the recorded sources)",
+    )
     parser.add_argument("--output", help="the output holding class scores (default: first float rank-2 output)")
     parser.add_argument("--batch-size", type=int, default=256, help="samples per run (default 256)")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
@@ -78,8 +84,10 @@ def _plan(args: argparse.Namespace, tasks: list[str]) -> tuple[dict[str, str], d
         data[args.task] = bare[0]
     elif bare:
         data.update({t: bare[0] for t in tasks if t not in data})
-        notes.append(f"{bare[0]} does not say which task it belongs to: every task is scored on it "
-                     "(name one with --task or --data TASK=FILE)")
+        notes.append(
+            f"{bare[0]} does not say which task it belongs to: every task is scored on it "
+            "(name one with --task or --data TASK=FILE)"
+        )
     problems += data_problems(data.values(), "--data") + model_problems(teachers.values(), "--teacher")
     raise_all(problems)
     return data, teachers, notes
@@ -96,16 +104,30 @@ def _zipped(args: argparse.Namespace, tasks: list[str]) -> int:
     references: dict[str, Any] = {t: p for t, p in recorded_teachers(proto, args.model).items() if t in data}
     references.update(teachers)
     outputs = {args.task: args.output} if args.output and args.task else None
-    results = evaluate_tasks_metrics(proto, data, references=references, outputs=outputs, batch_size=args.batch_size,
-                                     threads=args.threads, lenient_labels=bool(notes))
+    results = evaluate_tasks_metrics(
+        proto,
+        data,
+        references=references,
+        outputs=outputs,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        lenient_labels=bool(notes),
+    )
     if args.json:
-        print(json.dumps({"model": args.model, "notes": notes, "tasks": {t: r.to_dict() for t, r in results.items()}}, indent=2))
+        print(
+            json.dumps(
+                {"model": args.model, "notes": notes, "tasks": {t: r.to_dict() for t, r in results.items()}}, indent=2
+            )
+        )
         return 0
     for note in notes:
         print(f"note: {note}")
     for task, r in results.items():
         against = f" (vs {r.reference})" if r.reference else ""
-        print(f"{task}: {describe(r.metrics)}{against} on {data[task]} ({r.metrics['count']} samples), output {r.output!r}")
+        print(
+            f"{task}: {describe(r.metrics)}{against} on {data[task]} ({r.metrics['count']} samples), output "
+            f"{r.output!r}"
+        )
     return 0
 
 
@@ -126,14 +148,23 @@ def _single(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"model": args.model, "data": files[0], **result.to_dict()}, indent=2))
         else:
-            print(f"{args.model}: accuracy {100 * result.accuracy:.2f}% ({result.correct}/{result.count}) on {files[0]}, output {result.output!r}")
+            print(
+                f"{args.model}: accuracy {100 * result.accuracy:.2f}% ({result.correct}/{result.count}) on "
+                f"{files[0]}, output {result.output!r}"
+            )
         return 0
     from onnx_zip.evaluate import evaluate_tasks_metrics  # noqa: PLC0415
     from onnx_zip.metrics import describe  # noqa: PLC0415
 
     outputs = {"model": args.output} if args.output else None
-    r = evaluate_tasks_metrics(args.model, {"model": files[0]}, references={"model": original}, outputs=outputs,
-                               batch_size=args.batch_size, threads=args.threads)["model"]
+    r = evaluate_tasks_metrics(
+        args.model,
+        {"model": files[0]},
+        references={"model": original},
+        outputs=outputs,
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )["model"]
     if args.json:
         print(json.dumps({"model": args.model, "data": files[0], **r.to_dict()}, indent=2))
     else:

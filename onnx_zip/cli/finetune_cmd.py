@@ -62,16 +62,24 @@ def run(args: argparse.Namespace) -> int:
 
     config, train, evaluation = check(args)
     progress = not args.no_progress and not args.quiet and sys.stderr.isatty()
-    result = finetune(args.model, train, eval=evaluation or None, output=args.output, progress=progress, **config.to_dict())
+    result = finetune(
+        args.model, train, eval=evaluation or None, output=args.output, progress=progress, **config.to_dict()
+    )
     final = {t: (math.nan if v is None else v) for t, v in result.record["final_losses"].items()}
     before, after = result.metrics_before or {}, result.metrics or {}
     print(f"{'task':<12}{'loss':>10}{'acc before':>12}{'acc after':>11}{'agree before':>14}{'agree after':>13}")
     for task, loss in final.items():
-        cells = [_percent(before, task, "accuracy"), _percent(after, task, "accuracy"),
-                 _percent(before, task, "agreement"), _percent(after, task, "agreement")]
+        cells = [
+            _percent(before, task, "accuracy"),
+            _percent(after, task, "accuracy"),
+            _percent(before, task, "agreement"),
+            _percent(after, task, "agreement"),
+        ]
         print(f"{task:<12}{loss:>10.4f}{cells[0]:>12}{cells[1]:>11}{cells[2]:>14}{cells[3]:>13}")
-    print(f"{result.record['steps_run']} steps at peak lr {result.record['lr']:.3g} in {result.seconds:.1f} s; "
-          f"wrote {args.output}")
+    print(
+        f"{result.record['steps_run']} steps at peak lr {result.record['lr']:.3g} in {result.seconds:.1f} s; "
+        f"wrote {args.output}"
+    )
     return 0
 
 

@@ -193,19 +193,27 @@ def _plan_distillation(
                 problems.append(f"task {s.name!r}: its data has no 'label' array and it has no teacher "
                                 "(the recorded source model was not found)")
             elif config.alpha is not None and config.alpha < 1:
-                problems.append(f"task {s.name!r}: --alpha {config.alpha:g} mixes in distillation but it has no teacher")
+                problems.append(f"task {s.name!r}: --alpha {config.alpha:g} mixes in distillation but it has no "
+                    f"teacher")
             out.append(s)
             continue
         alpha = 0.0 if not has else (config.alpha if config.alpha is not None else 0.5)
         teachers[s.name] = teacher
         out.append(replace(s, alpha=float(alpha), temperature=float(config.temperature), distill="pending"))
     if problems:
-        raise InputError("; ".join(problems), hint="add labels, or give --teacher TASK=ORIGINAL.onnx for each such task")
+        raise InputError(
+            "; ".join(problems), hint="add labels, or give --teacher TASK=ORIGINAL.onnx for each such task"
+        )
     return out, teachers
 
 
 def _bind_all(
-    model: onnx.ModelProto, specs: list[TaskSpec], data: Mapping[str, TaskData], shared: bool, *, evaluation: bool = False
+    model: onnx.ModelProto,
+    specs: list[TaskSpec],
+    data: Mapping[str, TaskData],
+    shared: bool,
+    *,
+    evaluation: bool = False,
 ) -> tuple[dict[str, TaskBatchData], dict[str, tuple[int, ...]]]:
     raw = {s.name: bind_inputs(model, s, data[s.name]) for s in specs if s.name in data}
     shapes = output_shapes(model, [s for s in specs if s.name in raw], {t: r[0] for t, r in raw.items()}, shared=shared)
@@ -222,7 +230,9 @@ def _bind_all(
     return bound, shapes
 
 
-def _accuracy(model: onnx.ModelProto, specs: Sequence[TaskSpec], data: Mapping[str, TaskBatchData], threads: int | None) -> dict[str, float]:
+def _accuracy(
+    model: onnx.ModelProto, specs: Sequence[TaskSpec], data: Mapping[str, TaskBatchData], threads: int | None
+) -> dict[str, float]:
     session = runtime.make_session(model, threads=threads)
     result = {}
     for s in specs:
@@ -275,8 +285,13 @@ def evaluate_tasks(
 
 
 def _load_teachers(
-    proto: onnx.ModelProto, specs: list[TaskSpec], sources: Mapping[str, Any], data: Mapping[str, TaskBatchData],
-    shapes: Mapping[str, tuple[int, ...]], config: FinetuneConfig, zipped: bool,
+    proto: onnx.ModelProto,
+    specs: list[TaskSpec],
+    sources: Mapping[str, Any],
+    data: Mapping[str, TaskBatchData],
+    shapes: Mapping[str, tuple[int, ...]],
+    config: FinetuneConfig,
+    zipped: bool,
 ) -> tuple[list[TaskSpec], dict[str, Teacher]]:
     """Open every teacher, check it against its task, and choose each task's distillation loss.
 
@@ -292,9 +307,11 @@ def _load_teachers(
         tensor = pre_activation(proto, s.output)
         loss = chosen[s.name] or default_distill_loss(tensor, shapes[s.name])
         if loss == "kd" and len(shapes[s.name]) != 2:
-            problems.append(f"task {s.name!r}: the kd loss needs (N, C) scores, {tensor.name!r} has shape "
-                            f"(N, {shapes[s.name][1:]}); use --distill-loss {s.name}=mse")
-        output = s.output[len(s.name) + 1:] if zipped else s.output
+            problems.append(
+                f"task {s.name!r}: the kd loss needs (N, C) scores, {tensor.name!r} has shape "
+                f"(N, {shapes[s.name][1:]}); use --distill-loss {s.name}=mse"
+            )
+        output = s.output[len(s.name) + 1 :] if zipped else s.output
         try:
             teacher = load_teacher(sources[s.name], output, tensor.activation, task=s.name, threads=config.threads)
             teacher.check({s.inputs[k]: v for k, v in data[s.name].inputs.items()}, shapes[s.name], task=s.name)
@@ -304,7 +321,9 @@ def _load_teachers(
         warn_if_not_recorded(proto, s.name, sources[s.name])
         teachers[s.name] = teacher
         out.append(replace(s, distill=loss))
-        logger.info("task %s distils from %s (%s on %r, alpha %.2g)", s.name, teacher.label, loss, teacher.tensor, s.alpha)
+        logger.info(
+            "task %s distils from %s (%s on %r, alpha %.2g)", s.name, teacher.label, loss, teacher.tensor, s.alpha
+        )
     if problems:
         raise InputError("; ".join(problems))
     return out, teachers
@@ -325,8 +344,11 @@ def _training_view(
     split = split_shared_input(proto, tasks)
     outputs = {o.name for o in split.graph.output}
     split_specs = [
-        replace(s, inputs={f"{s.name}/{g}": d for g, d in s.inputs.items()},
-                tensor=s.tensor if not s.tensor or s.tensor in outputs else f"{s.name}//{s.tensor}")
+        replace(
+            s,
+            inputs={f"{s.name}/{g}": d for g, d in s.inputs.items()},
+            tensor=s.tensor if not s.tensor or s.tensor in outputs else f"{s.name}//{s.tensor}",
+        )
         for s in specs
     ]
     split_data = {
@@ -348,7 +370,9 @@ def _config(config: FinetuneConfig | None, settings: Mapping[str, Any]) -> Finet
     return FinetuneConfig.from_mapping(values)
 
 
-def _trainable(proto: onnx.ModelProto, tasks: list[str], specs: list[TaskSpec], config: FinetuneConfig, label: str) -> tuple[list[str], list[str]]:
+def _trainable(
+    proto: onnx.ModelProto, tasks: list[str], specs: list[TaskSpec], config: FinetuneConfig, label: str
+) -> tuple[list[str], list[str]]:
     """The parameters that train and those kept fixed (``freeze`` rules, then ops without a gradient)."""
     params = float_initializers(proto)
     frozen = resolve_freeze(proto, tasks, config.freeze)
@@ -360,37 +384,56 @@ def _trainable(proto: onnx.ModelProto, tasks: list[str], specs: list[TaskSpec], 
     if any(n.op_type == "BatchNormalization" for n in proto.graph.node) and config.batchnorm == "train":
         logger.warning(
             "%s has BatchNormalization: it trains with the joint batch's statistics and its running "
-            "mean/variance are re-estimated from them (--batchnorm train)", label
+            "mean/variance are re-estimated from them (--batchnorm train)",
+            label,
         )
     return trainable, [p for p in params if p in frozen]
 
 
 def _record(
-    config: FinetuneConfig, outcome: TrainOutcome, specs: list[TaskSpec], frozen: list[str],
-    data: Mapping[str, TaskBatchData], threads: int,
+    config: FinetuneConfig,
+    outcome: TrainOutcome,
+    specs: list[TaskSpec],
+    frozen: list[str],
+    data: Mapping[str, TaskBatchData],
+    threads: int,
 ) -> dict[str, Any]:
     """The run's ``onnx_zip.finetune`` metadata record."""
     steps = int(config.steps or 0)
     history, lr = outcome.history, outcome.lr
-    tail = history[-max(1, len(history) // 10):]
+    tail = history[-max(1, len(history) // 10) :]
     sgd = config.optimizer == "sgd"
     return {
-        "steps": steps, "lr": lr, "schedule": config.schedule, "warmup_steps": warmup_steps(steps, config.schedule),
-        "optimizer": config.optimizer, "momentum": config.momentum if sgd else None,
-        "nesterov": config.nesterov if sgd else None, "weight_decay": config.weight_decay,
-        "batch": int(config.batch_size), "seed": int(config.seed),
+        "steps": steps,
+        "lr": lr,
+        "schedule": config.schedule,
+        "warmup_steps": warmup_steps(steps, config.schedule),
+        "optimizer": config.optimizer,
+        "momentum": config.momentum if sgd else None,
+        "nesterov": config.nesterov if sgd else None,
+        "weight_decay": config.weight_decay,
+        "batch": int(config.batch_size),
+        "seed": int(config.seed),
         "losses": {s.name: s.loss for s in specs},
         "outputs": {s.name: s.output for s in specs},
         "task_weights": {s.name: s.weight for s in specs},
         "frozen": frozen,
         "train_samples": {s.name: len(data[s.name]) for s in specs},
-        "final_losses": {s.name: float(np.mean([h["loss"][s.name] for h in tail])) if tail else None  # type: ignore[index]
-                         for s in specs},
+        "final_losses": {
+            s.name: float(np.mean([h["loss"][s.name] for h in tail])) if tail else None  # type: ignore[index]
+            for s in specs
+        },
         "loss_tensors": {s.name: s.loss_tensor for s in specs},
-        "distill": {s.name: {"loss": s.distill, "alpha": s.alpha, "temperature": s.temperature}
-                    for s in specs if s.distill is not None},
-        "lr_test": outcome.lr_test, "diverged": outcome.diverged, "steps_run": len(history),
-        "probe_loss": {"before": outcome.probe[0], "after": outcome.probe[1]}, "threads": threads,
+        "distill": {
+            s.name: {"loss": s.distill, "alpha": s.alpha, "temperature": s.temperature}
+            for s in specs
+            if s.distill is not None
+        },
+        "lr_test": outcome.lr_test,
+        "diverged": outcome.diverged,
+        "steps_run": len(history),
+        "probe_loss": {"before": outcome.probe[0], "after": outcome.probe[1]},
+        "threads": threads,
         "runtime": f"onnxruntime-training {runtime.runtime_version()}",
     }
 
@@ -464,21 +507,39 @@ def finetune(
     metrics_before = evaluate_now({}) if eval else None  # also checks the evaluation data before training
 
     steps = int(config.steps or 0)
-    train_settings = TrainSettings(steps=steps, lr=lr, schedule=config.schedule, batch_size=int(config.batch_size),
-                                   seed=int(config.seed), threads=threads, progress=progress,
-                                   eval_every=config.eval_every)
-    opt = Optimizer(config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
+    train_settings = TrainSettings(
+        steps=steps,
+        lr=lr,
+        schedule=config.schedule,
+        batch_size=int(config.batch_size),
+        seed=int(config.seed),
+        threads=threads,
+        progress=progress,
+        eval_every=config.eval_every,
+    )
+    opt = Optimizer(
+        config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )
     train_proto, train_specs, split_data, train_shared = _training_view(proto, specs, data, shared, tasks)
     if config.batchnorm == "eval":
         train_proto, rewritten = inference_mode_batchnorm(train_proto)
         if rewritten:
-            logger.info("%s: %d BatchNormalization node(s) train in inference mode (running statistics kept)", label, rewritten)
+            logger.info(
+                "%s: %d BatchNormalization node(s) train in inference mode (running statistics kept)", label, rewritten
+            )
     setup = time.perf_counter()
     with training_artifacts(train_proto, train_specs, [shapes[s.name] for s in specs], trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
-        outcome = train(arts, train_specs, split_data, opt, train_settings, shared=train_shared,
-                        evaluate=evaluate_now if eval else None,
-                        teachers=teacher_runs)
+        outcome = train(
+            arts,
+            train_specs,
+            split_data,
+            opt,
+            train_settings,
+            shared=train_shared,
+            evaluate=evaluate_now if eval else None,
+            teachers=teacher_runs,
+        )
     _check_outcome(outcome, config, label)
     record = _record(config, outcome, specs, frozen_list, data, threads)
     tuned = with_values(proto, outcome.values)
@@ -489,8 +550,15 @@ def finetune(
         tuned = save_model(tuned, output)
     seconds = time.perf_counter() - start
     logger.info("fine-tuned %s for %d steps in %.1f s; final losses %s", label, steps, seconds, record["final_losses"])
-    return FinetuneResult(model=tuned, history=outcome.history, accuracy=accuracy or None, record=record,
-                          seconds=seconds, metrics=metrics, metrics_before=metrics_before)
+    return FinetuneResult(
+        model=tuned,
+        history=outcome.history,
+        accuracy=accuracy or None,
+        record=record,
+        seconds=seconds,
+        metrics=metrics,
+        metrics_before=metrics_before,
+    )
 
 
 def _check_outcome(outcome: TrainOutcome, config: FinetuneConfig, label: str) -> None:
@@ -504,12 +572,17 @@ def _check_outcome(outcome: TrainOutcome, config: FinetuneConfig, label: str) ->
     if outcome.diverged:
         why = f"fine-tuning {label} diverged: {outcome.diverged} (learning rate {outcome.lr:.3g})"
     elif outcome.worse:
-        why = (f"fine-tuning {label} made the loss worse: {before:.4g} before, {after:.4g} after, on a fixed "
-               f"probe batch (learning rate {outcome.lr:.3g})")
+        why = (
+            f"fine-tuning {label} made the loss worse: {before:.4g} before, {after:.4g} after, on a fixed "
+            f"probe batch (learning rate {outcome.lr:.3g})"
+        )
     else:
         return
     if config.allow_worse:
         logger.warning("%s; keeping the best parameters (--allow-worse)", why)
         return
-    raise NumericalError(why, hint="lower --lr (or leave it to the automatic choice), or keep the best "
-                                   "parameters anyway with --allow-worse; nothing was written")
+    raise NumericalError(
+        why,
+        hint="lower --lr (or leave it to the automatic choice), or keep the best "
+        "parameters anyway with --allow-worse; nothing was written",
+    )

@@ -99,6 +99,40 @@ def _lacks_gradient(node: onnx.NodeProto) -> str | None:
     return None
 
 
+def _trainable_upstream(model: onnx.ModelProto, trainable: set[str]) -> dict[str, set[str]]:
+    """Per node (by name, else first output): the trainable parameters its inputs depend on
+    (a forward walk; graph order is topological)."""
+    live: dict[str, set[str]] = {p: {p} for p in trainable}
+    upstream: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        deps: set[str] = set()
+        for name in node.input:
+            deps |= live.get(name, set())
+        upstream[node.name or node.output[0]] = deps
+        if deps:
+            for out in node.output:
+                live[out] = deps
+    return upstream
+
+
+def _reaching_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> set[int]:
+    """``id()`` of every node a path leads from to one of ``outputs`` (a backward walk)."""
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    reaching: set[int] = set()
+    stack = [producers[o] for o in outputs if o in producers]
+    seen: set[str] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in reaching:
+            continue
+        reaching.add(id(n))
+        for name in n.input:
+            if name in producers and name not in seen:
+                seen.add(name)
+                stack.append(producers[name])
+    return reaching
+
+
 def preflight(
     model: onnx.ModelProto,
     trainable: set[str],
@@ -122,31 +156,8 @@ def preflight(
     Raises:
         ModelError: ``no_grad="error"`` and such nodes exist (the message names them).
     """
-    producers = {o: n for n in model.graph.node for o in n.output if o}
-    # tensors that depend on a trainable parameter (forward, graph order is topological)
-    live: dict[str, set[str]] = {p: {p} for p in trainable}
-    upstream: dict[str, set[str]] = {}
-    for node in model.graph.node:
-        deps: set[str] = set()
-        for name in node.input:
-            deps |= live.get(name, set())
-        upstream[node.name or node.output[0]] = deps
-        if deps:
-            for out in node.output:
-                live[out] = deps
-    # nodes that reach a loss output (backward)
-    reaching: set[int] = set()
-    stack = [producers[o] for o in loss_outputs if o in producers]
-    seen: set[str] = set()
-    while stack:
-        n = stack.pop()
-        if id(n) in reaching:
-            continue
-        reaching.add(id(n))
-        for name in n.input:
-            if name in producers and name not in seen:
-                seen.add(name)
-                stack.append(producers[name])
+    upstream = _trainable_upstream(model, trainable)
+    reaching = _reaching_outputs(model, loss_outputs)
     blocked: list[tuple[onnx.NodeProto, str, set[str]]] = []
     for node in model.graph.node:
         reason = _lacks_gradient(node)
@@ -249,7 +260,8 @@ def training_artifacts(
                 )
         except Exception as exc:  # onnxruntime raises RuntimeError, onnx ValidationError, ...
             raise ModelError(
-                f"onnxruntime-training cannot build the training graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                f"onnxruntime-training cannot build the training graph ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})",
                 hint="freeze the part of the model that cannot train with --freeze PREFIX",
             ) from exc
         finally:

@@ -163,7 +163,9 @@ def add_loss_nodes(
         if len(terms) == 1:
             loss = b.node("Identity", [terms[0][0]], task_loss_output(t))
         else:
-            parts = [b.node("Mul", [name, b.const(f"{p}/mix{i}", w)], f"{p}/mixed{i}") for i, (name, w) in enumerate(terms)]
+            parts = [
+                b.node("Mul", [name, b.const(f"{p}/mix{i}", w)], f"{p}/mixed{i}") for i, (name, w) in enumerate(terms)
+            ]
             loss = b.node("Add", parts, task_loss_output(t))
         losses.append(loss)
         weighted.append(b.node("Mul", [loss, b.const(f"{p}/weight", spec.weight)], f"{p}/weighted_loss"))

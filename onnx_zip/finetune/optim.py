@@ -88,7 +88,9 @@ class Optimizer:
         self._second: dict[str, np.ndarray] = {}
         self._t = 0
 
-    def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float) -> dict[str, np.ndarray]:
+    def step(
+        self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float
+    ) -> dict[str, np.ndarray]:
         """One update; returns the new values (float32, same shapes). Inputs are not modified."""
         self._t += 1
         out = {}

@@ -24,7 +24,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnx
@@ -36,7 +35,7 @@ from onnx_zip.zipper.report import read_metadata
 LOSSES = ("ce", "bce", "mse")
 
 #: What a task's data may be: a Dataset, an ``.npz`` path, or arrays by name (``label`` included).
-TaskData = Union[Dataset, str, os.PathLike, Mapping[str, np.ndarray]]
+TaskData = Dataset | str | os.PathLike | Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -181,7 +180,8 @@ def _raw_arrays(data: TaskData, task: str) -> tuple[dict[str, np.ndarray], np.nd
         arrays = {k: np.asarray(v) for k, v in data.items()}
         source = f"task {task} arrays"
     else:
-        raise InputError(f"task {task}: data must be a Dataset, an .npz path or a mapping of arrays, got {type(data).__name__}")
+        raise InputError(f"task {task}: data must be a Dataset, an .npz path or a mapping of arrays, got "
+            f"{type(data).__name__}")
     labels = arrays.pop(LABEL_KEY, None)
     return arrays, labels, source
 
@@ -224,7 +224,8 @@ def check_targets(
         classes = out_shape[-1]
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(
-                f"{source}: the ce loss of output {output!r} needs (N,) integer class indices, got {labels.dtype} {labels.shape}",
+                f"{source}: the ce loss of output {output!r} needs (N,) integer class indices, got "
+                f"{labels.dtype} {labels.shape}",
                 hint="use --loss TASK=bce for (N, K) float attribute labels",
             )
         if len(out_shape) != 2:
@@ -240,11 +241,14 @@ def check_targets(
     kind = "bce" if loss == "bce" else "mse"
     if not np.issubdtype(labels.dtype, np.floating):
         raise DataError(
-            f"{source}: the {kind} loss of output {output!r} needs float targets of shape {want}, got {labels.dtype} {labels.shape}",
+            f"{source}: the {kind} loss of output {output!r} needs float targets of shape {want}, got "
+            f"{labels.dtype} {labels.shape}",
             hint="use --loss TASK=ce for integer class labels" if labels.ndim == 1 else "store the targets as float32",
         )
     if labels.shape != want:
-        raise DataError(f"{source}: the {kind} loss of output {output!r} needs targets of shape {want}, got {labels.shape}")
+        raise DataError(
+            f"{source}: the {kind} loss of output {output!r} needs targets of shape {want}, got {labels.shape}"
+        )
     if not np.isfinite(labels).all():
         raise DataError(f"{source}: targets hold NaN or Inf values", hint="clean the data")
     if loss == "bce" and (labels.min() < 0 or labels.max() > 1):
@@ -252,7 +256,9 @@ def check_targets(
     return labels.astype(np.float32)
 
 
-def bind_inputs(model: onnx.ModelProto, spec: TaskSpec, data: TaskData) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
+def bind_inputs(
+    model: onnx.ModelProto, spec: TaskSpec, data: TaskData
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
     """Bind a task's data to its graph inputs.
 
     Returns:

@@ -160,7 +160,9 @@ class StepRunner:
         self.trainable = list(artifacts.trainable)
         self.every = [*artifacts.trainable, *artifacts.frozen]
 
-    def forward_backward(self, feeds: Mapping[str, np.ndarray]) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+    def forward_backward(
+        self, feeds: Mapping[str, np.ndarray]
+    ) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
         """``(total loss, {task output: loss}, {trainable: gradient})`` of one joint batch."""
         self.module.lazy_reset_grad()
         outs = self.module(*[feeds[name] for name in self.order])
@@ -206,15 +208,17 @@ class DivergenceGuard:
             return f"loss {loss} at step {len(self.losses)}"
         if len(self.losses) < self.window:
             return None
-        mean = float(np.mean(self.losses[-self.window:]))
+        mean = float(np.mean(self.losses[-self.window :]))
         if self.start is None:
             self.start = mean
         if mean < self.best:
             self.best, self.best_step = mean, len(self.losses)
             self.best_values = runner.values()
         if mean > self.factor * self.start and len(self.losses) >= 2 * self.window:
-            return (f"the mean loss of steps {len(self.losses) - self.window + 1}-{len(self.losses)} ({mean:.4g}) "
-                    f"rose above {self.factor:g}x its start ({self.start:.4g})")
+            return (
+                f"the mean loss of steps {len(self.losses) - self.window + 1}-{len(self.losses)} ({mean:.4g}) "
+                f"rose above {self.factor:g}x its start ({self.start:.4g})"
+            )
         return None
 
 
@@ -360,8 +364,10 @@ def train(
     if diverged:
         logger.warning("fine-tuning diverged (%s); restoring the parameters of step %d", diverged, guard.best_step)
         if guard.best_values is None:
-            raise NumericalError(f"fine-tuning diverged at once: {diverged}",
-                                 hint=f"lower the learning rate (now {peak:g}) or use --optimizer adamw")
+            raise NumericalError(
+                f"fine-tuning diverged at once: {diverged}",
+                hint=f"lower the learning rate (now {peak:g}) or use --optimizer adamw",
+            )
         runner.load(guard.best_values)
     probe_end, _, _ = runner.forward_backward(probe)
     if not probe_end <= probe_start:
@@ -369,8 +375,12 @@ def train(
     return TrainOutcome(runner.values(), history, peak, diverged, lr_test, (probe_start, probe_end))
 
 
-def _keep_best(runner: StepRunner, probe: Mapping[str, np.ndarray], loss: float,
-               candidates: Sequence[tuple[int, dict[str, np.ndarray] | None]]) -> float:
+def _keep_best(
+    runner: StepRunner,
+    probe: Mapping[str, np.ndarray],
+    loss: float,
+    candidates: Sequence[tuple[int, dict[str, np.ndarray] | None]],
+) -> float:
     """Load the candidate parameters (``(step, values)``, step 0: the start) with the lowest probe
     loss if it is lower than ``loss`` (the current parameters'); return the probe loss kept."""
     best, best_values, best_step = loss, None, -1
@@ -384,6 +394,10 @@ def _keep_best(runner: StepRunner, probe: Mapping[str, np.ndarray], loss: float,
             best, best_values, best_step = candidate, values, step
     runner.load(best_values if best_values is not None else current)
     if best_values is not None:
-        logger.warning("the run ended with probe loss %.4g; keeping the parameters of %s (probe loss %.4g)",
-                       loss, f"step {best_step}" if best_step else "the start", best)
+        logger.warning(
+            "the run ended with probe loss %.4g; keeping the parameters of %s (probe loss %.4g)",
+            loss,
+            f"step {best_step}" if best_step else "the start",
+            best,
+        )
     return best

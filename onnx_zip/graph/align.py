@@ -9,7 +9,8 @@ Heads are never zipped and may differ in kind.
 
 An explicit ``mapping`` of node names overrides the positional pairing: a dict
 ``{"a_node": "b_node"}`` for two models, a list of lists (one node per model, in model
-order) for any number, or the document ``onnx-zip align --json`` writes (its ``layers``' ``nodes``). It must cover every hidden layer of every model, keep each model's
+order) for any number, or the document ``onnx-zip align --json`` writes (its ``layers``' ``nodes``).
+It must cover every hidden layer of every model, keep each model's
 layer order, and may leave out the heads (then paired by position). The same checks apply.
 
 When the models do not align, the :class:`ModelError` carries a side-by-side table of the
@@ -170,7 +171,9 @@ def alignment_entries(document: Mapping[str, Any]) -> list[tuple[str, ...]] | No
     """The node names per position of an ``align --json`` document (:meth:`Alignment.to_dict`),
     or None when ``document`` is not one (e.g. a ``{a_node: b_node}`` mapping)."""
     layers = document.get("layers")
-    if not isinstance(layers, list) or not all(isinstance(a, Mapping) and isinstance(a.get("nodes"), list) for a in layers):
+    if not isinstance(layers, list) or not all(
+        isinstance(a, Mapping) and isinstance(a.get("nodes"), list) for a in layers
+    ):
         return None
     return [tuple(str(n) for n in a["nodes"]) for a in layers]
 
@@ -194,7 +197,9 @@ def _normalise_mapping(mapping: Mapping[str, Any] | Sequence[Sequence[str]], cou
     return entries
 
 
-def _mapped_rows(chains: Sequence[LayerChain], mapping: Mapping[str, Any] | Sequence[Sequence[str]]) -> list[list[Layer | None]]:
+def _mapped_rows(
+    chains: Sequence[LayerChain], mapping: Mapping[str, Any] | Sequence[Sequence[str]]
+) -> list[list[Layer | None]]:
     entries = _normalise_mapping(mapping, len(chains))
     rows: list[list[Layer | None]] = []
     for entry in entries:
@@ -256,7 +261,7 @@ def match_depths(chains: Sequence[LayerChain]) -> list[LayerChain]:
             )
         cut = chain.hidden[fewest]
         zipped = {layer.node for layer in chain.hidden[:fewest]}
-        for layer in chain.layers[fewest + 1:]:
+        for layer in chain.layers[fewest + 1 :]:
             crossing = sorted(set(layer.sources) & zipped)
             if crossing:
                 raise ModelError(
@@ -273,7 +278,11 @@ def match_depths(chains: Sequence[LayerChain]) -> list[LayerChain]:
                 )
         logger.info(
             "%s: %d hidden layers (others %d): zipping the first %d; %s and the layers after it stay task-specific",
-            chain.model, count, fewest, fewest, cut.node,
+            chain.model,
+            count,
+            fewest,
+            fewest,
+            cut.node,
         )
         result.append(chain.truncated(fewest))
     return result
@@ -307,8 +316,9 @@ def align_chains(
         flatten = any(p.startswith("flattened features differ") for _, p in problems)
         raise ModelError(
             f"the layers of {names} do not align ({first}):\n{diff_table(chains, rows)}\n",
-            hint=FLATTEN_HINT if flatten else
-            "zip models of one architecture, or pass an explicit mapping of node names (--map FILE.json)",
+            hint=FLATTEN_HINT
+            if flatten
+            else "zip models of one architecture, or pass an explicit mapping of node names (--map FILE.json)",
         )
     aligned = []
     for index, row in enumerate(rows):

@@ -185,7 +185,8 @@ def infer_shapes(model: onnx.ModelProto, *, label: str = "model") -> onnx.ModelP
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{label}: ONNX shape inference failed ({exc})", hint="check the model with onnx.checker") from exc
+        raise ModelError(f"{label}: ONNX shape inference failed "
+            f"({exc})", hint="check the model with onnx.checker") from exc
 
 
 # ------------------------------------------------------------------------------ graph helpers

@@ -345,7 +345,8 @@ def _sources(m: _Model, layer: Layer, layer_by_output: dict[str, str], tying: se
     factors = set().union(*found.values()) if found else set()
     if len(factors) > 1:
         raise ModelError(
-            f"{m.label}: layer {layer.node!r} reads channels flattened in different ways ({sorted(factors)} features each)",
+            f"{m.label}: layer {layer.node!r} reads channels flattened in different ways ({sorted(factors)} "
+            f"features each)",
             hint="zip models whose residual branches meet before any Flatten",
         )
     return set(found), factors.pop() if factors else 1
@@ -422,7 +423,9 @@ def _ordered_layers(m: _Model, *, strict: bool = True) -> tuple[list[Layer], lis
     layer_nodes = {layer.node for layer in layers}
     tensors = m.graph.tensors()
     heads = {layer.node for layer in layers if not _downstream_layers(tensors[layer.output], layer_nodes)}
-    ordered = [layer for layer in layers if layer.node not in heads] + [layer for layer in layers if layer.node in heads]
+    ordered = [layer for layer in layers if layer.node not in heads] + [
+        layer for layer in layers if layer.node in heads
+    ]
     final, blockers = [], []
     for index, layer in enumerate(ordered):
         is_head = layer.node in heads
@@ -509,10 +512,13 @@ def require_supported_chain(chain: LayerChain) -> LayerChain:
         ModelError: naming the Concat nodes, or the layer and the groups it mixes.
     """
     count = len(chain.channel_groups)
-    for layers, nodes, op_types in zip(chain.channel_groups, chain.group_nodes or ((),) * count, chain.group_ops or ((),) * count):
+    for layers, nodes, op_types in zip(
+        chain.channel_groups, chain.group_nodes or ((),) * count, chain.group_ops or ((),) * count
+    ):
         if not op_types or any(op not in ("Add", "Mul") for op in op_types):
             raise ModelError(
-                f"{chain.model}: {', '.join(nodes) or 'a node'} concatenate the channels of layers {', '.join(layers)}; "
+                f"{chain.model}: {', '.join(nodes) or 'a node'} concatenate the channels of layers "
+                f"{', '.join(layers)}; "
                 "the rewrite supports plain chains and residual Adds",
                 hint="zip models without channel Concats",
             )

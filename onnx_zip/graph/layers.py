@@ -180,8 +180,15 @@ class LayerChain:
         layers = self.layers[: hidden + 1]
         cut = replace(layers[-1], is_head=True, path=())
         kept = {layer.node for layer in layers[:-1]}
-        groups = [(g, n, o) for g, n, o in zip(self.channel_groups, self.group_nodes or ((),) * len(self.channel_groups),
-                                              self.group_ops or ((),) * len(self.channel_groups)) if set(g) & kept]
+        groups = [
+            (g, n, o)
+            for g, n, o in zip(
+                self.channel_groups,
+                self.group_nodes or ((),) * len(self.channel_groups),
+                self.group_ops or ((),) * len(self.channel_groups),
+            )
+            if set(g) & kept
+        ]
         return replace(
             self,
             layers=(*layers[:-1], cut),

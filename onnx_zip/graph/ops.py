@@ -442,7 +442,8 @@ def rebuild_copy(block: BlockStep) -> gs.Variable:
                 values = gather_channels(constant_values(t), block.channels)
                 inputs.append(emit.constant(channel_param_name(block.prefix, t.name), values))
             else:
-                inputs.append(emit.constant(f"{block.prefix}/{op.lower()}_{block.position}_{count}", constant_values(t)))
+                name = f"{block.prefix}/{op.lower()}_{block.position}_{count}"
+                inputs.append(emit.constant(name, constant_values(t)))
             count += 1
         elif not any(i is block.inputs[0] for i in inputs):
             inputs.append(block.inputs[0])
@@ -466,8 +467,13 @@ def rebuild_arithmetic(block: BlockStep) -> gs.Variable:
         return rebuild_copy(block)
     op, effect = block.step.op_type, block.step.effect
     out = block.emit.variable(f"{block.prefix}/{op.lower()}")
-    block.emit.node(op, f"{block.prefix}/{effect}_{op}", list(block.inputs), [out],
-                    doc=f"{effect} {op} {block.step.node}, on the {block.prefix.rsplit('/', 1)[-1]} channels")
+    block.emit.node(
+        op,
+        f"{block.prefix}/{effect}_{op}",
+        list(block.inputs),
+        [out],
+        doc=f"{effect} {op} {block.step.node}, on the {block.prefix.rsplit('/', 1)[-1]} channels",
+    )
     return out
 
 
@@ -496,10 +502,14 @@ def rebuild_resize(block: BlockStep) -> gs.Variable:
     values[1] = len(block.channels)
     out = emit.variable(f"{block.prefix}/resize")
     name = f"{block.prefix}/resize_{block.position}"
-    inputs = [block.inputs[0]] + [
-        gs.Variable.empty() if not t.name else emit.constant(f"{name}_{i}", constant_values(t))
-        for i, t in enumerate(node.inputs[1:3], start=1)
-    ] + [emit.constant(f"{name}_sizes", values)]
+    inputs = (
+        [block.inputs[0]]
+        + [
+            gs.Variable.empty() if not t.name else emit.constant(f"{name}_{i}", constant_values(t))
+            for i, t in enumerate(node.inputs[1:3], start=1)
+        ]
+        + [emit.constant(f"{name}_sizes", values)]
+    )
     emit.node("Resize", f"{block.prefix}/Resize", inputs, [out], attrs=node.attrs)
     return out
 
@@ -529,10 +539,15 @@ _register_all(
     + [OpRule("Squeeze", ("flatten",), classify_flatten, rebuild_flatten)]
     + [OpRule("BatchNormalization", ("channel_params",), classify_batchnorm, rebuild_copy)]
     + [OpRule(op, ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy) for op in ("Sub", "Div")]
-    + [OpRule(op, ("elementwise", "channel_params", "residual"), classify_arithmetic, rebuild_arithmetic)
-       for op in ("Add", "Mul")]
+    + [
+        OpRule(op, ("elementwise", "channel_params", "residual"), classify_arithmetic, rebuild_arithmetic)
+        for op in ("Add", "Mul")
+    ]
     + [OpRule("PRelu", ("elementwise", "channel_params"), classify_arithmetic, rebuild_copy)]
-    + [OpRule(op, ("channel_norm",), classify_channel_norm, rebuild_copy) for op in ("Softmax", "LogSoftmax", "LpNormalization")]
+    + [
+        OpRule(op, ("channel_norm",), classify_channel_norm, rebuild_copy)
+        for op in ("Softmax", "LogSoftmax", "LpNormalization")
+    ]
     + [OpRule("LayerNormalization", ("channel_norm",), classify_layer_norm, rebuild_copy)]
     + [OpRule("Conv", ("channel_params",), classify_depthwise, rebuild_depthwise)]
     + [OpRule("Resize", ("spatial",), classify_resize, rebuild_resize)]

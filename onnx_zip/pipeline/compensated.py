@@ -260,7 +260,8 @@ def zip_compensated(job: ZipJob, *, progress: bool = False) -> CompensatedZip:
             view = _Runner.of(fitted_model(job, t, planner, fitted), [job.aligned[p][t].input for p in steps],
                               threads, f"model {task} zipped so far")
             rows = {p: original_rows(planner, p, originals, t) for p in steps}
-            moments.append(layer_moments(job, t, view, runners[t], steps, {p: index[p][t] for p in steps}, widths, rows))
+            task_index = {p: index[p][t] for p in steps}
+            moments.append(layer_moments(job, t, view, runners[t], steps, task_index, widths, rows))
         for p in steps:
             fitted[p] = compensated_layer(planner, p, originals, [m[p] for m in moments], job.config.rho)
             logger.info("compensated: fitted %s (%d shared)", fitted[p].zip.tag, fitted[p].zip.shared)

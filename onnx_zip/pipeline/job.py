@@ -164,7 +164,8 @@ class ZipJob:
     def with_zip_config(self, config: ZipConfig) -> ZipJob:
         """The same models and data with other zip settings (checked against the layers)."""
         if config.needs_calibration and self.calibration is None:
-            what = f"{config.pairing} pairing" if config.pairing_method.needs_calibration else f"--method {config.method}"
+            needs = config.pairing_method.needs_calibration
+            what = f"{config.pairing} pairing" if needs else f"--method {config.method}"
             raise InputError(f"{what} needs calibration data")
         settings = PlanSettings.from_config(config, self.calibration_config, len(self.hidden))
         _check_policies(settings, self.hidden)

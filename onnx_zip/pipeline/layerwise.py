@@ -72,7 +72,9 @@ def zip_next_layer(job: ZipJob, state: LoopState, position: int, *, progress: bo
         other: np.repeat(np.arange(state.pairs[other][0].shape[0])[:, None], tasks, axis=1)
         for other in hidden if other < position
     }
-    policies = [job.settings.policy_for(i) if other == position else mtz.ShareCount(0) for i, other in enumerate(hidden)]
+    policies = [
+        job.settings.policy_for(i) if other == position else mtz.ShareCount(0) for i, other in enumerate(hidden)
+    ]
     zips = plan(job, stats, models=state.views, settings=job.settings.with_policies(policies), fixed=fixed)
     # Layer ``position`` of the views is still in its original order: its pairs are original indices.
     state.pairs[position] = (zips[position].pairs.copy(), zips[position].costs.copy())
@@ -80,10 +82,14 @@ def zip_next_layer(job: ZipJob, state: LoopState, position: int, *, progress: bo
     return build(job, zips, models=state.views)
 
 
-def _check_loop(job: ZipJob, train: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None, steps: list[int]) -> None:
+def _check_loop(
+    job: ZipJob, train: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None, steps: list[int]
+) -> None:
     if job.config.fit_method.per_layer:
-        raise InputError(f"the layer-wise retraining loop (--train) fits with --method paper, not {job.config.method}",
-                         hint="drop --method compensated, or zip without --train and fine-tune the result")
+        raise InputError(
+            f"the layer-wise retraining loop (--train) fits with --method paper, not {job.config.method}",
+            hint="drop --method compensated, or zip without --train and fine-tune the result",
+        )
     residual = [p for p in job.prepared if p.chain.channel_groups]
     if residual:
         raise InputError(
@@ -95,14 +101,20 @@ def _check_loop(job: ZipJob, train: Mapping[str, Any] | None, evaluation: Mappin
     unknown = sorted(set(given) - set(job.tasks)) + sorted(set(evaluation or {}) - set(job.tasks))
     if unknown or (any(steps) and set(given) != set(job.tasks)):
         raise InputError(
-            f"training data is given for {sorted(given)}, evaluation for {sorted(evaluation or {})}; tasks are {job.tasks}",
+            f"training data is given for {sorted(given)}, evaluation for {sorted(evaluation or {})}; tasks are "
+            f"{job.tasks}",
             hint="give training data for every task, named by task",
         )
 
 
 def _finetune_base(retrain: RetrainConfig, options: Mapping[str, Any] | None, seed: int) -> tuple[dict[str, Any], bool]:
     """The fine-tuning settings of every layer (but ``steps``), validated; and whether to show progress."""
-    base: dict[str, Any] = {"lr": retrain.lr, "optimizer": retrain.optimizer, "batch_size": retrain.batch_size, "seed": seed}
+    base: dict[str, Any] = {
+        "lr": retrain.lr,
+        "optimizer": retrain.optimizer,
+        "batch_size": retrain.batch_size,
+        "seed": seed,
+    }
     extra = dict(options or {})
     progress = bool(extra.pop("progress", False))
     extra.pop("steps", None)
@@ -112,8 +124,13 @@ def _finetune_base(retrain: RetrainConfig, options: Mapping[str, Any] | None, se
 
 
 def _retrain_layer(
-    joint: onnx.ModelProto, record: dict[str, Any], count: int, train: Mapping[str, Any] | None,
-    evaluation: Mapping[str, Any] | None, base: Mapping[str, Any], progress: bool,
+    joint: onnx.ModelProto,
+    record: dict[str, Any],
+    count: int,
+    train: Mapping[str, Any] | None,
+    evaluation: Mapping[str, Any] | None,
+    base: Mapping[str, Any],
+    progress: bool,
     teachers: Mapping[str, onnx.ModelProto] | None = None,
 ) -> onnx.ModelProto:
     """Evaluate, fine-tune ``count`` steps, evaluate again (fills ``record``)."""
@@ -124,8 +141,13 @@ def _retrain_layer(
     if evaluation:
         record["accuracy_before"] = evaluate_tasks(joint, evaluation)
     if count > 0:
-        tuned = finetune(joint, train or {}, FinetuneConfig.from_mapping({**base, "steps": count}), progress=progress,
-                         teachers=teachers)
+        tuned = finetune(
+            joint,
+            train or {},
+            FinetuneConfig.from_mapping({**base, "steps": count}),
+            progress=progress,
+            teachers=teachers,
+        )
         joint = tuned.model
         record["final_loss"] = tuned.history[-1] if tuned.history else None
     if evaluation:
@@ -159,7 +181,11 @@ def layerwise_job(
     for number, (position, count) in enumerate(zip(hidden, steps)):
         started = time.perf_counter()
         joint = zip_next_layer(job, state, position, progress=progress)
-        record: dict[str, Any] = {"layer": state.zips[position].tag, "shared": state.zips[position].shared, "steps": count}
+        record: dict[str, Any] = {
+            "layer": state.zips[position].tag,
+            "shared": state.zips[position].shared,
+            "steps": count,
+        }
         joint = _retrain_layer(joint, record, count, train, evaluation, base, tune_progress, teachers)
         record["seconds"] = time.perf_counter() - started
         logger.info("layer %d/%d %s: %s", number + 1, len(hidden), record["layer"], record)
@@ -170,10 +196,16 @@ def layerwise_job(
         state.model = joint
     assert state.model is not None
     # Report pairs in the original models' neuron indices (earlier layers were re-planned as fixed pairs).
-    final = [replace(z, pairs=state.pairs[z.index][0], costs=state.pairs[z.index][1]) if z.index in state.pairs else z
-             for z in state.zips]
-    settings = {**job.record(), "procedure": "layerwise", "retrain": {**retrain.to_dict(), "steps": steps},
-                "finetune": _jsonable(base)}
+    final = [
+        replace(z, pairs=state.pairs[z.index][0], costs=state.pairs[z.index][1]) if z.index in state.pairs else z
+        for z in state.zips
+    ]
+    settings = {
+        **job.record(),
+        "procedure": "layerwise",
+        "retrain": {**retrain.to_dict(), "steps": steps},
+        "finetune": _jsonable(base),
+    }
     model = refresh_metadata(job, state.model, final, settings)
     report = make_report(job, model, final, settings=settings)
     report.extra["layerwise"] = records
@@ -181,7 +213,9 @@ def layerwise_job(
 
 
 def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v) for k, v in options.items()}
+    return {
+        k: v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v) for k, v in options.items()
+    }
 
 
 def refresh_metadata(
@@ -237,11 +271,25 @@ def zip_layerwise(
             raise InputError("give the settings either as configurations or as keyword options, not both")
         config, calibration_config = configs_from_options(options)
     if retrain is None:
-        retrain = RetrainConfig() if retrain_steps is None else RetrainConfig.from_mapping(
-            {"steps": retrain_steps if isinstance(retrain_steps, int) else list(retrain_steps)})
+        retrain = (
+            RetrainConfig()
+            if retrain_steps is None
+            else RetrainConfig.from_mapping(
+                {"steps": retrain_steps if isinstance(retrain_steps, int) else list(retrain_steps)}
+            )
+        )
     for path in (output, report_path):
         if path is not None:
             check_writable(path)
     job = prepare(models, calibration, names=names, config=config, calibration_config=calibration_config)
-    return layerwise_job(job, train, retrain, evaluation=evaluation, finetune_options=finetune_options,
-                         on_layer=on_layer, output=output, report_path=report_path, progress=progress)
+    return layerwise_job(
+        job,
+        train,
+        retrain,
+        evaluation=evaluation,
+        finetune_options=finetune_options,
+        on_layer=on_layer,
+        output=output,
+        report_path=report_path,
+        progress=progress,
+    )

@@ -63,7 +63,9 @@ def plan(
                          hint="zip with onnx_zip.pipeline.compensated.zip_compensated (or zip_job)")
     if tensors is None:
         tensors = [initializer_arrays(m) for m in (models if models is not None else job.canonical)]
-    return plan_layers(job.chains, job.aligned, tensors, stats.hessians, settings or job.settings, stats.pair_costs, fixed)
+    return plan_layers(
+        job.chains, job.aligned, tensors, stats.hessians, settings or job.settings, stats.pair_costs, fixed
+    )
 
 
 def build(
@@ -76,12 +78,15 @@ def build(
     """The build stage: the zipped graph of ``zips`` with doc strings, provenance metadata (the job's
     settings, or ``record``) and stamped versions."""
     models = list(models) if models is not None else job.canonical
-    model, docs = build_zipped_model(job.tasks, models, job.chains, zips, shared_input=job.shared_input, opset=job.opset)
+    model, docs = build_zipped_model(
+        job.tasks, models, job.chains, zips, shared_input=job.shared_input, opset=job.opset
+    )
     for node in model.graph.node:
         if node.name in docs:
             node.doc_string = docs[node.name]
-    meta = provenance(job.tasks, job.sources, dict(record) if record is not None else job.record(), zips,
-                      job.prepared[0].chain)
+    meta = provenance(
+        job.tasks, job.sources, dict(record) if record is not None else job.record(), zips, job.prepared[0].chain
+    )
     write_metadata(model, meta)
     model.producer_name = "onnx-zip"
     model.producer_version = meta["version"]
@@ -118,8 +123,13 @@ class ZipReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON report."""
         return {
-            "tasks": self.tasks, "sources": self.sources, "params": self.params, "layers": self.layers,
-            "settings": self.settings, "calibrated_layers": self.calibrated_layers, **self.extra,
+            "tasks": self.tasks,
+            "sources": self.sources,
+            "params": self.params,
+            "layers": self.layers,
+            "settings": self.settings,
+            "calibrated_layers": self.calibrated_layers,
+            **self.extra,
             "timings": self.timings,
         }
 
@@ -153,9 +163,11 @@ def make_report(
 ) -> ZipReport:
     """The report of a zipped model."""
     return ZipReport(
-        tasks=list(job.tasks), sources=dict(zip(job.tasks, job.sources)),
+        tasks=list(job.tasks),
+        sources=dict(zip(job.tasks, job.sources)),
         params=params_record(job.tasks, [p.original for p in job.prepared], model),
-        layers=layer_records(job.tasks, zips), settings=dict(settings) if settings is not None else job.record(),
+        layers=layer_records(job.tasks, zips),
+        settings=dict(settings) if settings is not None else job.record(),
     )
 
 

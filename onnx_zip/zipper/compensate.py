@@ -114,7 +114,9 @@ def choose_compensated_pairs(
         return empty
     if settings.method.costs != "hessian":
         decision = planner.decide(position, data)
-        return np.asarray(decision.pairs, dtype=np.int64).reshape(-1, tasks), np.asarray(decision.costs, dtype=np.float64)
+        return np.asarray(decision.pairs, dtype=np.int64).reshape(-1, tasks), np.asarray(
+            decision.costs, dtype=np.float64
+        )
     policy = settings.policy_for(position)
     name = comp.layer
     first = mtz.select_pairs(comp.pair_costs(0, 1), first_policy(policy, group), method=settings.match, layer=name)  # type: ignore[arg-type]
@@ -145,7 +147,8 @@ def _group_pairs(
     pairs = planner.decided[planner.groups[position][0]].pairs
     if len(pairs) and data.shared_in == 0:
         raise InputError(
-            f"layer {comp.layer} shares {len(pairs)} channels through a residual Add, but the layer it reads shares none",
+            f"layer {comp.layer} shares {len(pairs)} channels through a residual Add, but the layer it reads "
+            f"shares none",
             hint="share some neurons of every layer inside a residual block, or none of the block's channels",
         )
     if not len(pairs):
@@ -173,8 +176,14 @@ class LayerFit:
 
 
 def _task_weights(
-    comp: CompensatedLayer, layer: Layer, t: int, reading: str, pairs: np.ndarray, shared_rows: np.ndarray | None,
-    inputs: int, has_bias: bool,
+    comp: CompensatedLayer,
+    layer: Layer,
+    t: int,
+    reading: str,
+    pairs: np.ndarray,
+    shared_rows: np.ndarray | None,
+    inputs: int,
+    has_bias: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Task ``t``'s fitted weight ``(N_t, C_t, *kernel)`` and bias, neurons in the ORIGINAL order."""
     n = comp.task_terms(t).n
@@ -191,8 +200,11 @@ def _task_weights(
 
 
 def compensated_layer(
-    planner: Planner, position: int, originals: Sequence[Mapping[str, np.ndarray]],
-    stats: Sequence[CompensationStats], rho: float,
+    planner: Planner,
+    position: int,
+    originals: Sequence[Mapping[str, np.ndarray]],
+    stats: Sequence[CompensationStats],
+    rho: float,
 ) -> LayerFit:
     """Choose and fit one position; the planner records it as decided (see the module docstring).
 
@@ -211,8 +223,16 @@ def compensated_layer(
     pairs, costs = choose_compensated_pairs(planner, position, data, comp)
     shared = comp.fit_shared(pairs) if len(pairs) else None
     fitted = [
-        _task_weights(comp, layer, t, reading, pairs, None if shared is None else shared.task_rows[t],
-                      data.w_new[t].shape[1], data.has_bias)
+        _task_weights(
+            comp,
+            layer,
+            t,
+            reading,
+            pairs,
+            None if shared is None else shared.task_rows[t],
+            data.w_new[t].shape[1],
+            data.has_bias,
+        )
         for t, layer in enumerate(group)
     ]
     weights = replace(data, w_new=[w for w, _ in fitted], biases=tuple(b for _, b in fitted))

@@ -25,7 +25,9 @@ from onnx_zip.zipper.report import read_metadata, write_metadata
 
 #: Ops folded into an initializer when every input is constant: they only select, reorder or join
 #: elements, so the folded tensor is never larger than what it replaces.
-FOLDABLE_OPS = frozenset({"Slice", "Concat", "Gather", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Split"})
+FOLDABLE_OPS = frozenset(
+    {"Slice", "Concat", "Gather", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Split"}
+)
 
 
 def zipped_tasks(model: onnx.ModelProto, *, label: str = "model") -> list[str]:
@@ -36,7 +38,9 @@ def zipped_tasks(model: onnx.ModelProto, *, label: str = "model") -> list[str]:
     """
     tasks = read_metadata(model).get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise InputError(f"{label}: not a zipped model (no onnx_zip.tasks metadata)", hint="pass a model written by onnx-zip zip")
+        raise InputError(
+            f"{label}: not a zipped model (no onnx_zip.tasks metadata)", hint="pass a model written by onnx-zip zip"
+        )
     return [str(t) for t in tasks]
 
 
@@ -72,7 +76,9 @@ def task_subgraph(model: onnx.ModelProto, task: str, *, label: str = "model") ->
     return extracted
 
 
-def extract_task(model: onnx.ModelProto, task: str, *, label: str = "model", keep_prefix: bool = True) -> onnx.ModelProto:
+def extract_task(
+    model: onnx.ModelProto, task: str, *, label: str = "model", keep_prefix: bool = True
+) -> onnx.ModelProto:
     """A slim stand-alone model of one task: constant chains folded, only the task's weights.
 
     Args:
@@ -111,7 +117,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     kept: list[onnx.NodeProto] = []
     for node in graph.node:
         ins = [n for n in node.input if n]
-        foldable = node.op_type == "Constant" or (node.op_type in FOLDABLE_OPS and all(n in constants and n not in graph_inputs for n in ins))
+        foldable = node.op_type == "Constant" or (
+            node.op_type in FOLDABLE_OPS and all(n in constants and n not in graph_inputs for n in ins)
+        )
         if foldable and node.domain in ("", "ai.onnx"):
             for name, value in zip(node.output, _evaluate(model, node, constants)):
                 constants[name] = numpy_helper.from_array(value, name)
@@ -127,12 +135,17 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _evaluate(model: onnx.ModelProto, node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]) -> list[np.ndarray]:
+def _evaluate(
+    model: onnx.ModelProto, node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]
+) -> list[np.ndarray]:
     """The outputs of one node on constant inputs, by onnx's reference evaluator."""
     inputs = [n for n in node.input if n]
     single = onnx.helper.make_model(
         onnx.helper.make_graph(
-            [node], "fold", [], [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
+            [node],
+            "fold",
+            [],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
             initializer=[constants[n] for n in dict.fromkeys(inputs)],
         ),
         opset_imports=list(model.opset_import),
@@ -158,7 +171,9 @@ def strip_task_prefix(model: onnx.ModelProto, task: str) -> dict[str, str]:
         ``{old name: new name}`` of the renamed inputs and outputs.
     """
     prefix = f"{task}/"
-    wanted = {v.name: v.name[len(prefix):] for v in [*model.graph.input, *model.graph.output] if v.name.startswith(prefix)}
+    wanted = {
+        v.name: v.name[len(prefix) :] for v in [*model.graph.input, *model.graph.output] if v.name.startswith(prefix)
+    }
     names = _all_names(model.graph)
     mapping: dict[str, str] = {}
     taken = set(names)

@@ -79,7 +79,9 @@ class GraphBuilder:
     def variable(self, name: str, dtype: DTypeLike = np.float32) -> gs.Variable:
         return gs.Variable(self.unique(name), dtype=dtype)
 
-    def node(self, op: str, name: str, inputs: list, outputs: list, attrs: dict | None = None, doc: str = "") -> gs.Node:
+    def node(
+        self, op: str, name: str, inputs: list, outputs: list, attrs: dict | None = None, doc: str = ""
+    ) -> gs.Node:
         node = gs.Node(op, self.unique(name), attrs=dict(attrs or {}), inputs=inputs, outputs=outputs)
         self.nodes.append(node)
         if doc:
@@ -105,7 +107,9 @@ class TaskCopier:
             if isinstance(original, gs.Constant):
                 self.tensors[original.name] = self.builder.constant(name, original.values)
             else:
-                self.tensors[original.name] = gs.Variable(self.builder.unique(name), dtype=original.dtype, shape=original.shape)
+                self.tensors[original.name] = gs.Variable(
+                    self.builder.unique(name), dtype=original.dtype, shape=original.shape
+                )
         return self.tensors[original.name]
 
     def named(self, name: str) -> gs.Tensor:

@@ -82,9 +82,16 @@ def narrowed(builder: GraphBuilder, layer: Layer, weight: gs.Constant, width: in
     axis = 1 if layer.op_type == "Gemm" and layer.trans_b else 0
     out = builder.variable(f"{task}/{tag}/shared_weight_narrowed")
     ints = {"starts": 0, "ends": width, "axes": axis}
-    consts = [builder.constant(f"{task}/{tag}/shared_weight_{k}", np.array([v], dtype=np.int64)) for k, v in ints.items()]
-    builder.node("Slice", f"{task}/{tag}/shared_weight_Slice", [weight, *consts], [out],
-                 doc=f"the shared weights of {task}'s {width} input features (the rest are fictive zeros for it)")
+    consts = [
+        builder.constant(f"{task}/{tag}/shared_weight_{k}", np.array([v], dtype=np.int64)) for k, v in ints.items()
+    ]
+    builder.node(
+        "Slice",
+        f"{task}/{tag}/shared_weight_Slice",
+        [weight, *consts],
+        [out],
+        doc=f"the shared weights of {task}'s {width} input features (the rest are fictive zeros for it)",
+    )
     return out
 
 
@@ -120,18 +127,39 @@ def _shared_block(
         weight = w_const
         if not layer.sources and blocks[0].units < z.shared_inputs:  # a narrower first dense input
             weight = narrowed(site.builder, layer, w_const, blocks[0].units, task, z.tag)
-        core = apply_layer(site.builder, layer, attrs, blocks[0].tensor, z.shared_weight, None, (task, z.tag, "shared"),
-                           doc, weight_const=weight, bias_const=b_const)
+        core = apply_layer(
+            site.builder,
+            layer,
+            attrs,
+            blocks[0].tensor,
+            z.shared_weight,
+            None,
+            (task, z.tag, "shared"),
+            doc,
+            weight_const=weight,
+            bias_const=b_const,
+        )
         is_common = False
     if z.inter_weight[t] is None:
         return core, is_common
     inter = apply_layer(
-        site.builder, layer, attrs, blocks[1].tensor, z.inter_weight[t], None, (task, z.tag, "inter"),
+        site.builder,
+        layer,
+        attrs,
+        blocks[1].tensor,
+        z.inter_weight[t],
+        None,
+        (task, z.tag, "inter"),
         f"{task}'s inter weights: its task-specific inputs into the {k} shared neurons of {_origin(z, site)}",
     )
     summed = site.builder.variable(f"{task}/{z.tag}/shared_sum")
-    site.builder.node("Add", f"{task}/{z.tag}/shared_Add", [core, inter], [summed],
-                      doc=f"{task}'s view of the {k} shared neurons: merged weights plus its inter weights")
+    site.builder.node(
+        "Add",
+        f"{task}/{z.tag}/shared_Add",
+        [core, inter],
+        [summed],
+        doc=f"{task}'s view of the {k} shared neurons: merged weights plus its inter weights",
+    )
     return summed, False
 
 
@@ -147,9 +175,22 @@ def shared_blocks(z: LayerZip, site: LayerSite, blocks: list[list[Block]], attrs
     common_input = all(b[0].common for b in blocks) and z.shared_inputs > 0
     common: gs.Tensor | None = None
     if common_input:
-        doc = f"{k} shared neurons merged by MTZ from {_origin(z, site)}; weights from the {z.shared_inputs} shared inputs"
-        common = apply_layer(site.builder, z.layers[0], attrs[0], blocks[0][0].tensor, z.shared_weight, None,
-                             (SHARED, z.tag, "shared"), doc, weight_const=w_const, bias_const=b_const)
+        doc = (
+            f"{k} shared neurons merged by MTZ from {_origin(z, site)}; weights from the {z.shared_inputs} "
+            f"shared inputs"
+        )
+        common = apply_layer(
+            site.builder,
+            z.layers[0],
+            attrs[0],
+            blocks[0][0].tensor,
+            z.shared_weight,
+            None,
+            (SHARED, z.tag, "shared"),
+            doc,
+            weight_const=w_const,
+            bias_const=b_const,
+        )
     result = []
     for t in range(len(site.tasks)):
         core, is_common = _shared_block(z, site, t, blocks[t], attrs[t], (w_const, b_const), common)
@@ -167,16 +208,22 @@ def specific_block(z: LayerZip, site: LayerSite, t: int, blocks: list[Block], at
         x = blocks[0].tensor
     else:
         x = builder.variable(f"{task}/{z.tag}/input")
-        builder.node("Concat", f"{task}/{z.tag}/input_Concat", [b.tensor for b in blocks], [x],
-                     attrs={"axis": neuron_axis(layer)})
+        builder.node(
+            "Concat",
+            f"{task}/{z.tag}/input_Concat",
+            [b.tensor for b in blocks],
+            [x],
+            attrs={"axis": neuron_axis(layer)},
+        )
     if z.is_head:
         doc = f"{task}'s head ({layer.node}), input re-ordered to the zipped channel order"
     else:
         doc = f"{count} neurons specific to {task} from {layer.node} (all inputs)"
     target = site.copiers[t].named(layer.output) if z.is_head else None
-    out = apply_layer(builder, layer, attrs, x, z.specific_weight[t], z.specific_bias[t], (task, z.tag, "specific"),
-                      doc, out=target)
-    return Block(out, count, common=False, channels=z.order[t][z.shared:])
+    out = apply_layer(
+        builder, layer, attrs, x, z.specific_weight[t], z.specific_bias[t], (task, z.tag, "specific"), doc, out=target
+    )
+    return Block(out, count, common=False, channels=z.order[t][z.shared :])
 
 
 def layer_blocks(z: LayerZip, site: LayerSite, blocks: list[list[Block]]) -> list[list[Block]]:

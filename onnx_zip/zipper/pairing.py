@@ -90,7 +90,9 @@ def merge_fixed(member: Member, pairs: np.ndarray, damping: float) -> tuple[np.n
     for t in range(2, len(member.rows)):
         op_t = task_operator(member, merged, t, damping)
         costs = costs + mtz.paired_costs(merged.rows, member.rows[t][pairs[:, t]], op_t)
-        rows = mtz.merge_pairs(merged.rows, member.rows[t], np.stack([index, pairs[:, t]], axis=1), op_t, layer=member.name)
+        rows = mtz.merge_pairs(
+            merged.rows, member.rows[t], np.stack([index, pairs[:, t]], axis=1), op_t, layer=member.name
+        )
         merged = Merged(rows, op_t.h_a + op_t.h_b)
     return merged.rows, costs
 
@@ -107,11 +109,16 @@ class CostRule:
     """
 
     first: Callable[[Sequence[Member], np.random.Generator, Mapping[int, np.ndarray] | None], np.ndarray]
-    further: Callable[[Sequence[Member], Sequence[Merged], Sequence[mtz.PairOperator], int, np.random.Generator], np.ndarray] | None
+    further: (
+        Callable[[Sequence[Member], Sequence[Merged], Sequence[mtz.PairOperator], int, np.random.Generator], np.ndarray]
+        | None
+    )
     scored: bool = True
 
 
-def _model_first(members: Sequence[Member], rng: np.random.Generator, pair_costs: Mapping[int, np.ndarray] | None) -> np.ndarray:
+def _model_first(
+    members: Sequence[Member], rng: np.random.Generator, pair_costs: Mapping[int, np.ndarray] | None
+) -> np.ndarray:
     table = mtz.cost_matrix(members[0].rows[0], members[0].rows[1], members[0].op01, layer=members[0].name)
     for m in members[1:]:
         table = table + mtz.cost_matrix(m.rows[0], m.rows[1], m.op01, layer=m.name)
@@ -119,7 +126,11 @@ def _model_first(members: Sequence[Member], rng: np.random.Generator, pair_costs
 
 
 def _model_further(
-    members: Sequence[Member], states: Sequence[Merged], ops: Sequence[mtz.PairOperator], t: int, rng: np.random.Generator
+    members: Sequence[Member],
+    states: Sequence[Merged],
+    ops: Sequence[mtz.PairOperator],
+    t: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     table = mtz.cost_matrix(states[0].rows, members[0].rows[t], ops[0], layer=members[0].name)
     for m, state, op in zip(members[1:], states[1:], ops[1:]):
@@ -127,12 +138,18 @@ def _model_further(
     return table
 
 
-def _random_first(members: Sequence[Member], rng: np.random.Generator, pair_costs: Mapping[int, np.ndarray] | None) -> np.ndarray:
+def _random_first(
+    members: Sequence[Member], rng: np.random.Generator, pair_costs: Mapping[int, np.ndarray] | None
+) -> np.ndarray:
     return rng.random((members[0].rows[0].shape[0], members[0].rows[1].shape[0]))
 
 
 def _random_further(
-    members: Sequence[Member], states: Sequence[Merged], ops: Sequence[mtz.PairOperator], t: int, rng: np.random.Generator
+    members: Sequence[Member],
+    states: Sequence[Merged],
+    ops: Sequence[mtz.PairOperator],
+    t: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     return rng.random((states[0].rows.shape[0], members[0].rows[t].shape[0]))
 
@@ -179,8 +196,14 @@ class _Choice:
 
 
 def _add_task(
-    choice: _Choice, members: Sequence[Member], t: int, policy: mtz.SharePolicy, rule: CostRule, settings: PlanSettings,
-    rng: np.random.Generator, alone: bool,
+    choice: _Choice,
+    members: Sequence[Member],
+    t: int,
+    policy: mtz.SharePolicy,
+    rule: CostRule,
+    settings: PlanSettings,
+    rng: np.random.Generator,
+    alone: bool,
 ) -> _Choice:
     """Match task ``t``'s neurons to the shared neurons and merge them in (mtz-method §7)."""
     first, name = members[0], members[0].name
@@ -200,7 +223,9 @@ def _add_task(
     if alone:
         own = choice.own[shared_index] + added
     else:
-        own = choice.own[shared_index] + mtz.paired_costs(choice.states[0].rows[shared_index], first.rows[t][partner], ops[0])
+        own = choice.own[shared_index] + mtz.paired_costs(
+            choice.states[0].rows[shared_index], first.rows[t][partner], ops[0]
+        )
     link = np.stack([shared_index, partner], axis=1)
     states = [
         Merged(mtz.merge_pairs(state.rows, m.rows[t], link, op, layer=m.name), op.h_a + op.h_b)

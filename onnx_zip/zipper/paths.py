@@ -106,7 +106,10 @@ def _rebuild_blockwise(
         owner = SHARED if block.common else task
         key = id(block.tensor)
         if key not in state.run_cache:
-            state.run_cache[key] = _rebuild_steps(state, t, run[:split], start, block, f"{owner}/{tag}/{part}")[0], split
+            state.run_cache[key] = (
+                _rebuild_steps(state, t, run[:split], start, block, f"{owner}/{tag}/{part}")[0],
+                split,
+            )
         head, _ = state.run_cache[key]
         channels = block.channels
         for step in run[:split]:
@@ -136,7 +139,9 @@ def _rebuild_whole(
     if len(blocks) == 1:
         return [Block(y, blocks[0].units, False, channels)]
     outs = [builder.variable(f"{task}/{tag}/{part}/{op.lower()}") for part in ("shared", "specific")[: len(blocks)]]
-    sizes = builder.constant(f"{task}/{tag}/{op.lower()}_{position}_split", np.array([b.units for b in blocks], dtype=np.int64))
+    sizes = builder.constant(
+        f"{task}/{tag}/{op.lower()}_{position}_split", np.array([b.units for b in blocks], dtype=np.int64)
+    )
     builder.node("Split", f"{task}/{tag}/{op}_Split", [y, sizes], outs, attrs={"axis": axis})
     return [Block(out, b.units, False, b.channels) for out, b in zip(outs, blocks)]
 
@@ -156,7 +161,13 @@ def rebuild_run(
 
 
 def tie_blocks(
-    state: PathState, t: int, task: str, tag: str, step: PathStep, operands: tuple[list[Block], list[Block]], shared: int
+    state: PathState,
+    t: int,
+    task: str,
+    tag: str,
+    step: PathStep,
+    operands: tuple[list[Block], list[Block]],
+    shared: int,
 ) -> list[Block]:
     """A tie (residual Add), block by block: both operands carry one channel group in one order.
 
@@ -178,14 +189,18 @@ def tie_blocks(
             out.append(Block(state.tie_cache[key], a.units, True, a.channels))
             continue
         owner = SHARED if common else task
-        summed = ops.rebuild(ops.BlockStep(state.builder, node, step, (a.tensor, b.tensor), a.channels, f"{owner}/{tag}/{part}", 0))
+        summed = ops.rebuild(
+            ops.BlockStep(state.builder, node, step, (a.tensor, b.tensor), a.channels, f"{owner}/{tag}/{part}", 0)
+        )
         if common:
             state.tie_cache[key] = summed
         out.append(Block(summed, a.units, common, a.channels))
     return out
 
 
-def _walk_ties(state: PathState, t: int, task: str, tag: str, step: PathStep, name: str, current: list[Block], shared: int) -> tuple[str, list[Block]] | None:
+def _walk_ties(
+    state: PathState, t: int, task: str, tag: str, step: PathStep, name: str, current: list[Block], shared: int
+) -> tuple[str, list[Block]] | None:
     """Combine ``current`` (task ``t``'s tensor ``name``) with the tie's other operand, when it
     exists and the tie is not built yet; the tie's output name and blocks, or None (stop here)."""
     node = state.nodes[t][step.node]
@@ -204,7 +219,12 @@ def _walk_ties(state: PathState, t: int, task: str, tag: str, step: PathStep, na
 
 
 def build_path(
-    state: PathState, at: tuple[int, str, str], steps: Sequence[PathStep], output: str, blocks: list[Block], shared: int,
+    state: PathState,
+    at: tuple[int, str, str],
+    steps: Sequence[PathStep],
+    output: str,
+    blocks: list[Block],
+    shared: int,
     axis: int,
 ) -> None:
     """Task ``at = (t, task, tag)``'s path after a layer writing ``output`` as ``blocks`` (channel

@@ -248,7 +248,8 @@ class Planner:
         features = group[0].source_features
         mixed = any(layer.source_features != features for layer in group)
         if mixed and not all(layer.is_head for layer in group):  # heads are task-specific: each its own
-            raise InputError(f"layers {[layer.node for layer in group]} read their inputs flattened to different feature counts")
+            raise InputError(f"layers {[layer.node for layer in group]} read their inputs flattened to "
+                f"different feature counts")
         source = source_position(group, self.aligned)
         if source is None:
             shared_in = max(layer.inputs for layer in group)
@@ -312,9 +313,11 @@ class Planner:
                 _fictive_hessian(
                     mtz.restrict(
                         np.asarray(self._hessian(t, group[t])),
-                        ops.keep_index(group[t], index[t][:shared_in], data.has_bias), layer=group[t].node,
+                        ops.keep_index(group[t], index[t][:shared_in], data.has_bias),
+                        layer=group[t].node,
                     ),
-                    shared_in, data.has_bias,
+                    shared_in,
+                    data.has_bias,
                 )
                 for t in range(self.tasks)
             ]
@@ -359,7 +362,9 @@ class Planner:
                 if other_data.shared_in > 0:
                     ready.append(self.member(other, other_data))
         policy = self.settings.policy_for(position)
-        pairs, costs, merged = choose_pairs(ready, policy, self.aligned[position], self.settings, self.rng, self.pair_costs)
+        pairs, costs, merged = choose_pairs(
+            ready, policy, self.aligned[position], self.settings, self.rng, self.pair_costs
+        )
         return _Decision(pairs, costs, merged)
 
     def decide(self, position: int, data: _LayerData) -> _Decision:
@@ -372,8 +377,10 @@ class Planner:
         if deciding in self.decided:
             return self._follow_group(position, deciding, data)
         if data.shared_in == 0:
-            logger.info("layer %s: no shared inputs (the previous layer shares nothing): sharing nothing",
-                        layer_tag(group[0], position))
+            logger.info(
+                "layer %s: no shared inputs (the previous layer shares nothing): sharing nothing",
+                layer_tag(group[0], position),
+            )
             return empty
         if position in self.fixed:
             return self._choose(position, data) if len(self.fixed[position]) else empty
@@ -397,7 +404,12 @@ class Planner:
 
 
 def _layer_zip(
-    position: int, group: tuple[Layer, ...], reading: str | None, data: _LayerData, decision: _Decision, reads_input: bool
+    position: int,
+    group: tuple[Layer, ...],
+    reading: str | None,
+    data: _LayerData,
+    decision: _Decision,
+    reads_input: bool,
 ) -> LayerZip:
     """The weight blocks of one planned position."""
     first = group[0]
@@ -418,10 +430,20 @@ def _layer_zip(
         name = reading if reading is not None else "dense"
         shared_weight, shared_bias = ops_of(name).to_weights(first, decision.merged_rows, shared_in, data.has_bias)
     return LayerZip(
-        index=position, tag=layer_tag(first, position if not first.is_head else None), layers=group, reading=reading,
-        pairs=pairs, costs=np.asarray(decision.costs, dtype=np.float64), shared_inputs=shared_in, order=tuple(orders),
-        shared_weight=_as_stored(shared_weight), shared_bias=_as_stored(shared_bias), inter_weight=tuple(inter),
-        specific_weight=tuple(specific_w), specific_bias=tuple(specific_b), has_bias=data.has_bias,
+        index=position,
+        tag=layer_tag(first, position if not first.is_head else None),
+        layers=group,
+        reading=reading,
+        pairs=pairs,
+        costs=np.asarray(decision.costs, dtype=np.float64),
+        shared_inputs=shared_in,
+        order=tuple(orders),
+        shared_weight=_as_stored(shared_weight),
+        shared_bias=_as_stored(shared_bias),
+        inter_weight=tuple(inter),
+        specific_weight=tuple(specific_w),
+        specific_bias=tuple(specific_b),
+        has_bias=data.has_bias,
     )
 
 

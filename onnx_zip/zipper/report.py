@@ -113,7 +113,12 @@ def provenance(
         "sources": {task: dict(src) for task, src in zip(tasks, sources)},
         "settings": dict(settings),
         "shared_per_layer": [
-            {"layer": z.tag, "nodes": [layer.node for layer in z.layers], "neurons": [layer.neurons for layer in z.layers], "shared": z.shared}
+            {
+                "layer": z.tag,
+                "nodes": [layer.node for layer in z.layers],
+                "neurons": [layer.neurons for layer in z.layers],
+                "shared": z.shared,
+            }
             for z in zips
             if not z.is_head
         ],
@@ -127,4 +132,6 @@ def provenance(
 def residual_groups(chain: LayerChain, zips: Sequence[LayerZip]) -> list[list[str]]:
     """The zipped layers that residual Adds tie together (sharing one pairing), by tag."""
     tag_of = {z.layers[0].node: z.tag for z in zips if not z.is_head}
-    return [[tag_of[n] for n in group if n in tag_of] for group in chain.channel_groups if any(n in tag_of for n in group)]
+    return [
+        [tag_of[n] for n in group if n in tag_of] for group in chain.channel_groups if any(n in tag_of for n in group)
+    ]

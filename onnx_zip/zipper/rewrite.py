@@ -95,7 +95,9 @@ def check_task_names(names: Sequence[str], count: int) -> list[str]:
         raise InputError(f"{len(names)} task names for {count} models", hint=f"give {count} names, e.g. --names a,b")
     for name in names:
         if not name or "/" in name or name == SHARED or name.strip() != name:
-            raise InputError(f"task name {name!r} is not usable", hint="use short names without '/' or spaces, not 'shared'")
+            raise InputError(
+                f"task name {name!r} is not usable", hint="use short names without '/' or spaces, not 'shared'"
+            )
     if len(set(names)) != len(names):
         raise InputError(f"task names {names} repeat", hint="give each model its own name")
     return names
@@ -140,9 +142,8 @@ def _graph_inputs(
         return graph_inputs, per_task
     if not inputs_match(models):
         raise InputError(
-            "the models' inputs differ: " + "; ".join(
-                f"{t}: {', '.join(s.describe() for s in task_specs)}" for t, task_specs in zip(tasks, specs)
-            ),
+            "the models' inputs differ: "
+            + "; ".join(f"{t}: {', '.join(s.describe() for s in task_specs)}" for t, task_specs in zip(tasks, specs)),
             hint="pass --separate-inputs to give each task its own input",
         )
     names = [[s.name for s in task_specs] for task_specs in specs]
@@ -167,7 +168,9 @@ def _segment_nodes(zips: Sequence[LayerZip], tasks: int) -> list[set[str]]:
     return segment
 
 
-def _share_preprocessing(site: LayerSite, zips: Sequence[LayerZip], inputs: dict[str, gs.Variable], segment: list[set[str]]) -> None:
+def _share_preprocessing(
+    site: LayerSite, zips: Sequence[LayerZip], inputs: dict[str, gs.Variable], segment: list[set[str]]
+) -> None:
     """Pre-processing identical in every task (e.g. a Flatten of the shared input) is built once,
     so that the first layer's shared neurons can be computed once too."""
     graphs = site.graphs
@@ -235,7 +238,9 @@ def build_zipped_model(
     builder = GraphBuilder()
     graphs = [gs.import_onnx(m) for m in models]
     graph_inputs, per_task_inputs = _graph_inputs(builder, tasks, models, shared_input)
-    copiers = [TaskCopier(builder, task, graph, per_task_inputs[t]) for t, (task, graph) in enumerate(zip(tasks, graphs))]
+    copiers = [
+        TaskCopier(builder, task, graph, per_task_inputs[t]) for t, (task, graph) in enumerate(zip(tasks, graphs))
+    ]
     site = LayerSite(builder, tuple(tasks), graphs, copiers)
     segment = _segment_nodes(zips, len(tasks))
     if shared_input:

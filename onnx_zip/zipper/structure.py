@@ -9,7 +9,9 @@ from onnx_zip.errors import InputError
 from onnx_zip.graph.layers import Layer, LayerChain
 
 
-def channel_group_positions(chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]]) -> dict[int, tuple[int, ...]]:
+def channel_group_positions(
+    chains: Sequence[LayerChain], aligned: Sequence[Sequence[Layer]]
+) -> dict[int, tuple[int, ...]]:
     """Aligned position → the positions of its channel group (itself for a layer outside any group).
 
     Raises:
