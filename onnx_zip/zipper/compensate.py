@@ -32,13 +32,13 @@ from onnx_zip.mtz.comp_stats import CompensationStats
 from onnx_zip.mtz.compensated import CompensatedLayer, TaskLayer
 from onnx_zip.zipper.pairing import first_policy
 from onnx_zip.zipper.plan import (
+    Decision,
+    LayerData,
     LayerZip,
     Planner,
-    _Decision,
-    _layer_zip,
-    _LayerData,
-    _weights,
     layer_tag,
+    layer_weights,
+    make_layer_zip,
     shares_nothing,
 )
 from onnx_zip.zipper.readings import ops_of
@@ -59,14 +59,14 @@ def original_rows(planner: Planner, position: int, originals: Sequence[Mapping[s
     ``(N, D)`` dense/patch (bias last when the aligned layers have one) or ``(N, P, C+1)`` per-channel."""
     group = planner.aligned[position]
     has_bias = any(layer.bias is not None for layer in group)
-    w, b = _weights(group[t], originals[t], has_bias)
+    w, b = layer_weights(group[t], originals[t], has_bias)
     return ops_of(planner.settings.reading_for(group[0])).rows(group[t], w, b)
 
 
 def fitted_layer(
     planner: Planner, position: int, originals: Sequence[Mapping[str, np.ndarray]],
     stats: Sequence[CompensationStats], rho: float,
-) -> tuple[CompensatedLayer, _LayerData, str]:
+) -> tuple[CompensatedLayer, LayerData, str]:
     """The :class:`CompensatedLayer` of a position, its planner data and its reading.
 
     Args:
@@ -96,7 +96,7 @@ def fitted_layer(
 
 
 def choose_compensated_pairs(
-    planner: Planner, position: int, data: _LayerData, comp: CompensatedLayer
+    planner: Planner, position: int, data: LayerData, comp: CompensatedLayer
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(k, T)`` (shared order) and their summed costs ``(k,)`` of one position.
 
@@ -141,7 +141,7 @@ def choose_compensated_pairs(
 
 
 def _group_pairs(
-    planner: Planner, position: int, data: _LayerData, comp: CompensatedLayer
+    planner: Planner, position: int, data: LayerData, comp: CompensatedLayer
 ) -> tuple[np.ndarray, np.ndarray]:
     """A later layer of a residual channel group takes its group's pairs; their compensated costs."""
     pairs = planner.decided[planner.groups[position][0]].pairs
@@ -236,9 +236,9 @@ def compensated_layer(
         for t, layer in enumerate(group)
     ]
     weights = replace(data, w_new=[w for w, _ in fitted], biases=tuple(b for _, b in fitted))
-    decision = _Decision(pairs, costs, None if shared is None else shared.shared)
+    decision = Decision(pairs, costs, None if shared is None else shared.shared)
     reads_input = source_position(group, planner.aligned) is None
-    result = _layer_zip(position, group, None if reading == "dense" else reading, weights, decision, reads_input)
+    result = make_layer_zip(position, group, None if reading == "dense" else reading, weights, decision, reads_input)
     deciding = planner.groups[position][0]
     if not group[0].is_head and deciding not in planner.decided:
         planner.decided[deciding] = result

@@ -101,7 +101,11 @@ def _input_index(order: np.ndarray, features: int) -> np.ndarray:
     return (order[:, None] * features + np.arange(features)[None, :]).ravel()
 
 
-def _weights(layer: Layer, tensors: Mapping[str, np.ndarray], has_bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def layer_weights(
+    layer: Layer, tensors: Mapping[str, np.ndarray], has_bias: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A layer's weight as neuron rows ``(N, D)`` or ``(N, C, *kernel)`` in float64 and its bias
+    ``(N,)`` (zeros when ``has_bias`` and the layer has none, ``None`` otherwise)."""
     w = np.asarray(neuron_weights(layer, np.asarray(tensors[layer.weight])), dtype=np.float64)
     if layer.kind == "dense" and w.ndim != 2:
         raise InputError(f"layer {layer.node}: dense weight has shape {w.shape}")
@@ -179,7 +183,7 @@ class _Inputs:
 
 
 @dataclass
-class _LayerData:
+class LayerData:
     """One aligned layer's weights with the input axis in the new order (fictive inputs added)."""
 
     w_new: list[np.ndarray]
@@ -189,7 +193,10 @@ class _LayerData:
 
 
 @dataclass
-class _Decision:
+class Decision:
+    """A layer's chosen pairs ``(k, T)``, their costs ``(k,)`` and, when already merged, the shared
+    neuron rows ``(k, D)``."""
+
     pairs: np.ndarray
     costs: np.ndarray
     merged_rows: np.ndarray | None = None
@@ -273,11 +280,11 @@ class Planner:
         source = source_position(self.aligned[position], self.aligned)
         return source is None or self.groups[source][0] in self.decided
 
-    def layer_data(self, position: int) -> _LayerData:
+    def layer_data(self, position: int) -> LayerData:
         """The position's weights with the input axis re-ordered (fictive inputs added)."""
         group = self.aligned[position]
         has_bias = any(layer.bias is not None for layer in group)
-        weights = [_weights(layer, self.tensors[t], has_bias) for t, layer in enumerate(group)]
+        weights = [layer_weights(layer, self.tensors[t], has_bias) for t, layer in enumerate(group)]
         inputs = self.input_order(position)
         for t, layer in enumerate(group):
             if inputs.index[t].shape[0] != weights[t][0].shape[1]:
@@ -286,12 +293,12 @@ class Planner:
                     f"but the previous layer gives {inputs.index[t].shape[0]}"
                 )
         w_new = [_fictive_inputs(w[:, inputs.index[t]], inputs.shared) for t, (w, _) in enumerate(weights)]
-        return _LayerData(w_new, tuple(b for _, b in weights), inputs.shared, has_bias)
+        return LayerData(w_new, tuple(b for _, b in weights), inputs.shared, has_bias)
 
     def _averages(self, position: int) -> bool:
         return position in self.fixed or not self.settings.method.hessian_merge
 
-    def member(self, position: int, data: _LayerData) -> Member:
+    def member(self, position: int, data: LayerData) -> Member:
         """The position's neuron rows over its shared inputs, Hessians and pair operator of tasks 0, 1."""
         if position in self._members:
             return self._members[position]
@@ -333,7 +340,7 @@ class Planner:
     def _damping(self, position: int) -> float:
         return 0.0 if self._averages(position) else self.settings.damping
 
-    def _follow_group(self, position: int, deciding: int, data: _LayerData) -> _Decision:
+    def _follow_group(self, position: int, deciding: int, data: LayerData) -> Decision:
         """A later layer of a residual channel group takes the group's pairs."""
         pairs = self.decided[deciding].pairs
         first = self.aligned[position][0]
@@ -344,17 +351,17 @@ class Planner:
                 hint="share some neurons of every layer inside a residual block, or none of the block's channels",
             )
         if not len(pairs):
-            return _Decision(pairs, np.zeros(0))
+            return Decision(pairs, np.zeros(0))
         merged, costs = merge_fixed(self.member(position, data), pairs, self._damping(position))
-        return _Decision(pairs, np.zeros(len(pairs)) if position in self.fixed else costs, merged)
+        return Decision(pairs, np.zeros(len(pairs)) if position in self.fixed else costs, merged)
 
-    def _choose(self, position: int, data: _LayerData) -> _Decision:
+    def _choose(self, position: int, data: LayerData) -> Decision:
         """A deciding layer: fixed pairs, or pairs chosen from the costs of its ready group members."""
         current = self.member(position, data)
         if position in self.fixed:
             pairs = self.fixed[position]
             merged, _ = merge_fixed(current, pairs, 0.0)
-            return _Decision(pairs, np.zeros(len(pairs)), merged)
+            return Decision(pairs, np.zeros(len(pairs)), merged)
         ready = [current]
         for other in self.groups[position]:
             if other != position and self.is_ready(other):
@@ -365,12 +372,12 @@ class Planner:
         pairs, costs, merged = choose_pairs(
             ready, policy, self.aligned[position], self.settings, self.rng, self.pair_costs
         )
-        return _Decision(pairs, costs, merged)
+        return Decision(pairs, costs, merged)
 
-    def decide(self, position: int, data: _LayerData) -> _Decision:
+    def decide(self, position: int, data: LayerData) -> Decision:
         """The pairs of one position, their costs and merged rows."""
         group = self.aligned[position]
-        empty = _Decision(np.zeros((0, self.tasks), dtype=np.int64), np.zeros(0))
+        empty = Decision(np.zeros((0, self.tasks), dtype=np.int64), np.zeros(0))
         if group[0].is_head:
             return empty
         deciding = self.groups[position][0]
@@ -396,19 +403,19 @@ class Planner:
         decision = self.decide(position, data)
         reading = self.settings.reading_for(first)
         reads_input = source_position(group, self.aligned) is None
-        result = _layer_zip(position, group, None if reading == "dense" else reading, data, decision, reads_input)
+        result = make_layer_zip(position, group, None if reading == "dense" else reading, data, decision, reads_input)
         deciding = self.groups[position][0]
         if not first.is_head and deciding not in self.decided:
             self.decided[deciding] = result
         return result
 
 
-def _layer_zip(
+def make_layer_zip(
     position: int,
     group: tuple[Layer, ...],
     reading: str | None,
-    data: _LayerData,
-    decision: _Decision,
+    data: LayerData,
+    decision: Decision,
     reads_input: bool,
 ) -> LayerZip:
     """The weight blocks of one planned position."""
