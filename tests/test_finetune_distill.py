@@ -19,8 +19,8 @@ import builders
 from conftest import run_cli
 from onnx_zip import runtime
 from onnx_zip.errors import InputError, NumericalError
-from onnx_zip.evaluate import evaluate_tasks_metrics
 from onnx_zip.finetune import finetune
+from onnx_zip.finetune.evaluation import evaluate_tasks_metrics
 from onnx_zip.finetune.lr_range import choose_lr
 from onnx_zip.finetune.trainer import DivergenceGuard
 from onnx_zip.metrics import TaskMeter

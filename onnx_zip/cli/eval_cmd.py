@@ -94,8 +94,8 @@ def _plan(args: argparse.Namespace, tasks: list[str]) -> tuple[dict[str, str], d
 
 
 def _zipped(args: argparse.Namespace, tasks: list[str]) -> int:
-    from onnx_zip.evaluate import evaluate_tasks_metrics  # noqa: PLC0415
     from onnx_zip.finetune.distill import recorded_teachers  # noqa: PLC0415
+    from onnx_zip.finetune.evaluation import evaluate_tasks_metrics  # noqa: PLC0415
     from onnx_zip.metrics import describe  # noqa: PLC0415
     from onnx_zip.model_io import load_model  # noqa: PLC0415
 
@@ -153,7 +153,7 @@ def _single(args: argparse.Namespace) -> int:
                 f"{files[0]}, output {result.output!r}"
             )
         return 0
-    from onnx_zip.evaluate import evaluate_tasks_metrics  # noqa: PLC0415
+    from onnx_zip.finetune.evaluation import evaluate_tasks_metrics  # noqa: PLC0415
     from onnx_zip.metrics import describe  # noqa: PLC0415
 
     outputs = {"model": args.output} if args.output else None

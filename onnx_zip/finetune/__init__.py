@@ -49,7 +49,7 @@ import onnx
 from onnx_zip import runtime
 from onnx_zip.config import FinetuneConfig
 from onnx_zip.errors import InputError, ModelError, NumericalError
-from onnx_zip.evaluate import count_correct, evaluate_tasks_metrics
+from onnx_zip.evaluate import count_correct
 from onnx_zip.finetune.artifacts import (
     float_initializers,
     preflight,
@@ -65,6 +65,7 @@ from onnx_zip.finetune.distill import (
     recorded_teachers,
     warn_if_not_recorded,
 )
+from onnx_zip.finetune.evaluation import evaluate_tasks_metrics
 from onnx_zip.finetune.export import add_record, with_values
 from onnx_zip.finetune.optim import Optimizer, warmup_steps
 from onnx_zip.finetune.tasks import (
@@ -107,7 +108,7 @@ class FinetuneResult:
         seconds: Wall time of the whole call.
         metrics: ``{task: {metric: value}}`` of the final model on the ``eval`` data: accuracy
             where it has labels, agreement with the teacher for distilling tasks
-            (:func:`~onnx_zip.evaluate.evaluate_tasks_metrics`); ``None`` without ``eval``.
+            (:func:`~onnx_zip.finetune.evaluation.evaluate_tasks_metrics`); ``None`` without ``eval``.
         metrics_before: The same for the model before fine-tuning.
     """
 
