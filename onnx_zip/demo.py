@@ -148,6 +148,24 @@ def _check_out(out: Path) -> None:
         raise InputError(f"demo: cannot create {out}: its folder {out.parent} does not exist", hint="create it first")
 
 
+def _demo_configs(
+    share: float, steps: int, calibration_limit: int, threads: int | None
+) -> tuple[ZipConfig, CalibrationConfig, FinetuneConfig]:
+    """The demo's settings, through the configuration's own checks (share within [0, 1], ...)."""
+    return (
+        ZipConfig(share=share),
+        CalibrationConfig(limit=calibration_limit, threads=threads),
+        FinetuneConfig(steps=steps, threads=threads),
+    )
+
+
+def _check_positive(**values: int) -> None:
+    """Refuse a count below 1 (``eval_limit``, ``latency_runs``)."""
+    for name, value in values.items():
+        if value < 1:
+            raise InputError(f"demo: {name.replace('_', ' ')} must be positive, got {value}")
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     *,
@@ -169,12 +187,8 @@ def run_demo(
         InputError: the models or data are not found, a setting is out of range, ``out_dir`` cannot
             be created.
     """
-    zip_config = ZipConfig(share=share)  # the settings' own checks (share within [0, 1], ...)
-    calib_config = CalibrationConfig(limit=calibration_limit, threads=threads)
-    tune_config = FinetuneConfig(steps=steps, threads=threads)
-    for name, value in (("eval limit", eval_limit), ("latency runs", latency_runs)):
-        if value < 1:
-            raise InputError(f"demo: {name} must be positive, got {value}")
+    zip_config, calib_config, tune_config = _demo_configs(share, steps, calibration_limit, threads)
+    _check_positive(eval_limit=eval_limit, latency_runs=latency_runs)
     files = find_files(models_dir)
     out = Path(out_dir)
     _check_out(out)

@@ -477,24 +477,13 @@ def finetune(
     """
     start = time.perf_counter()
     config = _config(config, settings)
-    lr = None if config.lr is None else float(config.lr)
-    if lr is not None and not lr > 0:
-        raise InputError(f"learning rate must be a positive number, got {lr}")
-    if not train_data:
-        raise InputError("no training data", hint="give --train TASK=FILE for every task")
-    if output is not None:
-        check_writable(output)
-    runtime.training_modules()  # fail fast on an inference-only runtime
+    lr = _checked_start(config, train_data, output)
 
     proto, label = _model(model)
-    path = None if isinstance(model, onnx.ModelProto) else model
     tasks = model_tasks(proto, list(train_data), label=label)
-    zipped = bool(read_metadata(proto).get("tasks"))
-    specs, shared = _task_specs(proto, tasks, config.losses, config.task_weights, label)
-    labelled = {t: has_labels(train_data[t]) for t in tasks}
-    specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path), teachers or {})
-    data, shapes = _bind_all(proto, specs, train_data, shared)
-    specs, teacher_runs = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
+    specs, shared, sources, data, shapes, teacher_runs = _bound_tasks(
+        proto, None if isinstance(model, onnx.ModelProto) else model, tasks, train_data, config, teachers, label
+    )
     trainable, frozen_list = _trainable(proto, tasks, specs, config, label)
     threads = config.threads if config.threads is not None else choose_threads(proto)
     references = {s.name: sources[s.name] for s in specs if s.distill is not None}
@@ -507,27 +496,10 @@ def finetune(
 
     metrics_before = evaluate_now({}) if eval else None  # also checks the evaluation data before training
 
-    steps = int(config.steps or 0)
-    train_settings = TrainSettings(
-        steps=steps,
-        lr=lr,
-        schedule=config.schedule,
-        batch_size=int(config.batch_size),
-        seed=int(config.seed),
-        threads=threads,
-        progress=progress,
-        eval_every=config.eval_every,
-    )
-    opt = Optimizer(
-        config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
-    )
+    train_settings, opt = _train_settings(config, lr, threads, progress)
     train_proto, train_specs, split_data, train_shared = _training_view(proto, specs, data, shared, tasks)
     if config.batchnorm == "eval":
-        train_proto, rewritten = inference_mode_batchnorm(train_proto)
-        if rewritten:
-            logger.info(
-                "%s: %d BatchNormalization node(s) train in inference mode (running statistics kept)", label, rewritten
-            )
+        train_proto = _batchnorm_in_inference_mode(train_proto, label)
     setup = time.perf_counter()
     with training_artifacts(train_proto, train_specs, [shapes[s.name] for s in specs], trainable, frozen_list) as arts:
         logger.info("training artifacts built in %.2f s", time.perf_counter() - setup)
@@ -543,23 +515,101 @@ def finetune(
         )
     _check_outcome(outcome, config, label)
     record = _record(config, outcome, specs, frozen_list, data, threads)
+    metrics = evaluate_now(outcome.values) if eval else None
+    return _result(proto, outcome, record, (metrics_before, metrics), output, start, label)
+
+
+def _result(
+    proto: onnx.ModelProto,
+    outcome: TrainOutcome,
+    record: dict[str, Any],
+    metrics: tuple[dict[str, dict[str, float | int]] | None, dict[str, dict[str, float | int]] | None],
+    output: str | os.PathLike[str] | None,
+    start: float,
+    label: str,
+) -> FinetuneResult:
+    """The fine-tuned model (written to ``output`` when given) and what the run measured;
+    ``metrics`` is ``(before, after)``."""
+    before, after = metrics
     tuned = with_values(proto, outcome.values)
     add_record(tuned, record)
-    metrics = evaluate_now(outcome.values) if eval else None
-    accuracy = {t: float(m["accuracy"]) for t, m in metrics.items() if "accuracy" in m} if metrics else None
+    accuracy = {t: float(m["accuracy"]) for t, m in after.items() if "accuracy" in m} if after else None
     if output is not None:
         tuned = save_model(tuned, output)
     seconds = time.perf_counter() - start
-    logger.info("fine-tuned %s for %d steps in %.1f s; final losses %s", label, steps, seconds, record["final_losses"])
+    logger.info("fine-tuned %s in %.1f s; final losses %s", label, seconds, record["final_losses"])
     return FinetuneResult(
         model=tuned,
         history=outcome.history,
         accuracy=accuracy or None,
         record=record,
         seconds=seconds,
-        metrics=metrics,
-        metrics_before=metrics_before,
+        metrics=after,
+        metrics_before=before,
     )
+
+
+def _bound_tasks(
+    proto: onnx.ModelProto,
+    path: str | os.PathLike[str] | None,
+    tasks: list[str],
+    train_data: Mapping[str, TaskData],
+    config: FinetuneConfig,
+    teachers: Mapping[str, onnx.ModelProto | str | os.PathLike[str]] | None,
+    label: str,
+) -> tuple[list[TaskSpec], Any, dict[str, Any], Any, Any, Any]:
+    """Each task's spec (its loss, or distillation from its teacher), the bound training data and the
+    teachers' sessions: ``(specs, shared, sources, data, shapes, teacher_runs)``."""
+    zipped = bool(read_metadata(proto).get("tasks"))
+    specs, shared = _task_specs(proto, tasks, config.losses, config.task_weights, label)
+    labelled = {t: has_labels(train_data[t]) for t in tasks}
+    specs, sources = _plan_distillation(specs, config, labelled, recorded_teachers(proto, path), teachers or {})
+    data, shapes = _bind_all(proto, specs, train_data, shared)
+    specs, teacher_runs = _load_teachers(proto, specs, sources, data, shapes, config, zipped)
+    return specs, shared, sources, data, shapes, teacher_runs
+
+
+def _checked_start(
+    config: FinetuneConfig, train_data: Mapping[str, TaskData], output: str | os.PathLike[str] | None
+) -> float | None:
+    """What can be refused before reading anything; returns the learning rate (None: range test)."""
+    lr = None if config.lr is None else float(config.lr)
+    if lr is not None and not lr > 0:
+        raise InputError(f"learning rate must be a positive number, got {lr}")
+    if not train_data:
+        raise InputError("no training data", hint="give --train TASK=FILE for every task")
+    if output is not None:
+        check_writable(output)
+    runtime.training_modules()  # fail fast on an inference-only runtime
+    return lr
+
+
+def _train_settings(
+    config: FinetuneConfig, lr: float | None, threads: int, progress: bool
+) -> tuple[TrainSettings, Optimizer]:
+    """The trainer's settings and the optimizer, from the configuration (``lr`` None: range test)."""
+    settings = TrainSettings(
+        steps=int(config.steps or 0),
+        lr=lr,
+        schedule=config.schedule,
+        batch_size=int(config.batch_size),
+        seed=int(config.seed),
+        threads=threads,
+        progress=progress,
+        eval_every=config.eval_every,
+    )
+    opt = Optimizer(
+        config.optimizer, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )
+    return settings, opt
+
+
+def _batchnorm_in_inference_mode(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """The training graph with BatchNormalization in inference mode (running statistics kept)."""
+    model, rewritten = inference_mode_batchnorm(model)
+    if rewritten:
+        logger.info("%s: %d BatchNormalization node(s) train in inference mode (statistics kept)", label, rewritten)
+    return model
 
 
 def _check_outcome(outcome: TrainOutcome, config: FinetuneConfig, label: str) -> None:

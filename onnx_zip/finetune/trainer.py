@@ -286,6 +286,38 @@ def _progress_bar(settings: TrainSettings) -> Any:
     return tqdm(total=settings.steps, desc="fine-tune", unit="step", leave=False)
 
 
+def _history_entry(
+    step: int,
+    lr: float,
+    losses: dict[str, float],
+    total: float,
+    runner: StepRunner,
+    settings: TrainSettings,
+    evaluate: Callable[[dict[str, np.ndarray]], dict[str, dict[str, float | int]]] | None,
+) -> dict[str, object]:
+    """One step's history entry; at evaluation steps (every ``eval_every`` and the last) with the
+    metrics of the current parameters."""
+    entry: dict[str, object] = {"step": step + 1, "lr": lr, "loss": losses, "total": total}
+    last = step + 1 == settings.steps
+    if evaluate is not None and (last or (settings.eval_every and (step + 1) % settings.eval_every == 0)):
+        found = evaluate(runner.values())
+        entry["metrics"] = found
+        entry["accuracy"] = {t: m["accuracy"] for t, m in found.items() if "accuracy" in m}
+        logger.info("step %d: loss %s, metrics %s", step + 1, losses, found)
+    return entry
+
+
+def _restore_best(runner: StepRunner, guard: DivergenceGuard, diverged: str, peak: float) -> None:
+    """After divergence: the parameters of the best window of steps, or an error when there is none."""
+    logger.warning("fine-tuning diverged (%s); restoring the parameters of step %d", diverged, guard.best_step)
+    if guard.best_values is None:
+        raise NumericalError(
+            f"fine-tuning diverged at once: {diverged}",
+            hint=f"lower the learning rate (now {peak:g}) or use --optimizer adamw",
+        )
+    runner.load(guard.best_values)
+
+
 def train(
     artifacts: Artifacts,
     specs: Sequence[TaskSpec],
@@ -347,14 +379,7 @@ def train(
             if diverged:
                 break
             runner.load(optimizer.step(runner.values(runner.trainable), grads, lr))
-            entry: dict[str, object] = {"step": step + 1, "lr": lr, "loss": losses, "total": total}
-            last = step + 1 == settings.steps
-            if evaluate is not None and (last or (settings.eval_every and (step + 1) % settings.eval_every == 0)):
-                found = evaluate(runner.values())
-                entry["metrics"] = found
-                entry["accuracy"] = {t: m["accuracy"] for t, m in found.items() if "accuracy" in m}
-                logger.info("step %d: loss %s, metrics %s", step + 1, losses, found)
-            history.append(entry)
+            history.append(_history_entry(step, lr, losses, total, runner, settings, evaluate))
             if bar is not None:
                 bar.update(1)  # type: ignore[attr-defined]
                 bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)  # type: ignore[attr-defined]
@@ -362,13 +387,7 @@ def train(
         if bar is not None:
             bar.close()  # type: ignore[attr-defined]
     if diverged:
-        logger.warning("fine-tuning diverged (%s); restoring the parameters of step %d", diverged, guard.best_step)
-        if guard.best_values is None:
-            raise NumericalError(
-                f"fine-tuning diverged at once: {diverged}",
-                hint=f"lower the learning rate (now {peak:g}) or use --optimizer adamw",
-            )
-        runner.load(guard.best_values)
+        _restore_best(runner, guard, diverged, peak)
     probe_end, _, _ = runner.forward_backward(probe)
     if not probe_end <= probe_start:
         probe_end = _keep_best(runner, probe, probe_end, [(guard.best_step, guard.best_values), (0, start_values)])
