@@ -19,7 +19,7 @@ from onnx_zip.graph.align import align_chains
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.discover import discover_layers
 from onnx_zip.graph.partial import discover_partial
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 
 RTOL = 1e-5
 

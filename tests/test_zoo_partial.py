@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from onnx_zip import runtime
 from onnx_zip.graph.canonicalize import canonicalize
 from onnx_zip.graph.partial import discover_partial
-from onnx_zip.zipper.api import zip_models
+from onnx_zip.pipeline import zip_models
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 RTOL = 1e-5
