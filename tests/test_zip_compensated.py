@@ -286,4 +286,4 @@ def test_command_line_method_compensated(tmp_path):
     assert settings["method"] == "compensated" and settings["rho"] == 0.05
     bad = subprocess.run([sys.executable, "-m", "onnx_zip", "zip", *paths, "--pairing", "l2", "--method", "compensated",
                           "-o", str(tmp_path / "y.onnx")], capture_output=True, text=True, timeout=300, check=False)
-    assert bad.returncode == 2 and "--method compensated needs calibration data" in bad.stderr
+    assert bad.returncode == 2 and "--method compensated needs one calibration data set per model" in bad.stderr

@@ -170,8 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(parser, argv)
     except SystemExit as exc:  # argparse: usage error (2), --help or --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    saved = logger.level, list(logger.handlers), logger.propagate
     configure_logging(args.verbose, args.quiet)
-    return run_command(args.handler, args)
+    try:
+        return run_command(args.handler, args)
+    finally:  # main() as a function leaves the process's logging as it found it
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]
 
 
 def entry_point() -> None:
