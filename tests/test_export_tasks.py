@@ -27,7 +27,7 @@ OTHER = os.environ.get("ONNX_ZIP_OTHER_PYTHON")
 
 def _exact(model, feeds):
     """Outputs without graph optimisations (fusions change the rounding by ~1e-7 relative)."""
-    return runtime.make_session(model, optimize=False).run(None, feeds)
+    return runtime.make_session(model, threads=1, optimize=False).run(None, feeds)
 
 
 @pytest.fixture(scope="module")
